@@ -2,3 +2,26 @@
 
 Pure library: no Prefect imports here. Flows in ``flows/`` wrap it.
 """
+
+from .chunking import VarEncoding
+from .flat import attach_geozarr_metadata, recommend_encoding
+from .metadata import ZarrLayerVarConfig
+from .plan import Region, RegionBatch, RegionPlan
+from .pyramid import Pyramid, WriteReport, create_pyramid
+from .regions import BatchResult, WriteContext, write_region_batch
+
+__all__ = [
+    "create_pyramid",
+    "Pyramid",
+    "WriteReport",
+    "ZarrLayerVarConfig",
+    "recommend_encoding",
+    "attach_geozarr_metadata",
+    "RegionPlan",
+    "RegionBatch",
+    "Region",
+    "VarEncoding",
+    "WriteContext",
+    "write_region_batch",
+    "BatchResult",
+]

@@ -1,0 +1,135 @@
+"""Initialise and publish a pyramid in a target store.
+
+Order matters for "never half-published": ``initialise_target`` marks the root as incomplete and
+creates level groups/arrays; region writes fill them; ``publish`` writes the ``multiscales`` root
+metadata last. A reader therefore sees either the old pyramid (Icechunk, until commit), or a
+root without ``multiscales`` while a plain store is being rebuilt, never a layout that points at
+half-written levels as if they were complete.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+import zarr.errors
+
+from .levels import level_dataset, template_data
+from .metadata import multiscale_attributes
+from .paths import MISSING_GROUP, missing_path
+from .planning import PyramidSpec
+
+STATUS_KEY = "topozarr:status"
+INCOMPLETE = "incomplete"
+WRITE_MODES = ("w", "w-", "a")
+
+
+def _existing_root(store: Any) -> zarr.Group | None:
+    try:
+        return zarr.open_group(store, mode="r", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
+        return None
+    except Exception as err:  # e.g. an array at the root
+        if "NodeTypeValidation" in type(err).__name__ or "ContainsArray" in type(err).__name__:
+            raise FileExistsError("the target holds a zarr array at its root, not a pyramid group") from None
+        raise
+
+
+def check_target(store: Any, spec: PyramidSpec, mode: str, levels: list[int]) -> None:
+    """Refuse, before writing anything, targets the requested mode must not touch."""
+    if mode not in WRITE_MODES:
+        raise ValueError(f"mode must be one of {WRITE_MODES}, got {mode!r}")
+    root = _existing_root(store)
+    all_levels = list(range(len(spec.factors)))
+    if mode == "w-":
+        if root is not None or _has_keys(store):
+            raise FileExistsError("the target is not empty and mode='w-' refuses to overwrite it; use mode='w'")
+        return
+    if mode == "w":
+        if levels != all_levels:
+            raise ValueError("mode='w' rewrites the whole pyramid; to rewrite only some levels use mode='a'")
+        return
+    # mode == "a"
+    existing = _existing_levels(root)
+    kept = [lvl for lvl in all_levels if lvl not in levels]
+    if existing and len(existing) > len(all_levels):
+        raise ValueError(
+            f"the target has {len(existing)} levels but this pyramid has {len(all_levels)}; "
+            "mode='a' would orphan the extra levels -- use mode='w' to replace the pyramid"
+        )
+    for lvl in kept:
+        expected = list(spec.grid.shape(spec.factors[lvl]))
+        if lvl >= len(existing) or existing[lvl].get("spatial:shape") != expected:
+            raise ValueError(
+                f"level {lvl} is not rewritten (levels={levels}) but the target's level {lvl} is missing or "
+                f"has another shape; rewrite it too or use mode='w'"
+            )
+    if levels and levels[0] > 0 and levels[0] - 1 not in kept:
+        raise ValueError(f"level {levels[0]} is built from level {levels[0] - 1}, which must exist or be rewritten")
+
+
+def _has_keys(store: Any) -> bool:
+    async def first() -> bool:
+        async for _ in store.list():
+            return True
+        return False
+
+    from zarr.core.sync import sync
+
+    return sync(first())
+
+
+def _existing_levels(root: zarr.Group | None) -> list[dict]:
+    if root is None:
+        return []
+    ms = root.attrs.get("multiscales")
+    if not isinstance(ms, dict):
+        return []
+    return list(ms.get("layout", []))
+
+
+def initialise_target(store: Any, ds: xr.Dataset, spec: PyramidSpec, mode: str, levels: list[int]) -> None:
+    """Create (or recreate) the groups, coordinates and empty arrays of the requested levels."""
+    check_target(store, spec, mode, levels)
+    root_mode = "a" if mode == "a" else "w"
+    root = zarr.open_group(store, mode=root_mode, zarr_format=3)
+    attrs = dict(root.attrs) if mode == "a" else {}
+    attrs[STATUS_KEY] = INCOMPLETE
+    root.attrs.put(attrs)
+    for lvl in levels:
+        tmpl, encoding = level_dataset(ds, spec, lvl, template_data)
+        tmpl.to_zarr(store, group=str(lvl), mode="w", compute=False, zarr_format=3, consolidated=False,
+                     encoding=encoding)
+        for v in spec.variables:
+            if v.track_missing and lvl >= 1:
+                enc = v.encodings[lvl]
+                zarr.create_array(
+                    store,
+                    name=missing_path(lvl, v.name),
+                    shape=v.shapes[lvl],
+                    dtype="uint32",
+                    chunks=enc.chunks,
+                    shards=enc.shards,
+                    fill_value=0,
+                    dimension_names=v.dims,
+                    overwrite=True,
+                    zarr_format=3,
+                )
+
+
+def publish(store: Any, spec: PyramidSpec) -> dict:
+    """Write the root ``multiscales``/``spatial:``/``proj:`` metadata: the last step of a write."""
+    root = zarr.open_group(store, mode="r+", zarr_format=3)
+    attrs = multiscale_attributes(spec.grid, spec.crs, list(spec.factors), spec.method, spec.layer_hints)
+    root.attrs.put(attrs)
+    return attrs
+
+
+def missing_group_exists(store: Any) -> bool:
+    root = zarr.open_group(store, mode="r", zarr_format=3)
+    return MISSING_GROUP in set(root.group_keys())
+
+
+__all__ = ["initialise_target", "publish", "check_target", "STATUS_KEY", "INCOMPLETE", "np"]

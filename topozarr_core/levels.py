@@ -1,0 +1,114 @@
+"""Build the xarray Dataset of one level (coordinates, attributes, encodings).
+
+Used twice with different data: as a lazy *template* (dask zeros) whose metadata initialises the
+target before region writes, and as the lazy ``xarray.coarsen`` result of ``Pyramid.as_datatree``.
+Both therefore produce identical metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import dask.array as dsa
+import numpy as np
+import xarray as xr
+
+from .metadata import level_attributes
+from .planning import PyramidSpec
+from .plan import VarSpec
+
+#: Encoding keys kept from the source for carried variables and coordinates (CF time encoding).
+_KEEP_ENCODING = ("units", "calendar", "dtype")
+_DROP_ATTRS = ("_FillValue", "coordinates", "grid_mapping", "missing_value")
+
+GriddedData = Callable[[VarSpec, int], Any]
+
+
+def crs_coord_name(ds: xr.Dataset) -> str:
+    """Name of the CF grid-mapping scalar written to every level (reuses xproj's if present)."""
+    for name, index in ds.xindexes.items():
+        if type(index).__name__ == "CRSIndex":
+            return str(name)
+    for name in ("spatial_ref", "crs"):
+        if name in ds.variables and ds[name].ndim == 0:
+            return name
+    return "spatial_ref"
+
+
+def _coarsen_1d(values: np.ndarray, axis: int, f: int) -> np.ndarray:
+    """Window means (numeric) or window-first values along one axis, trimmed."""
+    n = values.shape[axis] // f
+    trimmed = np.take(values, np.arange(n * f), axis=axis)
+    if f == 1:
+        return trimmed
+    if np.issubdtype(values.dtype, np.number) and values.dtype.kind != "m":
+        shape = list(trimmed.shape)
+        shape[axis : axis + 1] = [n, f]
+        return trimmed.reshape(shape).mean(axis=axis + 1).astype(values.dtype if values.dtype.kind == "f" else "f8")
+    return np.take(trimmed, np.arange(0, n * f, f), axis=axis)
+
+
+def _carried(var: xr.Variable, spec: PyramidSpec, f: int) -> xr.Variable:
+    """A variable without both spatial dims: copied, or coarsened along its one spatial dim."""
+    values = np.asarray(var.values)
+    for d in (spec.x_dim, spec.y_dim):
+        if d in var.dims:
+            values = _coarsen_1d(values, var.dims.index(d), f)
+    out = xr.Variable(var.dims, values, attrs={k: v for k, v in var.attrs.items() if k not in _DROP_ATTRS})
+    out.encoding = {k: v for k, v in var.encoding.items() if k in _KEEP_ENCODING}
+    return out
+
+
+def gridded_encoding(spec_var: VarSpec, level: int) -> dict[str, Any]:
+    enc = spec_var.encodings[level].to_xarray()
+    dtype = np.dtype(spec_var.level_dtype(level))
+    if spec_var.fill_value is not None:
+        enc["_FillValue"] = np.asarray(spec_var.fill_value).astype(dtype).item()
+    elif dtype.kind == "f":
+        enc["_FillValue"] = np.nan
+    else:
+        enc["_FillValue"] = None
+    enc["dtype"] = dtype
+    return enc
+
+
+def level_dataset(ds: xr.Dataset, spec: PyramidSpec, level: int, data: GriddedData) -> tuple[xr.Dataset, dict]:
+    """The level-``level`` Dataset and its to_zarr encoding. ``data(var, level)`` gives gridded values."""
+    f = spec.factors[level]
+    grid = spec.grid
+    crs_name = crs_coord_name(ds)
+    coords: dict[str, xr.Variable] = {}
+    for axis in (grid.y, grid.x):
+        src = ds[axis.name].variable
+        centres = axis.coarse_centres(f).astype(src.dtype if src.dtype.kind == "f" else "f8")
+        coords[axis.name] = xr.Variable((axis.name,), centres,
+                                        attrs={k: v for k, v in src.attrs.items() if k not in _DROP_ATTRS})
+    gridded = {v.name: v for v in spec.variables}
+    for name, var in ds.coords.variables.items():
+        if name in coords or name in gridded or name == crs_name:
+            continue
+        coords[str(name)] = _carried(var, spec, f)
+    wkt = spec.crs.to_wkt()
+    coords[crs_name] = xr.Variable((), np.int64(0), attrs={"crs_wkt": wkt, "spatial_ref": wkt})
+
+    data_vars: dict[str, xr.Variable] = {}
+    encoding: dict[str, dict] = {}
+    for v in spec.variables:
+        src = ds[v.name].variable
+        attrs = {k: val for k, val in src.attrs.items() if k not in _DROP_ATTRS}
+        if not v.is_coord:
+            attrs["grid_mapping"] = crs_name
+        var = xr.Variable(v.dims, data(v, level), attrs=attrs)
+        (coords if v.is_coord else data_vars)[v.name] = var
+        encoding[v.name] = gridded_encoding(v, level)
+    for name in spec.carried:
+        data_vars[name] = _carried(ds[name].variable, spec, f)
+    out = xr.Dataset(data_vars, coords=coords, attrs=level_attributes(grid, spec.crs, f))
+    return out, encoding
+
+
+def template_data(v: VarSpec, level: int) -> dsa.Array:
+    """Lazy placeholder whose dask chunks match the shards, so xarray accepts it for region writes."""
+    enc = v.encodings[level]
+    unit = enc.shards if enc.shards is not None else enc.chunks
+    return dsa.zeros(v.shapes[level], dtype=v.level_dtype(level), chunks=unit)

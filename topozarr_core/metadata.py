@@ -1,0 +1,131 @@
+"""GeoZarr convention metadata: ``multiscales``, ``spatial:``, ``proj:`` and zarr-layer hints.
+
+Convention descriptors are copied verbatim from the schemas in ``shared/specs/zarr-conventions``
+(their ``const`` values), so a written root validates against all three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyproj
+
+from .crs import proj_attributes
+from .grid import SpatialGrid
+
+MULTISCALES_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/multiscales/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/zarr-conventions/multiscales/blob/v1/README.md",
+    "uuid": "d35379db-88df-4056-af3a-620245f8e347",
+    "name": "multiscales",
+    "description": "Multiscale layout of zarr datasets",
+}
+PROJ_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/zarr-experimental/geo-proj/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/zarr-experimental/geo-proj/blob/v1/README.md",
+    "uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f",
+    "name": "proj:",
+    "description": "Coordinate reference system information for geospatial data",
+}
+SPATIAL_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v0.1/schema.json",
+    "spec_url": "https://github.com/zarr-conventions/spatial/blob/v0.1/README.md",
+    "uuid": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4",
+    "name": "spatial",
+    "description": "Spatial coordinate information",
+}
+
+#: Resampling method names as the multiscales spec spells them.
+RESAMPLING_NAMES = {"mean": "average", "max": "max", "min": "min", "sum": "sum",
+                    "nearest": "nearest", "mode": "mode", "majority": "mode"}
+
+
+@dataclass(frozen=True)
+class ZarrLayerVarConfig:
+    """Per-variable display hints for zarr-layer; they change no data."""
+
+    colormap: str | None = None
+    clim: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.colormap is not None and not isinstance(self.colormap, str):
+            raise TypeError(f"colormap must be a string, got {type(self.colormap).__name__}")
+        if self.clim is not None:
+            clim = list(self.clim)
+            if len(clim) != 2 or not all(isinstance(v, (int, float)) for v in clim) or clim[0] >= clim[1]:
+                raise ValueError(f"clim must be [min, max] with min < max, got {self.clim!r}")
+            object.__setattr__(self, "clim", [float(v) for v in clim])
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def validate_layer_hints(hints: dict[str, ZarrLayerVarConfig] | None, variables: list[str]) -> None:
+    """Hints must name written variables and be ZarrLayerVarConfig objects."""
+    for name, hint in (hints or {}).items():
+        if name not in variables:
+            raise ValueError(f"layer_hints names {name!r}, which is not a gridded variable ({variables})")
+        if not isinstance(hint, ZarrLayerVarConfig):
+            raise TypeError(f"layer_hints[{name!r}] must be a ZarrLayerVarConfig, got {type(hint).__name__}")
+
+
+def geo_attributes(grid: SpatialGrid, crs: pyproj.CRS, factor: int = 1) -> dict[str, Any]:
+    """``spatial:`` and ``proj:`` attributes of one level (or a flat dataset)."""
+    return {
+        **proj_attributes(crs),
+        "spatial:dimensions": [grid.y.name, grid.x.name],
+        "spatial:registration": "pixel",
+        "spatial:transform": grid.transform(factor),
+        "spatial:shape": list(grid.shape(factor)),
+        "spatial:bbox": grid.bbox(factor),
+    }
+
+
+def flat_attributes(grid: SpatialGrid, crs: pyproj.CRS,
+                    layer_hints: dict[str, ZarrLayerVarConfig] | None = None) -> dict[str, Any]:
+    """Root attributes of a single-level GeoZarr dataset (no multiscales)."""
+    attrs: dict[str, Any] = {
+        "zarr_conventions": [SPATIAL_CONVENTION, PROJ_CONVENTION],
+        **geo_attributes(grid, crs),
+    }
+    if layer_hints:
+        attrs["zarr-layer"] = {k: v.to_json() for k, v in layer_hints.items()}
+    return attrs
+
+
+def level_attributes(grid: SpatialGrid, crs: pyproj.CRS, factor: int) -> dict[str, Any]:
+    """Attributes of one level group: its own geo attributes, so a level opens standalone."""
+    return {"zarr_conventions": [SPATIAL_CONVENTION, PROJ_CONVENTION], **geo_attributes(grid, crs, factor)}
+
+
+def multiscale_attributes(
+    grid: SpatialGrid,
+    crs: pyproj.CRS,
+    factors: list[int],
+    method: str,
+    layer_hints: dict[str, ZarrLayerVarConfig] | None = None,
+) -> dict[str, Any]:
+    """Root attributes of a pyramid: conventions, multiscales layout, geo attributes, hints."""
+    resampling = RESAMPLING_NAMES[method]
+    layout: list[dict[str, Any]] = []
+    for i, f in enumerate(factors):
+        entry: dict[str, Any] = {"asset": str(i)}
+        if i > 0:
+            step = float(f // factors[i - 1])
+            entry["derived_from"] = str(i - 1)
+            entry["transform"] = {"scale": [step, step], "translation": [0.0, 0.0]}
+            entry["resampling_method"] = resampling
+        else:
+            entry["transform"] = {"scale": [1.0, 1.0], "translation": [0.0, 0.0]}
+        entry["spatial:transform"] = grid.transform(f)
+        entry["spatial:shape"] = list(grid.shape(f))
+        layout.append(entry)
+    attrs = {
+        "zarr_conventions": [MULTISCALES_CONVENTION, SPATIAL_CONVENTION, PROJ_CONVENTION],
+        "multiscales": {"layout": layout, "resampling_method": resampling},
+        **geo_attributes(grid, crs),
+    }
+    if layer_hints:
+        attrs["zarr-layer"] = {k: v.to_json() for k, v in layer_hints.items()}
+    return attrs
