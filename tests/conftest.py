@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+# First: points PREFECT_HOME and result storage at temp dirs before anything imports prefect.
+from tests.fixtures_services import *  # noqa: F401,F403
+
 import json
 import os
-import tempfile
 from pathlib import Path
 
-# Keep Prefect (imported by flow tests) out of ~/.prefect for the whole session.
-_PREFECT_HOME = tempfile.mkdtemp(prefix="topozarr-prefect-home-")
-os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
-os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", os.path.join(_PREFECT_HOME, "storage"))
-
+os.environ.setdefault("TOPOZARR_RETRY_DELAY", "0")  # task retries back off instantly in tests
 import numpy as np
 import pytest
 import xarray as xr

@@ -184,6 +184,14 @@ def test_bad_fill_value_for_int():
         create_pyramid(ds, levels=2, x_dim="lon", y_dim="lat")
 
 
+def test_majority_on_integers_needs_a_fill_value():
+    ds = make_raster(dtype="uint8")
+    with pytest.raises(ValueError, match="_FillValue"):
+        create_pyramid(ds, levels=2, x_dim="lon", y_dim="lat", method="majority")
+    ds.air.attrs["_FillValue"] = 0
+    create_pyramid(ds, levels=2, x_dim="lon", y_dim="lat", method="majority")
+
+
 def test_zarr_layer_config_validation():
     with pytest.raises(ValueError, match="clim"):
         ZarrLayerVarConfig(clim=[3, 1])

@@ -28,7 +28,10 @@ def _from_cf(ds: xr.Dataset) -> pyproj.CRS | None:
         if name in ds.variables:
             for attr in _CF_CRS_ATTRS:
                 if attr in ds[name].attrs:
-                    return pyproj.CRS.from_user_input(ds[name].attrs[attr])
+                    try:
+                        return pyproj.CRS.from_user_input(ds[name].attrs[attr])
+                    except pyproj.exceptions.CRSError as err:
+                        raise ValueError(f"the {attr!r} attribute of {name!r} is not a valid CRS: {err}") from None
     return None
 
 

@@ -174,6 +174,11 @@ def build_spec(
         is_coord = name in grid_coords
         var_method = method if not is_coord else ("mean" if da.dtype.kind == "f" else "nearest")
         fill = _fill_value(da)
+        if var_method == "majority" and da.dtype.kind in "iu" and fill is None:
+            raise ValueError(
+                f"method='majority' on integer variable {name!r} needs a _FillValue attribute to mark "
+                "windows without a majority; set ds[{name!r}].attrs['_FillValue'] or use method='mode'"
+            )
         chunks = _source_chunks(da)
         source_chunks[name] = chunks
         yi, xi = da.get_axis_num(y_dim), da.get_axis_num(x_dim)

@@ -1,0 +1,68 @@
+"""Per-process cache of what every task derives from the parameters: source, pyramid, plan, store.
+
+Tasks receive only plain parameters; each process (thread-pool runner, Dask worker, a resumed run)
+re-derives the same deterministic plan from them, so nothing unpicklable crosses task boundaries.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from topozarr_core import Pyramid, RegionPlan, create_pyramid
+from topozarr_core.icechunk_txn import IcechunkTarget
+from topozarr_core.sources import open_source
+from topozarr_core.targets import resolve_store
+
+from .params import BuildParams
+
+
+@dataclass
+class Job:
+    params: BuildParams
+    pyramid: Pyramid
+    plan: RegionPlan
+
+    @property
+    def icechunk(self) -> IcechunkTarget | None:
+        if self.params.target_format != "icechunk":
+            return None
+        return IcechunkTarget(self.params.target, self.params.branch)
+
+    def zarr_store(self) -> Any:
+        return resolve_store(self.params.target)
+
+
+_jobs: dict[str, Job] = {}
+_lock = threading.Lock()
+
+
+def load_job(params: BuildParams) -> Job:
+    key = params.model_dump_json()
+    with _lock:
+        job = _jobs.get(key)
+        if job is None:
+            job = _jobs[key] = _build(params)
+        return job
+
+
+def _build(params: BuildParams) -> Job:
+    ds = open_source(params.source, params.variables)
+    pyramid = create_pyramid(
+        ds,
+        levels=params.levels,
+        factors=params.factors,
+        x_dim=params.x_dim,
+        y_dim=params.y_dim,
+        method=params.method,
+        crs=params.crs,
+        chunks_per_shard=params.chunks_per_shard,
+    )
+    n_levels = len(pyramid.factors)
+    plan = pyramid.region_plan(
+        max_region_bytes=params.max_region_bytes,
+        regions_per_batch=params.regions_per_batch,
+        target_batches_per_level=max(1, params.max_task_runs // n_levels),
+    )
+    return Job(params, pyramid, plan)

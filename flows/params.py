@@ -1,0 +1,69 @@
+"""The parameter model of the build flow: validated before any task runs (also for deployments)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from topozarr_core.chunking import VALID_CHUNKS_PER_SHARD
+from topozarr_core.kernels import METHODS
+
+REGION_LIMIT = "topozarr-region-writes"
+COMMIT_LIMIT = "topozarr-icechunk-commit"
+
+
+class BuildParams(BaseModel):
+    """What to build, from where, to where, and how hard to push."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(description="Path or URL of a NetCDF/Zarr dataset, or icechunk://<repo>?branch=<b>")
+    target: str = Field(description="Local path or s3:// URL of the pyramid (Zarr) or of the Icechunk repository")
+    target_format: Literal["zarr", "icechunk"] = "zarr"
+    branch: str = Field("main", description="Icechunk branch published at the end")
+    variables: list[str] | None = None
+    levels: int | None = Field(None, ge=1, le=24)
+    factors: list[int] | None = None
+    x_dim: str = "x"
+    y_dim: str = "y"
+    method: str = "mean"
+    crs: str | None = None
+    chunks_per_shard: int | None = 4
+    io: Literal["python", "rust"] = "python"
+    mode: Literal["w", "w-", "a"] = "w"
+    regions_per_batch: int | None = Field(None, ge=1)
+    max_task_runs: int = Field(200, ge=1, description="Batches are sized so a run has at most about this many write tasks")
+    max_region_bytes: int = Field(256_000_000, ge=1_000_000)
+    concurrency_limit: str = REGION_LIMIT
+    default_concurrency: int = Field(4, ge=1, description="Slots of the limit when the flow has to create it")
+    validate_samples: int = Field(4, ge=0)
+
+    @field_validator("source", "target", "x_dim", "y_dim", "branch", "concurrency_limit")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v or not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; choose one of {list(METHODS)}")
+        return v
+
+    @field_validator("chunks_per_shard")
+    @classmethod
+    def _cps(cls, v: int | None) -> int | None:
+        if v is not None and v not in VALID_CHUNKS_PER_SHARD:
+            raise ValueError(f"chunks_per_shard must be one of {VALID_CHUNKS_PER_SHARD} or null")
+        return v
+
+    @model_validator(mode="after")
+    def _levels_xor_factors(self) -> "BuildParams":
+        if (self.levels is None) == (self.factors is None):
+            raise ValueError("give exactly one of levels or factors")
+        if self.target_format == "icechunk" and self.io == "rust":
+            raise ValueError("io='rust' cannot write Icechunk targets (zarrs would silently fall back); use io='python'")
+        return self

@@ -1,0 +1,153 @@
+"""Prefect tasks: thin wrappers that call topozarr_core. Each returns small values, never arrays.
+
+Cache keys are scoped to the flow run, so retrying a failed run (the UI's Retry) reuses every
+completed task's persisted result and redoes only what failed; a new run starts fresh.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.concurrency.sync import concurrency
+from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
+
+from topozarr_core import icechunk_txn
+from topozarr_core.regions import WriteContext, write_region_batch
+from topozarr_core.io_select import open_array_for
+from topozarr_core.validate import validate_pyramid
+
+from . import faults
+from .job import load_job
+from .params import BuildParams
+
+
+def run_scoped_key(ctx: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """<flow run>/<task>/<plan fingerprint>/<key>: session objects never enter the key."""
+    params: BuildParams = parameters["params"]
+    fingerprint = load_job(params).plan.fingerprint()
+    return f"{ctx.task_run.flow_run_id}/{ctx.task.name}/{fingerprint}/{parameters.get('key', '')}"
+
+
+RUN_CACHED = dict(cache_key_fn=run_scoped_key, persist_result=True)
+#: Seconds of the first retry delay (doubling after); TOPOZARR_RETRY_DELAY overrides it (tests use 0).
+RETRY_DELAY = float(os.environ.get("TOPOZARR_RETRY_DELAY", "2"))
+RETRYING = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=RETRY_DELAY) if RETRY_DELAY else 0,
+                retry_jitter_factor=0.5 if RETRY_DELAY else None)
+
+
+@task(name="plan-pyramid", **RUN_CACHED)
+def plan_pyramid(params: BuildParams, key: str = "plan") -> dict:
+    """Open the source and plan; every bad input fails here, before anything is written."""
+    job = load_job(params)
+    levels = []
+    for lp in job.plan.levels:
+        first = job.plan.variables[0]
+        levels.append({
+            "level": lp.level,
+            "factor": lp.factor,
+            "shape": list(job.pyramid.level_shape(lp.level)),
+            "chunks": list(first.encodings[lp.level].chunks),
+            "shards": list(first.encodings[lp.level].shards or []),
+            "batches": len(lp.batches),
+            "regions": lp.n_regions,
+        })
+    get_run_logger().info("planned %d levels, %d batches for %s", len(levels),
+                          sum(lv["batches"] for lv in levels), params.source)
+    return {"fingerprint": job.plan.fingerprint(), "levels": levels}
+
+
+@task(name="initialise-target", **RUN_CACHED, **RETRYING)
+def initialise_target(params: BuildParams, key: str = "init") -> dict:
+    """Create arrays and coordinates; for Icechunk on a staging branch committed once."""
+    job = load_job(params)
+    levels = [lp.level for lp in job.plan.levels]
+    target = job.icechunk
+    if target is None:
+        job.pyramid.initialise(job.zarr_store(), mode=params.mode, levels=levels)
+        return {"staging": None, "base": None}
+    from prefect.runtime import flow_run
+
+    staging, base = icechunk_txn.begin(target, str(flow_run.id))
+    session = icechunk_txn.writable(target, staging)
+    job.pyramid.initialise(session.store, mode=params.mode, levels=levels)
+    session.commit("topozarr: initialise pyramid", allow_empty=True)
+    return {"staging": staging, "base": base}
+
+
+@task(name="fork-level", **RUN_CACHED, **RETRYING)
+def fork_level(params: BuildParams, staging: str, key: str) -> Any:
+    """A picklable ForkSession of the staging head for this level's batch writers."""
+    return icechunk_txn.fork(load_job(params).icechunk, staging)
+
+
+@task(name="write-batch", task_run_name="write-{key}", **RUN_CACHED, **RETRYING)
+def write_batch(params: BuildParams, level: int, index: int, fork: Any = None, key: str = "") -> dict:
+    """Write one batch of shard-aligned regions while holding one slot of the global limit."""
+    job = load_job(params)
+    lp = next(lp for lp in job.plan.levels if lp.level == level)
+    batch = lp.batches[index]
+    if fork is not None:
+        fork = pickle.loads(pickle.dumps(fork))  # own copy, exactly as on a remote worker
+        store = fork.store
+    else:
+        store = job.zarr_store()
+    with concurrency(params.concurrency_limit, occupy=1, strict=True):
+        started = time.time()
+        faults.maybe_fail(batch.key)
+        ctx = WriteContext(plan=job.plan, source=job.pyramid.ds, store=store,
+                           open_array=open_array_for(params.io, store))
+        result = write_region_batch(ctx, batch)
+        finished = time.time()
+    get_run_logger().info("wrote %s: %d regions, %.1f MB in %.2f s", batch.key, result.regions,
+                          result.bytes_written / 1e6, result.seconds)
+    out = {"key": batch.key, "level": level, "regions": result.regions, "bytes": result.bytes_written,
+           "seconds": result.seconds, "started": started, "finished": finished}
+    if fork is not None:
+        out["fork"] = fork
+    return out
+
+
+@task(name="commit-level", **RUN_CACHED, **RETRYING)
+def commit_level(params: BuildParams, staging: str, forks: list[Any], key: str) -> str:
+    """Merge this level's forks and commit them to the staging branch."""
+    snap = icechunk_txn.merge_and_commit(load_job(params).icechunk, staging, forks, f"topozarr: {key}")
+    get_run_logger().info("committed %s to %s as %s", key, staging, snap)
+    return snap
+
+
+@task(name="publish-metadata", **RUN_CACHED, **RETRYING)
+def publish_metadata(params: BuildParams, staging: str | None, key: str = "metadata") -> dict:
+    """Write the root multiscales metadata (for Icechunk: commit it on the staging branch)."""
+    job = load_job(params)
+    if staging is None:
+        return job.pyramid.publish(job.zarr_store())
+    session = icechunk_txn.writable(job.icechunk, staging)
+    attrs = job.pyramid.publish(session.store)
+    session.commit("topozarr: publish metadata", allow_empty=True)
+    return attrs
+
+
+@task(name="validate-pyramid", **RUN_CACHED)
+def validate(params: BuildParams, staging: str | None, key: str = "validate") -> dict:
+    """Shapes, chunking, convention schemas and value spot-checks against the source."""
+    job = load_job(params)
+    if staging is None:
+        store = job.zarr_store()
+    else:
+        store = job.icechunk.open_repo(create=False).readonly_session(branch=staging).store
+    report = validate_pyramid(job.pyramid, store, samples_per_level=params.validate_samples)
+    report.raise_for_errors()
+    return {"spot_checks": report.spot_checks, "levels": len(report.levels)}
+
+
+@task(name="publish-branch", **RUN_CACHED, **RETRYING)
+def publish_branch(params: BuildParams, staging: str, base: str, key: str = "publish") -> str:
+    """The final step: move the user's branch to the built snapshot (compare-and-swap)."""
+    snap = icechunk_txn.publish(load_job(params).icechunk, staging, base)
+    get_run_logger().info("published %s to branch %r", snap, params.branch)
+    return snap

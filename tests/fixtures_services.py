@@ -1,0 +1,284 @@
+"""Shared pytest fixtures for external services: an S3-compatible endpoint (moto)
+and an isolated Prefect test harness.
+
+Use from tests/conftest.py -- import it FIRST, before anything imports prefect:
+
+    from tests.fixtures_services import *  # noqa: F401,F403  (must precede prefect imports)
+
+Importing this module points PREFECT_HOME and PREFECT_LOCAL_STORAGE_PATH at a
+private temp dir (removed at exit), because `import prefect` creates
+$PREFECT_HOME (default ~/.prefect) and Prefect's settings are read at import time.
+
+Fixtures:
+    s3_server        (session) moto server subprocess on a free 127.0.0.1 port + bucket
+    s3_prefix        (function) unique key prefix inside the bucket for one test
+    s3_env           (function) AWS_* variables for s3_server set in os.environ
+    prefect_harness  (session) prefect_test_harness() with home/results in temp dirs
+Helpers (plain functions, importable by Dask worker processes too):
+    record_interval(path, start, end), max_overlap(path)  -- prove a concurrency limit
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# --- Prefect isolation: must run before `import prefect` anywhere in the session ---
+_PREFECT_TMP = Path(tempfile.mkdtemp(prefix="topozarr-test-prefect-"))
+atexit.register(shutil.rmtree, _PREFECT_TMP, ignore_errors=True)
+PREFECT_TEST_HOME = _PREFECT_TMP / "home"
+PREFECT_TEST_RESULTS = _PREFECT_TMP / "results"
+os.environ["PREFECT_HOME"] = str(PREFECT_TEST_HOME)
+os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(PREFECT_TEST_RESULTS)
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"  # no outbound telemetry
+# A developer shell may have PREFECT_API_URL set to a real server (infra/up.sh);
+# tests must only ever talk to the harness.
+os.environ.pop("PREFECT_API_URL", None)
+
+import pytest  # noqa: E402
+
+__all__ = [
+    "S3Service",
+    "PrefectHarness",
+    "s3_server",
+    "s3_prefix",
+    "s3_env",
+    "prefect_harness",
+    "record_interval",
+    "max_overlap",
+]
+
+
+# ----------------------------------------------------------------------------- S3
+@dataclass(frozen=True)
+class S3Service:
+    endpoint_url: str
+    bucket: str
+    access_key_id: str = "testing"
+    secret_access_key: str = "testing"
+    region: str = "us-east-1"
+
+    def env(self) -> dict[str, str]:
+        """AWS_* variables understood by boto3, obstore (S3Store.from_env / S3Store(bucket))
+        and icechunk.s3_storage(from_env=True)."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+    def boto3_client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            region_name=self.region,
+        )
+
+    def obstore_store(self, prefix: str | None = None):
+        from obstore.store import S3Store
+
+        return S3Store(
+            self.bucket,
+            prefix=prefix,
+            endpoint=self.endpoint_url,
+            access_key_id=self.access_key_id,
+            secret_access_key=self.secret_access_key,
+            region=self.region,
+            client_options={"allow_http": True},
+        )
+
+    def zarr_store(self, prefix: str | None = None, read_only: bool = False):
+        from zarr.storage import ObjectStore
+
+        return ObjectStore(self.obstore_store(prefix), read_only=read_only)
+
+    def icechunk_storage(self, prefix: str):
+        import icechunk
+
+        return icechunk.s3_storage(
+            bucket=self.bucket,
+            prefix=prefix,
+            endpoint_url=self.endpoint_url,
+            allow_http=True,
+            access_key_id=self.access_key_id,
+            secret_access_key=self.secret_access_key,
+            region=self.region,
+            force_path_style=True,
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_moto(log_path: Path, attempts: int = 3) -> tuple[subprocess.Popen, str]:
+    last = None
+    for _ in range(attempts):
+        port = _free_port()
+        log = open(log_path, "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
+                return proc, endpoint
+            except OSError:
+                time.sleep(0.1)
+        last = proc.poll()
+        _stop(proc)  # lost a port race or too slow: try another port
+    raise RuntimeError(f"moto server did not start (exit code {last}); see {log_path}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> S3Service:
+    """moto S3 server in a subprocess on a free loopback port, with one bucket.
+
+    A subprocess (not moto's ThreadedMotoServer) so the endpoint does not share the
+    GIL with test code and stays reachable from Dask worker processes."""
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc, endpoint = _start_moto(log_path)
+    try:
+        svc = S3Service(endpoint_url=endpoint, bucket="topozarr-test")
+        svc.boto3_client().create_bucket(Bucket=svc.bucket)
+        yield svc
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def s3_prefix(request) -> str:
+    """A key prefix unique to this test (the bucket is shared by the session)."""
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in request.node.name)[:60]
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> S3Service:
+    """s3_server's AWS_* variables in os.environ for the duration of one test."""
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    return s3_server
+
+
+# ------------------------------------------------------------------------- Prefect
+@dataclass(frozen=True)
+class PrefectHarness:
+    api_url: str
+    home: Path
+    results: Path
+    extra: dict = field(default_factory=dict)
+
+    def client(self):
+        """Sync Prefect client bound to the harness: `with harness.client() as c: ...`"""
+        from prefect.client.orchestration import get_client
+
+        return get_client(sync_client=True)
+
+    def ensure_concurrency_limit(self, name: str, limit: int) -> None:
+        """Create (or update) a global concurrency limit on the harness server."""
+        with self.client() as c:
+            c.upsert_global_concurrency_limit_by_name(name, limit)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> PrefectHarness:
+    """One ephemeral Prefect API server (SQLite in a temp dir) for the whole session.
+
+    Home and local result storage are in this module's temp dir, never ~/.prefect.
+    Session-scoped because starting the harness server takes several seconds."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_LOCAL_STORAGE_PATH,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    PREFECT_TEST_HOME.mkdir(parents=True, exist_ok=True)
+    PREFECT_TEST_RESULTS.mkdir(parents=True, exist_ok=True)
+    # temporary_settings as well as the env vars above, in case prefect was
+    # imported before this module set them.
+    with temporary_settings(
+        updates={
+            PREFECT_HOME: str(PREFECT_TEST_HOME),
+            PREFECT_LOCAL_STORAGE_PATH: str(PREFECT_TEST_RESULTS),
+        }
+    ):
+        with prefect_test_harness(server_startup_timeout=60):
+            api_url = PREFECT_API_URL.value()
+            # Subprocesses started during the session (Dask workers, CLI calls)
+            # then reach the harness, not whatever the caller's shell had.
+            os.environ["PREFECT_API_URL"] = api_url
+            try:
+                yield PrefectHarness(
+                    api_url=api_url, home=PREFECT_TEST_HOME, results=PREFECT_TEST_RESULTS
+                )
+            finally:
+                os.environ.pop("PREFECT_API_URL", None)
+
+
+# ------------------------------------------------- concurrency-limit proof helpers
+def record_interval(path: str | os.PathLike, start: float, end: float) -> None:
+    """Append one [start, end] (time.time() values) to a JSON-lines file.
+
+    flock makes it safe across threads and processes (ThreadPool / Dask workers)."""
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(json.dumps([start, end, os.getpid()]) + "\n")
+        fh.flush()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def max_overlap(path: str | os.PathLike) -> int:
+    """Largest number of recorded intervals open at the same instant.
+
+    An interval ending exactly when another starts does not count as overlap."""
+    events = []
+    with open(path) as fh:
+        for line in fh:
+            start, end = json.loads(line)[:2]
+            events += [(start, 1), (end, -1)]
+    events.sort(key=lambda e: (e[0], e[1]))  # at equal times, ends before starts
+    cur = best = 0
+    for _, delta in events:
+        cur += delta
+        best = max(best, cur)
+    return best

@@ -1,0 +1,103 @@
+"""Icechunk targets as transactions: work on a staging branch, publish by moving the user's branch.
+
+Writable Icechunk sessions do not pickle and cannot fork once they hold changes, so a distributed
+build commits each finished level to a private staging branch (``fork()``/``merge`` within a
+level) and, as its very last step, moves the user's branch (e.g. ``main``) to the staging head
+with a compare-and-swap. Until then readers of ``main`` see the previous snapshot; a crashed or
+failed run leaves ``main`` untouched and its staging branch ready for a resume.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import icechunk
+
+STAGING_PREFIX = "topozarr-staging-"
+
+
+class PublishConflict(RuntimeError):
+    """The user's branch moved while the run was building; nothing was published."""
+
+
+@dataclass(frozen=True)
+class IcechunkTarget:
+    """Plain-data handle on an Icechunk repository branch (local path or s3://bucket/prefix)."""
+
+    location: str
+    branch: str = "main"
+
+    def storage(self) -> icechunk.Storage:
+        if self.location.startswith("s3://"):
+            bucket, _, prefix = self.location[len("s3://"):].partition("/")
+            endpoint = os.environ.get("AWS_ENDPOINT_URL")
+            return icechunk.s3_storage(
+                bucket=bucket,
+                prefix=prefix or None,
+                region=os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION")),
+                endpoint_url=endpoint,
+                allow_http=bool(endpoint and endpoint.startswith("http://")),
+                force_path_style=bool(endpoint),
+                from_env=True,
+            )
+        return icechunk.local_filesystem_storage(os.path.abspath(self.location.removeprefix("file://")))
+
+    def open_repo(self, create: bool = True) -> icechunk.Repository:
+        storage = self.storage()
+        if icechunk.Repository.exists(storage):
+            return icechunk.Repository.open(storage)
+        if not create:
+            raise FileNotFoundError(f"no Icechunk repository at {self.location!r}")
+        return icechunk.Repository.create(storage)
+
+    def staging_branch(self, run_id: str) -> str:
+        return f"{STAGING_PREFIX}{run_id}"
+
+
+def begin(target: IcechunkTarget, run_id: str) -> tuple[str, str]:
+    """Create (or reuse, on resume) the staging branch; returns (staging branch, base snapshot of the user's branch)."""
+    repo = target.open_repo(create=True)
+    branches = set(repo.list_branches())
+    if target.branch not in branches:
+        raise ValueError(f"branch {target.branch!r} does not exist in {target.location!r}; create it first")
+    staging = target.staging_branch(run_id)
+    base = repo.lookup_branch(target.branch)
+    if staging not in branches:
+        repo.create_branch(staging, base)
+    return staging, base
+
+
+def writable(target: IcechunkTarget, branch: str) -> icechunk.Session:
+    return target.open_repo(create=False).writable_session(branch)
+
+
+def fork(target: IcechunkTarget, staging: str) -> Any:
+    """A picklable ForkSession of the staging head, for one level's batch writers."""
+    return writable(target, staging).fork()
+
+
+def merge_and_commit(target: IcechunkTarget, staging: str, forks: list[Any], message: str) -> str:
+    """Merge the batch writers' forks into the staging branch and commit them as one snapshot."""
+    session = writable(target, staging)
+    if forks:
+        session.merge(*forks)
+    return session.commit(message, allow_empty=True)
+
+
+def publish(target: IcechunkTarget, staging: str, base: str) -> str:
+    """Move the user's branch to the staging head (compare-and-swap on ``base``); drop staging."""
+    repo = target.open_repo(create=False)
+    head = repo.lookup_branch(staging)
+    current = repo.lookup_branch(target.branch)
+    if current == head:  # already published (a resumed run that died after publishing)
+        return head
+    if current != base:
+        raise PublishConflict(
+            f"branch {target.branch!r} moved from {base} to {current} during the build; nothing was published. "
+            f"The built pyramid is kept on branch {staging!r}"
+        )
+    repo.reset_branch(target.branch, head, from_snapshot_id=base)
+    repo.delete_branch(staging)
+    return head
