@@ -1,0 +1,118 @@
+# Shared helpers for the infra/*.sh scripts. Source it; do not execute it.
+# Everything binds to 127.0.0.1 only. Each service is started in its own
+# session/process group (setsid) and its pid (== pgid) is written to
+# $STATE_DIR/<name>.pid, so `stop` can end exactly that group and nothing else.
+
+INFRA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$INFRA_DIR/.." && pwd)"
+
+# Paths given relative are relative to the repo root, not to the caller's cwd.
+_abs() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$REPO_ROOT/$1" ;; esac; }
+
+VENV_DIR="$(_abs "${VENV:-.venv}")"
+BIN="$VENV_DIR/bin"
+STATE_DIR="$(_abs "${TOPOZARR_STATE:-.state}")"
+LOG_DIR="$STATE_DIR/logs"   # created on first start_bg
+
+# Prefect CLI/client state (profiles, sqlite db, memo store) never goes to ~/.prefect.
+export PREFECT_HOME="${PREFECT_HOME:-$STATE_DIR/prefect-home}"
+export PREFECT_SERVER_ANALYTICS_ENABLED=false   # no outbound telemetry (there is no network)
+export PREFECT_PORT="${PREFECT_PORT:-4200}"
+export PREFECT_API_URL="${PREFECT_API_URL:-http://127.0.0.1:${PREFECT_PORT}/api}"
+
+log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+require_bin() { [ -x "$BIN/$1" ] || die "$BIN/$1 not found (set VENV=... or run 'make' first)"; }
+
+pidfile() { printf '%s/%s.pid\n' "$STATE_DIR" "$1"; }
+
+# is_running NAME -> 0 if the pid in NAME.pid is alive
+is_running() {
+    local pf; pf="$(pidfile "$1")"
+    [ -f "$pf" ] || return 1
+    local pid; pid="$(cat "$pf" 2>/dev/null || true)"
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
+# port_free PORT -> 0 if nothing listens on 127.0.0.1:PORT
+port_free() {
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# start_bg NAME CMD... : run CMD detached in a new session, log to $LOG_DIR/NAME.log
+start_bg() {
+    local name="$1"; shift
+    if is_running "$name"; then
+        log "$name already running (pid $(cat "$(pidfile "$name")"))"
+        return 0
+    fi
+    mkdir -p "$STATE_DIR" "$LOG_DIR"
+    local pf; pf="$(pidfile "$name")"
+    rm -f "$pf"
+    # setsid => a new session and process-group leader: pid == pgid. The inner
+    # shell writes its own pid (whether or not setsid had to fork) and then
+    # execs the command, so the pid file holds the service's pid/pgid.
+    (cd "$REPO_ROOT" && exec setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pf" "$@" \
+        </dev/null >>"$LOG_DIR/$name.log" 2>&1) &
+    disown $! 2>/dev/null || true
+    local i
+    for ((i = 0; i < 50; i++)); do [ -s "$pf" ] && break; sleep 0.1; done
+    [ -s "$pf" ] || die "$name: no pid file written"
+    log "$name started (pid $(cat "$pf"), log $LOG_DIR/$name.log)"
+}
+
+# stop_bg NAME [TIMEOUT_S] : SIGTERM the process group from NAME.pid, SIGKILL after timeout
+stop_bg() {
+    local name="$1" timeout="${2:-20}" pf pid i
+    pf="$(pidfile "$name")"
+    if [ ! -f "$pf" ]; then log "$name: not running (no pid file)"; return 0; fi
+    pid="$(cat "$pf" 2>/dev/null || true)"
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+        log "$name: stale pid file removed"; rm -f "$pf"; return 0
+    fi
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < timeout * 10; i++)); do
+        kill -0 -- "-$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 -- "-$pid" 2>/dev/null; then
+        log "$name: still alive after ${timeout}s, sending SIGKILL to group $pid"
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    fi
+    rm -f "$pf"
+    log "$name stopped"
+}
+
+# wait_http URL TIMEOUT_S NAME : poll until URL answers 2xx, fail if NAME's process dies
+wait_http() {
+    local url="$1" timeout="$2" name="$3" i
+    for ((i = 0; i < timeout * 4; i++)); do
+        if curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; then return 0; fi
+        if ! is_running "$name"; then
+            log "$name exited during startup; last log lines:"; tail -n 30 "$LOG_DIR/$name.log" >&2 || true
+            rm -f "$(pidfile "$name")"
+            return 1
+        fi
+        sleep 0.25
+    done
+    log "$name did not answer $url within ${timeout}s; last log lines:"
+    tail -n 30 "$LOG_DIR/$name.log" >&2 || true
+    return 1
+}
+
+# wait_port PORT TIMEOUT_S NAME : poll until something listens on 127.0.0.1:PORT
+wait_port() {
+    local port="$1" timeout="$2" name="$3" i
+    for ((i = 0; i < timeout * 4; i++)); do
+        port_free "$port" || return 0
+        if ! is_running "$name"; then
+            log "$name exited during startup; last log lines:"; tail -n 30 "$LOG_DIR/$name.log" >&2 || true
+            rm -f "$(pidfile "$name")"
+            return 1
+        fi
+        sleep 0.25
+    done
+    log "$name did not listen on 127.0.0.1:$port within ${timeout}s"
+    return 1
+}

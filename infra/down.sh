@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Stop the whole local stack in reverse order. Safe to run when (parts of) it are not running.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+rc=0
+"$here/worker.sh" stop || rc=1
+"$here/dask-cluster.sh" stop || rc=1
+"$here/prefect-server.sh" stop || rc=1
+"$here/s3.sh" stop || rc=1
+exit $rc

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Local Prefect 3 API server (with UI) on 127.0.0.1:${PREFECT_PORT:-4200}.
+#   infra/prefect-server.sh start|stop|status|env
+# State (sqlite db, profiles) lives in ${TOPOZARR_STATE:-.state}/prefect-home.
+# `env` prints the exports a shell needs to talk to it.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+
+NAME=prefect-server
+HEALTH_URL="http://127.0.0.1:${PREFECT_PORT}/api/health"
+STARTUP_TIMEOUT="${PREFECT_STARTUP_TIMEOUT:-90}"
+
+print_env() {
+    echo "export PREFECT_HOME=$PREFECT_HOME"
+    echo "export PREFECT_API_URL=http://127.0.0.1:${PREFECT_PORT}/api"
+}
+
+case "${1:-}" in
+start)
+    require_bin prefect
+    if is_running "$NAME"; then
+        log "$NAME already running (pid $(cat "$(pidfile "$NAME")"))"
+    else
+        port_free "$PREFECT_PORT" || die "127.0.0.1:$PREFECT_PORT is already in use"
+        mkdir -p "$PREFECT_HOME"
+        # The UI calls the API at PREFECT_UI_API_URL; keep it on loopback too.
+        PREFECT_UI_API_URL="http://127.0.0.1:${PREFECT_PORT}/api" \
+            start_bg "$NAME" "$BIN/prefect" server start \
+            --host 127.0.0.1 --port "$PREFECT_PORT" --analytics-off
+    fi
+    wait_http "$HEALTH_URL" "$STARTUP_TIMEOUT" "$NAME" || die "$NAME failed to start"
+    log "$NAME healthy at http://127.0.0.1:${PREFECT_PORT} (UI), API ${HEALTH_URL%/health}"
+    print_env
+    ;;
+stop)
+    stop_bg "$NAME" 30
+    ;;
+status)
+    if is_running "$NAME" && curl -fsS -o /dev/null --max-time 2 "$HEALTH_URL"; then
+        echo "$NAME: running (pid $(cat "$(pidfile "$NAME")")), healthy at $HEALTH_URL"
+    elif is_running "$NAME"; then
+        echo "$NAME: process running (pid $(cat "$(pidfile "$NAME")")) but $HEALTH_URL not answering"
+        exit 1
+    else
+        echo "$NAME: not running"
+        exit 3
+    fi
+    ;;
+env)
+    print_env
+    ;;
+*)
+    echo "usage: $0 start|stop|status|env" >&2
+    exit 2
+    ;;
+esac

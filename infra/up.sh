@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Start the whole local stack, in dependency order:
+#   S3 (moto) -> Prefect server -> Prefect setup (pool + limits) -> Dask cluster -> Prefect worker
+# Prints the combined exports at the end; use:  eval "$(infra/up.sh)"
+# The Dask workers and the Prefect worker are started with the S3 env exported.
+# Env knobs: TOPOZARR_STATE, VENV, PREFECT_PORT, S3_PORT, S3_BUCKET, DASK_SCHEDULER_PORT,
+#            DASK_NWORKERS, TOPOZARR_POOL, TOPOZARR_REGION_WRITES_LIMIT; SKIP_DASK=1, SKIP_WORKER=1.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+on_error() { echo "[up.sh] a step failed; stopping what was started (infra/down.sh)" >&2; "$here/down.sh" >&2 || true; }
+trap on_error ERR
+
+"$here/s3.sh" start >/dev/null
+# Export AWS_* (and S3_BUCKET) so the Dask workers and the Prefect worker -- and the
+# flow-run processes it spawns -- inherit the S3 endpoint configuration.
+eval "$("$here/s3.sh" env)"
+"$here/prefect-server.sh" start >/dev/null
+"$here/setup-prefect.sh" >&2
+if [ "${SKIP_DASK:-0}" != 1 ]; then "$here/dask-cluster.sh" start >/dev/null; fi
+if [ "${SKIP_WORKER:-0}" != 1 ]; then "$here/worker.sh" start; fi
+trap - ERR
+
+"$here/s3.sh" env
+"$here/prefect-server.sh" env
+if [ "${SKIP_DASK:-0}" != 1 ]; then "$here/dask-cluster.sh" env; fi
+echo "[up.sh] stack is up; stop it with infra/down.sh" >&2
