@@ -192,3 +192,34 @@ def _max_overlap(results: list[dict]) -> int:
         cur += d
         best = max(best, cur)
     return best
+
+
+@pytest.mark.parametrize("target_format", ["zarr", "icechunk"])
+def test_flow_runs_unchanged_on_dask_process_cluster(prefect_harness, source, tmp_path, target_format):
+    from prefect_dask import DaskTaskRunner
+
+    _, src = source
+    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "processes": True, "threads_per_worker": 1,
+                                            "dashboard_address": None})
+    target = str(tmp_path / ("d.zarr" if target_format == "zarr" else "repo"))
+    params = _params(src, target, target_format=target_format, chunks_per_shard=1)
+    state = build_pyramid.with_options(task_runner=runner)(params, return_state=True)
+    assert state.is_completed(), state.message
+    runs = _write_batch_results(prefect_harness, state)
+    assert len(runs) >= 8
+    build_pyramid(_params(src, str(tmp_path / "threads.zarr"), chunks_per_shard=1))
+    if target_format == "icechunk":
+        target = icechunk.Repository.open(icechunk.local_filesystem_storage(target)).readonly_session("main").store
+    assert_same_pyramid(target, str(tmp_path / "threads.zarr"))
+
+
+def test_progress_artifact_reaches_100(prefect_harness, source, tmp_path):
+    _, src = source
+    state = build_pyramid(_params(src, str(tmp_path / "pr.zarr")), return_state=True)
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+    with prefect_harness.client() as c:
+        arts = c.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            type=ArtifactFilterType(any_=["progress"])))
+    assert len(arts) == 1 and float(arts[0].data) == 100.0
