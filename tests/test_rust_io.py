@@ -199,7 +199,7 @@ def _datasets():
 def test_rust_output_identical_and_written_by_zarrs(kind, dim, make_store, monkeypatch):
     ds = _datasets()[dim]
     p = create_pyramid(ds, levels=3, x_dim="lon", y_dim="lat", chunks_per_shard=2, target_chunk_bytes=64 * 1024)
-    keep = dim == "2d"  # 3d re-reads the previous level from the store, through the same zarrs handles
+    keep = dim == "2d"  # 3d re-reads the previous level from the store (partial-shard reads)
     spy = PipelineSpy(monkeypatch)
 
     store_py = make_store(kind, "py")
@@ -227,6 +227,8 @@ def test_open_array_for_gives_strict_zarrs_handles(kind, make_store):
     zarr.create_array(store, name="a", shape=(40, 40), chunks=(10, 10), shards=(20, 20), dtype="f4", fill_value=np.nan)
     rs = open_array_for("rust", store)(store, "a", "r+")
     py = open_array_for("python", store)(store, "a", "r+")
+    # read-only handles stay on zarr-python (zarrs 0.2.3 hangs on partial reads from S3)
+    assert pipeline_name(open_array_for("rust", store)(store, "a", "r")) == "BatchedCodecPipeline"
     assert pipeline_name(rs) == "ZarrsCodecPipeline"
     assert rs._async_array.codec_pipeline.python_impl is None  # strict: nothing to fall back to
     assert pipeline_name(py) == "BatchedCodecPipeline"
@@ -234,7 +236,10 @@ def test_open_array_for_gives_strict_zarrs_handles(kind, make_store):
     values[:7, :9] = np.nan
     rs[:, :] = values
     np.testing.assert_array_equal(py[:, :], values)  # written by Rust, read by Python
-    np.testing.assert_array_equal(rs[:, :], values)  # and by Rust
+    np.testing.assert_array_equal(rs[:, :], values)  # and by Rust (whole shards: fine on S3 too)
+    rs[3:13, 5:15] = -1.0  # partial-shard write (read-modify-write inside zarrs)
+    values[3:13, 5:15] = -1.0
+    np.testing.assert_array_equal(py[:, :], values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,30 +261,42 @@ def test_concurrent_python_and_rust_writes_do_not_cross(tmp_path, monkeypatch):
     p = create_pyramid(ds, levels=3, x_dim="lon", y_dim="lat", chunks_per_shard=1, target_chunk_bytes=64 * 1024)
     spy = PipelineSpy(monkeypatch)
     stores = {io: LocalStore(tmp_path / f"{io}.zarr") for io in ("python", "rust")}
-    barrier = threading.Barrier(2)
+    want = {"python": "BatchedCodecPipeline", "rust": "ZarrsCodecPipeline"}
     errors: list[BaseException] = []
     wrong_handles: list[str] = []
 
-    def run(io: str) -> None:
-        try:
-            barrier.wait()
-            for _ in range(2):
-                p.write(stores[io], io=io, max_region_bytes=SMALL_REGIONS, max_workers=2)
-            # hammer the openers too: the old zarr.config.set-based opener crossed over here every time
-            opener, want = open_array_for(io, stores[io]), {"python": "BatchedCodecPipeline", "rust": "ZarrsCodecPipeline"}[io]
-            for _ in range(200):
-                name = pipeline_name(opener(stores[io], "0/air", "r"))
-                if name != want:
-                    wrong_handles.append(f"{io} got {name}")
-        except BaseException as e:  # pragma: no cover - surfaced below
-            errors.append(e)
+    def in_threads(target, ios):
+        barrier = threading.Barrier(len(ios))
 
-    threads = [threading.Thread(target=run, args=(io,)) for io in ("python", "rust")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+        def run(io):
+            try:
+                barrier.wait()
+                target(io)
+            except BaseException as e:  # pragma: no cover - surfaced below
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(io,)) for io in ios]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+
+    def write_twice(io):
+        for _ in range(2):
+            p.write(stores[io], io=io, max_region_bytes=SMALL_REGIONS, max_workers=2)
+
+    def open_many(io):
+        # like the 2 pool workers of a rust write racing a python write; the former
+        # zarr.config.set-based opener crossed over (and left the config on zarrs) here
+        opener = open_array_for(io, stores[io])
+        for _ in range(300):
+            name = pipeline_name(opener(stores[io], "0/air", "r+"))
+            if name != want[io]:
+                wrong_handles.append(f"{io} got {name}")
+
+    in_threads(write_twice, ["python", "rust"])
+    in_threads(open_many, ["python", "rust", "rust"])
     assert not wrong_handles, wrong_handles[:5]
     assert zarr.config.get("codec_pipeline.path").endswith("BatchedCodecPipeline")
 
@@ -290,6 +307,43 @@ def test_concurrent_python_and_rust_writes_do_not_cross(tmp_path, monkeypatch):
     assert spy.keys("python", stores["python"]) == py_chunks
     assert spy.keys("rust", stores["python"], data_only=False) == set()
     _assert_same_output(stores["python"], stores["rust"])
+
+
+def test_python_open_while_rust_open_in_flight_stays_python(tmp_path, monkeypatch):
+    """Deterministic interleaving: a python handle is opened while a rust opener is mid-open.
+
+    A ``zarr.config.set``-scoped opener fails this (the python handle gets zarrs); ours must not.
+    """
+    store = LocalStore(tmp_path)
+    zarr.create_array(store, name="a", shape=(8,), chunks=(4,), dtype="f4")
+    real_open = zarr.open_array
+    rust_mid_open, python_opened = threading.Event(), threading.Event()
+
+    def open_and_pause(*args, **kwargs):
+        arr = real_open(*args, **kwargs)
+        if threading.current_thread().name == "rust-opener":
+            rust_mid_open.set()
+            assert python_opened.wait(10)
+        return arr
+
+    monkeypatch.setattr(zarr, "open_array", open_and_pause)
+    got: dict[str, str] = {}
+
+    def rust():
+        got["rust"] = pipeline_name(open_array_for("rust", store)(store, "a", "r+"))
+
+    def python():
+        assert rust_mid_open.wait(10)
+        got["python"] = pipeline_name(open_array_for("python", store)(store, "a", "r+"))
+        got["fresh"] = pipeline_name(real_open(store=store, path="a", mode="r"))
+        python_opened.set()
+
+    threads = [threading.Thread(target=rust, name="rust-opener"), threading.Thread(target=python, name="py-opener")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert got == {"rust": "ZarrsCodecPipeline", "python": "BatchedCodecPipeline", "fresh": "BatchedCodecPipeline"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from .metadata import ZarrLayerVarConfig
 from .plan import Region, RegionBatch, RegionPlan
 from .pyramid import Pyramid, WriteReport, create_pyramid
 from .regions import BatchResult, WriteContext, write_region_batch
+from .validate import ValidationReport, validate_pyramid
 
 __all__ = [
     "create_pyramid",
@@ -24,4 +25,6 @@ __all__ = [
     "WriteContext",
     "write_region_batch",
     "BatchResult",
+    "validate_pyramid",
+    "ValidationReport",
 ]

@@ -25,6 +25,8 @@ Here both are errors: :func:`check_io` rejects unsupported stores up front, and 
 pipeline is built strict (``python_impl=None``), so anything zarrs cannot encode raises instead of
 being encoded by Python. Supported: local paths / ``LocalStore`` and ``ObjectStore`` wrapping an
 obstore S3/GCS/Azure/HTTP/Local store (zarrs rebuilds the obstore store in Rust from its config).
+
+Only *write* handles get zarrs; read handles (mode ``"r"``) stay on zarr-python, see ``_open_rust``.
 """
 
 from __future__ import annotations
@@ -119,7 +121,13 @@ def _open_python(store: Any, path: str, mode: str) -> zarr.Array:
 
 
 def _open_rust(store: Any, path: str, mode: str) -> zarr.Array:
-    return attach_rust_pipeline(_open_python(store, path, mode))
+    arr = _open_python(store, path, mode)
+    if mode == "r":
+        # Read handles (the previous level, re-read when levels are not kept in memory) stay on
+        # zarr-python: zarrs 0.2.3 hangs on partial chunk/shard *reads* from ObjectStore(S3Store)
+        # (the call holds the GIL and never issues the HTTP request). Writes are unaffected.
+        return arr
+    return attach_rust_pipeline(arr)
 
 
 def open_array_for(io: str, store: Any) -> Callable[[Any, str, str], zarr.Array]:
