@@ -34,6 +34,9 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--regions-per-batch", type=int)
     d = sub.add_parser("demo", help="generate demo data and build it into a local Icechunk repo")
     d.add_argument("--out", default="demo-output")
+    r = sub.add_parser("retry", help="retry a failed flow run exactly like the UI's Retry button")
+    r.add_argument("flow_run_id")
+    r.add_argument("--here", action="store_true", help="execute it in this process instead of via a worker")
     return p
 
 
@@ -42,6 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry off-machine
     from .params import BuildParams
 
+    if args.command == "retry":
+        from .retry import mark_for_retry, retry_here
+
+        if args.here:
+            state = retry_here(args.flow_run_id)
+            print(f"flow run {args.flow_run_id}: {state.type.value}")
+            return 0 if state.is_completed() else 1
+        print(f"flow run {args.flow_run_id}: {mark_for_retry(args.flow_run_id)} (a worker will run it again)")
+        return 0
     try:
         if args.command == "demo":
             from .demo import write_demo_source
