@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import xarray as xr
 import zarr
 import zarr.errors
 
 from .levels import level_dataset, template_data
 from .metadata import multiscale_attributes
-from .paths import MISSING_GROUP, missing_path
+from .paths import missing_path
 from .planning import PyramidSpec
 
 STATUS_KEY = "topozarr:status"
@@ -125,11 +124,3 @@ def publish(store: Any, spec: PyramidSpec) -> dict:
     attrs = multiscale_attributes(spec.grid, spec.crs, list(spec.factors), spec.method, spec.layer_hints)
     root.attrs.put(attrs)
     return attrs
-
-
-def missing_group_exists(store: Any) -> bool:
-    root = zarr.open_group(store, mode="r", zarr_format=3)
-    return MISSING_GROUP in set(root.group_keys())
-
-
-__all__ = ["initialise_target", "publish", "check_target", "STATUS_KEY", "INCOMPLETE", "np"]

@@ -14,6 +14,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .chunking import VarEncoding
 
 Box = tuple[tuple[int, int], ...]  # (start, stop) per dim, in the variable's dim order
@@ -128,7 +130,7 @@ def level0_unit(
     itemsize = max(1, _itemsize(spec.dtype))
     shape = spec.shapes[0]
     for i, (u, c) in enumerate(zip(list(unit), source_chunks)):
-        if c is None or c <= 0 or c % u == 0 and c == u:
+        if not c or c == u:
             continue
         lcm = math.lcm(u, c)
         candidate = list(unit)
@@ -139,8 +141,6 @@ def level0_unit(
 
 
 def _itemsize(dtype: str) -> int:
-    import numpy as np
-
     return np.dtype(dtype).itemsize
 
 

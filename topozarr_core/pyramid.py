@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import psutil
 import xarray as xr
 
@@ -215,4 +214,4 @@ def create_pyramid(
     return Pyramid(ds, spec)
 
 
-__all__ = ["create_pyramid", "Pyramid", "WriteReport", "np"]
+__all__ = ["create_pyramid", "Pyramid", "WriteReport"]
