@@ -32,6 +32,8 @@ from topozarr_core.io_select import (
     pipeline_name,
 )
 
+pytestmark = pytest.mark.filterwarnings("ignore:Successfully reconstructed a store:RuntimeWarning")
+
 BUCKET = "topozarr-rust-io"
 SMALL_REGIONS = 64 * 1024  # several regions per level, so the thread pool really interleaves
 
@@ -219,6 +221,21 @@ def test_rust_output_identical_and_written_by_zarrs(kind, dim, make_store, monke
     assert spy.keys("python", store_py) == {k for k in _all_keys(store_py) if _is_region_key(k)}
 
     _assert_same_output(store_py, store_rs)
+
+
+def test_rust_write_to_s3_url(s3_endpoint, monkeypatch):
+    """``p.write("s3://...")`` (obstore ``from_url`` with client options) also runs zarrs."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    spy = PipelineSpy(monkeypatch)
+    ds = make_raster(ny=300, nx=360, nan_fraction=0.05)
+    p = create_pyramid(ds, levels=2, x_dim="lon", y_dim="lat", chunks_per_shard=1, target_chunk_bytes=64 * 1024)
+    url = f"s3://{BUCKET}/{uuid.uuid4().hex}/url.zarr"
+    assert p.write(url, io="rust").io == "rust"
+    store = _s3_store(s3_endpoint, url.split(f"{BUCKET}/", 1)[1])
+    on_store = {k for k in _all_keys(store) if _is_region_key(k)}
+    assert on_store and spy.keys("rust") == on_store and spy.keys("python") == set()
+    got = zarr.open_group(store, mode="r")["0/air"][...]
+    np.testing.assert_array_equal(got, ds["air"].values)
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])

@@ -42,9 +42,10 @@ from .targets import is_icechunk_store
 IO_CHOICES = ("python", "rust")
 RUST_PIPELINE = "zarrs.ZarrsCodecPipeline"
 
-#: zarrs ``chunk_concurrent_maximum`` for region writes; ``None`` lets zarrs decide (= its thread count).
+#: zarrs ``chunk_concurrent_maximum`` for region writes; ``None`` lets zarrs decide. Tried 1, 2: no clear gain
+#: over the default on 2 cores (benchmarks/bench_io.py --rust-chunk-concurrency).
 RUST_CHUNK_CONCURRENT_MAXIMUM: int | None = None
-#: zarrs ``num_threads`` (its rayon pool); ``None`` = zarrs default (all cores).
+#: zarrs ``num_threads`` (its rayon pool); ``None`` = zarrs default (all cores). Tried 1, 2: no clear gain.
 RUST_NUM_THREADS: int | None = None
 
 
@@ -70,8 +71,8 @@ def check_io(io: str, store: Any) -> None:
             what = f"ObjectStore({type(store.store).__name__})"
         raise ValueError(
             f"io='rust' cannot write to {what}: zarrs serves local paths, LocalStore and "
-            "obstore-backed ObjectStore (S3/GCS/Azure/HTTP/local file) targets only (zarrs would silently "
-            "fall back to Python on this store); use io='python'"
+            "obstore-backed ObjectStore (S3/GCS/Azure/HTTP/local file) targets only (on memory and Icechunk "
+            "stores zarrs would silently fall back to zarr-python); use io='python'"
         )
 
 
