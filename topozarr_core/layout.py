@@ -17,11 +17,13 @@ import zarr.errors
 
 from .levels import level_dataset, template_data
 from .metadata import multiscale_attributes
-from .paths import missing_path
+from .paths import missing_dtype, missing_path
 from .planning import PyramidSpec
 
 STATUS_KEY = "topozarr:status"
 INCOMPLETE = "incomplete"
+#: Root attribute recording the options a pyramid was built with (``update_pyramid`` reuses them).
+OPTIONS_KEY = "topozarr:options"
 WRITE_MODES = ("w", "w-", "a")
 
 
@@ -108,7 +110,7 @@ def initialise_target(store: Any, ds: xr.Dataset, spec: PyramidSpec, mode: str, 
                     store,
                     name=missing_path(lvl, v.name),
                     shape=v.shapes[lvl],
-                    dtype="uint32",
+                    dtype=missing_dtype(spec.factors[lvl]),
                     chunks=enc.chunks,
                     shards=enc.shards,
                     fill_value=0,
@@ -118,9 +120,22 @@ def initialise_target(store: Any, ds: xr.Dataset, spec: PyramidSpec, mode: str, 
                 )
 
 
+def creation_options(spec: PyramidSpec) -> dict[str, Any]:
+    """The ``create_pyramid`` options that fix a pyramid's layout (besides the source and its CRS)."""
+    return {
+        "x_dim": spec.x_dim,
+        "y_dim": spec.y_dim,
+        "factors": [int(f) for f in spec.factors],
+        "method": spec.method,
+        "chunks_per_shard": spec.chunks_per_shard,
+        "target_chunk_bytes": int(spec.target_chunk_bytes),
+    }
+
+
 def publish(store: Any, spec: PyramidSpec) -> dict:
     """Write the root ``multiscales``/``spatial:``/``proj:`` metadata: the last step of a write."""
     root = zarr.open_group(store, mode="r+", zarr_format=3)
     attrs = multiscale_attributes(spec.grid, spec.crs, list(spec.factors), spec.method, spec.layer_hints)
+    attrs[OPTIONS_KEY] = creation_options(spec)
     root.attrs.put(attrs)
     return attrs

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .paths import missing_dtype
 from .plan import RegionPlan, VarSpec
 
 
@@ -42,7 +43,7 @@ class LevelCache:
                 shape = spec.shapes[lvl]
                 cache.data[(lvl, spec.name)] = np.full(shape, _missing_fill(spec), dtype=spec.out_dtype)
                 if spec.track_missing:
-                    cache.missing[(lvl, spec.name)] = np.zeros(shape, dtype="uint32")
+                    cache.missing[(lvl, spec.name)] = np.zeros(shape, dtype=missing_dtype(plan.factors[lvl]))
         return cache
 
     def has(self, level: int, var: str) -> bool:
@@ -73,7 +74,8 @@ class LevelCache:
         for spec in plan.variables:
             for lvl in range(1, len(plan.factors)):
                 n = int(np.prod(spec.shapes[lvl]))
-                total += n * np.dtype(spec.out_dtype).itemsize + (4 * n if spec.track_missing else 0)
+                miss = np.dtype(missing_dtype(plan.factors[lvl])).itemsize if spec.track_missing else 0
+                total += n * (np.dtype(spec.out_dtype).itemsize + miss)
         return total
 
 
