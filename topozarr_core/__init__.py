@@ -9,6 +9,7 @@ from .metadata import ZarrLayerVarConfig
 from .plan import Region, RegionBatch, RegionPlan
 from .pyramid import Pyramid, WriteReport, create_pyramid
 from .regions import BatchResult, WriteContext, write_region_batch
+from .update import PyramidUpdate, UpdateRefused, UpdateReport, plan_update, update_pyramid
 from .validate import ValidationReport, validate_pyramid
 
 __all__ = [
@@ -27,4 +28,9 @@ __all__ = [
     "BatchResult",
     "validate_pyramid",
     "ValidationReport",
+    "update_pyramid",
+    "plan_update",
+    "PyramidUpdate",
+    "UpdateReport",
+    "UpdateRefused",
 ]

@@ -186,3 +186,62 @@ def build_region_plan(
         variables=tuple(variables),
         levels=tuple(level_plans),
     )
+
+
+def restrict_plan(
+    plan: RegionPlan,
+    dim: str,
+    start: int,
+    stop: int | None = None,
+    whole: frozenset[tuple[int, str]] | set[tuple[int, str]] = frozenset(),
+    regions_per_batch: int | None = None,
+    target_batches_per_level: int = 32,
+    clip: bool = True,
+) -> RegionPlan:
+    """The part of ``plan`` to rewrite when entries ``start:stop`` along ``dim`` change.
+
+    Keeps the regions of variables having ``dim`` whose box along ``dim`` meets ``[start, stop)``,
+    and every region of the ``(level, variable)`` pairs in ``whole``. With ``clip`` (default) the
+    kept boxes are cut to ``[start, stop)`` along ``dim``: a region then writes part of its shards,
+    which zarr does as read-modify-write of each shard (old inner chunks kept as encoded bytes).
+    That stays race-free because regions still never share a shard: each clipped box lies inside
+    its original box, and original boxes cover disjoint sets of whole shards. Without ``clip`` the
+    whole shards are recomputed. Regions are regrouped in batches; levels without regions are dropped.
+    """
+    stop = math.inf if stop is None else stop
+    level_plans = []
+    for lp in plan.levels:
+        regions: list[Region] = []
+        for batch in lp.batches:
+            for region in batch.regions:
+                spec = plan.var(region.var)
+                if (lp.level, region.var) in whole:
+                    regions.append(region)
+                elif dim in spec.dims:
+                    i = spec.dims.index(dim)
+                    a, b = region.box[i]
+                    if b > start and a < stop:
+                        if clip:
+                            box = list(region.box)
+                            box[i] = (max(a, int(start)), int(min(b, stop)))
+                            region = Region(region.level, region.var, tuple(box))
+                        regions.append(region)
+        if not regions:
+            continue
+        per = regions_per_batch or auto_regions_per_batch(len(regions), target_batches_per_level)
+        batches = tuple(
+            RegionBatch(lp.level, i, tuple(regions[s : s + per]))
+            for i, s in enumerate(range(0, len(regions), per))
+        )
+        level_plans.append(LevelPlan(lp.level, lp.factor, lp.step, batches))
+    return RegionPlan(
+        x_dim=plan.x_dim,
+        y_dim=plan.y_dim,
+        factors=plan.factors,
+        variables=plan.variables,
+        levels=tuple(level_plans),
+        extra={**plan.extra, "restricted": {"dim": dim, "start": int(start),
+                                            "stop": None if stop == math.inf else int(stop),
+                                            "whole": sorted([lvl, var] for lvl, var in whole),
+                                            "clip": clip}},
+    )

@@ -1,0 +1,315 @@
+"""The ``update-pyramid`` flow: append new entries (e.g. nightly time steps) to an existing pyramid.
+
+Orchestration only; every decision lives in :mod:`topozarr_core.update`. The steps mirror the
+build flow: plan (all refusals happen here, before anything is written), prepare, region batches
+per level as retryable tasks under the same global concurrency limit, finish (append coordinate +
+root metadata), validate, and for Icechunk one compare-and-swap publish of the user's branch.
+
+Icechunk: the update is staged on a private branch like a build, but every step after the first
+*amends* the staging commit, so the user's branch gains exactly one snapshot per update. A run
+with nothing to append writes and commits nothing.
+
+Scheduled runs: the ``update-pyramid-nightly`` deployment (``deployments/prefect.yaml``) runs this
+flow; at most one run at a time, since two updates must not write one plain Zarr pyramid at once.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.concurrency.sync import concurrency
+from prefect.context import TaskRunContext
+from prefect.futures import wait
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from topozarr_core import icechunk_txn
+from topozarr_core.io_select import open_array_for
+from topozarr_core.plan import RegionPlan
+from topozarr_core.regions import WriteContext, write_region_batch
+from topozarr_core.sources import open_source
+from topozarr_core.targets import resolve_store
+from topozarr_core.update import PyramidUpdate, UpdateInfo, plan_update
+from topozarr_core.validate import validate_pyramid
+
+from . import faults
+from .limits import ensure_limit_task
+from .params import REGION_LIMIT
+from .tasks import RETRYING
+
+
+class UpdateParams(BaseModel):
+    """What to update, from where, and how hard to push. Layout options come from the pyramid."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(description="The whole grown dataset: path or URL of NetCDF/Zarr, or icechunk://<repo>?branch=<b>")
+    target: str = Field(description="Local path or s3:// URL of the pyramid (Zarr) or of the Icechunk repository")
+    target_format: Literal["zarr", "icechunk"] = "zarr"
+    branch: str = Field("main", description="Icechunk branch updated (one new snapshot per update)")
+    append_dim: str = Field("time", description="Dimension the source grew along")
+    variables: list[str] | None = None
+    crs: str | None = Field(None, description="Only for sources without a CRS (default: the pyramid's)")
+    io: Literal["python", "rust"] = "python"
+    regions_per_batch: int | None = Field(None, ge=1)
+    max_task_runs: int = Field(200, ge=1, description="Batches are sized so a run has at most about this many write tasks")
+    max_region_bytes: int = Field(256_000_000, ge=1_000_000)
+    concurrency_limit: str = REGION_LIMIT
+    default_concurrency: int = Field(4, ge=1, description="Slots of the limit when the flow has to create it")
+    validate_samples: int = Field(4, ge=0)
+
+    @field_validator("source", "target", "branch", "append_dim", "concurrency_limit")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v or not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _io(self) -> "UpdateParams":
+        if self.target_format == "icechunk" and self.io == "rust":
+            raise ValueError("io='rust' cannot write Icechunk targets (zarrs would silently fall back); use io='python'")
+        return self
+
+    @property
+    def icechunk(self) -> icechunk_txn.IcechunkTarget | None:
+        return icechunk_txn.IcechunkTarget(self.target, self.branch) if self.target_format == "icechunk" else None
+
+
+class BatchesFailed(RuntimeError):
+    """Some region batches failed after their retries; retry the flow run to redo only those."""
+
+
+class BranchMoved(RuntimeError):
+    """The Icechunk branch moved between planning and staging; nothing was written. Run again."""
+
+
+# -- per-process job cache ------------------------------------------------------------------------
+
+
+@dataclass
+class UpdateJob:
+    params: UpdateParams
+    update: PyramidUpdate
+    plan: RegionPlan
+
+
+_jobs: dict[str, UpdateJob] = {}
+_lock = threading.Lock()
+
+
+def load_update_job(params: UpdateParams, info: dict) -> UpdateJob:
+    """The source, the planned update and its region plan, re-derived deterministically per process."""
+    key = params.model_dump_json() + json.dumps(info, sort_keys=True)
+    with _lock:
+        job = _jobs.get(key)
+        if job is None:
+            ds = open_source(params.source, params.variables)
+            update = PyramidUpdate.from_info(ds, UpdateInfo.from_dict(info))
+            job = _jobs[key] = UpdateJob(params, update, _region_plan(params, update))
+        return job
+
+
+def _region_plan(params: UpdateParams, update: PyramidUpdate) -> RegionPlan:
+    n_levels = len(update.spec.factors)
+    return update.region_plan(max_region_bytes=params.max_region_bytes, regions_per_batch=params.regions_per_batch,
+                              target_batches_per_level=max(1, params.max_task_runs // n_levels))
+
+
+def _zarr_store(params: UpdateParams) -> Any:
+    return resolve_store(params.target)
+
+
+# -- tasks ----------------------------------------------------------------------------------------
+
+
+def run_scoped_key(ctx: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """<flow run>/<task>/<key>: a retried run reuses completed tasks; a new run starts fresh."""
+    return f"{ctx.task_run.flow_run_id}/{ctx.task.name}/{parameters.get('key', '')}"
+
+
+RUN_CACHED = dict(cache_key_fn=run_scoped_key, persist_result=True)
+
+
+@task(name="plan-update", **RUN_CACHED)
+def plan_update_task(params: UpdateParams, key: str = "plan") -> dict:
+    """Open source and pyramid, check the source extends it, plan; every refusal happens here."""
+    ds = open_source(params.source, params.variables)
+    target = params.icechunk
+    snapshot = None
+    if target is None:
+        store = _zarr_store(params)
+    else:
+        repo = target.open_repo(create=False)
+        session = repo.readonly_session(branch=params.branch)
+        store, snapshot = session.store, session.snapshot_id
+    update = plan_update(ds, store, params.append_dim, crs=params.crs)
+    info = update.info
+    plan = _region_plan(params, update)
+    levels = [{"level": lp.level, "batches": len(lp.batches), "regions": lp.n_regions} for lp in plan.levels]
+    get_run_logger().info(
+        "planned update of %s along %r: %d -> %d entries, %d regions in %d batches%s", params.target,
+        info.append_dim, info.old_length, info.new_length, sum(lv["regions"] for lv in levels),
+        sum(lv["batches"] for lv in levels),
+        f", relaying out {[f'L{lvl}/{v}' for lvl, v in info.relayout]}" if info.relayout else "")
+    return {"info": info.to_dict(), "levels": levels, "changed": info.changed, "snapshot": snapshot,
+            "fingerprint": plan.fingerprint()}
+
+
+@task(name="prepare-update", **RUN_CACHED, **RETRYING)
+def prepare_update(params: UpdateParams, info: dict, planned_snapshot: str | None, key: str = "prepare") -> dict:
+    """Grow / relay out the arrays; for Icechunk on a staging branch, as its one commit."""
+    job = load_update_job(params, info)
+    target = params.icechunk
+    if target is None:
+        job.update.prepare(_zarr_store(params))
+        return {"staging": None, "base": None}
+    from prefect.runtime import flow_run
+
+    staging, base = icechunk_txn.begin(target, str(flow_run.id))
+    if base != planned_snapshot:
+        raise BranchMoved(f"branch {params.branch!r} moved from {planned_snapshot} to {base} after planning; "
+                          "nothing was written, run the update again")
+    session = icechunk_txn.writable(target, staging)
+    if session.snapshot_id != base:  # a retried run: the staging commit exists already
+        return {"staging": staging, "base": base}
+    job.update.prepare(session.store)
+    session.commit(_message(job.update.info), allow_empty=True)
+    return {"staging": staging, "base": base}
+
+
+@task(name="fork-level", **RUN_CACHED, **RETRYING)
+def fork_level(params: UpdateParams, staging: str, key: str) -> Any:
+    return icechunk_txn.fork(params.icechunk, staging)
+
+
+@task(name="write-update-batch", task_run_name="write-{key}", **RUN_CACHED, **RETRYING)
+def write_update_batch(params: UpdateParams, info: dict, level: int, index: int, fork: Any = None,
+                       key: str = "") -> dict:
+    """Write one batch of regions while holding one slot of the global limit."""
+    job = load_update_job(params, info)
+    lp = next(lp for lp in job.plan.levels if lp.level == level)
+    batch = lp.batches[index]
+    if fork is not None:
+        fork = pickle.loads(pickle.dumps(fork))  # own copy, exactly as on a remote worker
+        store = fork.store
+    else:
+        store = _zarr_store(params)
+    with concurrency(params.concurrency_limit, occupy=1, strict=True):
+        started = time.time()
+        faults.maybe_fail(batch.key)
+        ctx = WriteContext(plan=job.plan, source=job.update.pyramid.ds, store=store,
+                           open_array=open_array_for(params.io, store))
+        result = write_region_batch(ctx, batch)
+        finished = time.time()
+    get_run_logger().info("wrote %s: %d regions, %.1f MB in %.2f s", batch.key, result.regions,
+                          result.bytes_written / 1e6, result.seconds)
+    out = {"key": batch.key, "level": level, "regions": result.regions, "bytes": result.bytes_written,
+           "seconds": result.seconds, "started": started, "finished": finished}
+    if fork is not None:
+        out["fork"] = fork
+    return out
+
+
+@task(name="amend-level", **RUN_CACHED, **RETRYING)
+def amend_level(params: UpdateParams, info: dict, staging: str, forks: list[Any], key: str) -> str:
+    """Merge this level's forks into the staging branch, amending its single update commit."""
+    session = icechunk_txn.writable(params.icechunk, staging)
+    if forks:
+        session.merge(*forks)
+    return session.amend(_message(UpdateInfo.from_dict(info)), allow_empty=True)
+
+
+@task(name="finish-update", **RUN_CACHED, **RETRYING)
+def finish_update(params: UpdateParams, info: dict, staging: str | None, key: str = "finish") -> dict:
+    """Replace the append coordinate, publish the root metadata (Icechunk: amend the staging commit)."""
+    job = load_update_job(params, info)
+    if staging is None:
+        return job.update.finish(_zarr_store(params))
+    session = icechunk_txn.writable(params.icechunk, staging)
+    attrs = job.update.finish(session.store)
+    session.amend(_message(job.update.info), allow_empty=True)
+    return attrs
+
+
+@task(name="validate-pyramid", **RUN_CACHED)
+def validate_update(params: UpdateParams, info: dict, staging: str | None, key: str = "validate") -> dict:
+    """Layout, convention schemas and value spot checks of the updated pyramid against the source."""
+    job = load_update_job(params, info)
+    if staging is None:
+        store = _zarr_store(params)
+    else:
+        store = params.icechunk.open_repo(create=False).readonly_session(branch=staging).store
+    report = validate_pyramid(job.update.pyramid, store, samples_per_level=params.validate_samples)
+    report.raise_for_errors()
+    return {"spot_checks": report.spot_checks, "levels": len(report.levels)}
+
+
+@task(name="publish-branch", **RUN_CACHED, **RETRYING)
+def publish_branch(params: UpdateParams, staging: str, base: str, key: str = "publish") -> str:
+    """The final step: move the user's branch to the updated snapshot (compare-and-swap)."""
+    snap = icechunk_txn.publish(params.icechunk, staging, base)
+    get_run_logger().info("published %s to branch %r", snap, params.branch)
+    return snap
+
+
+def _message(info: UpdateInfo) -> str:
+    return f"topozarr: update {info.append_dim} {info.old_length} -> {info.new_length}"
+
+
+# -- the flow -------------------------------------------------------------------------------------
+
+
+@flow(name="update-pyramid", persist_result=True)
+def update_pyramid(params: UpdateParams) -> dict[str, Any]:
+    """Append the new ``params.append_dim`` entries of ``params.source`` to the pyramid ``params.target``."""
+    logger = get_run_logger()
+    planned = plan_update_task(params)
+    info = planned["info"]
+    summary = {"append_dim": info["append_dim"], "old_length": info["old_length"],
+               "new_length": info["new_length"], "relayout": info["relayout"]}
+    if not planned["changed"]:
+        logger.info("nothing to update: the pyramid already holds all %d %r entries of the source",
+                    info["new_length"], info["append_dim"])
+        return {**summary, "changed": False, "regions": 0, "levels": [], "snapshot": planned["snapshot"],
+                "spot_checks": 0}
+    ensure_limit_task(params.concurrency_limit, params.default_concurrency)
+    prep = prepare_update(params, info, planned["snapshot"])
+    staging = prep["staging"]
+    total = sum(lv["batches"] for lv in planned["levels"])
+    progress = create_progress_artifact(0.0, description=f"update batches written ({total} in all)")
+    done, rows = 0, []
+    for lv in planned["levels"]:
+        level = lv["level"]
+        t0 = time.perf_counter()
+        fork = fork_level(params, staging, key=f"L{level}") if staging else None
+        futures = [write_update_batch.submit(params, info, level, i, fork, key=f"L{level}-B{i:05d}")
+                   for i in range(lv["batches"])]
+        wait(futures)
+        failed = [f for f in futures if not f.state.is_completed()]
+        if failed:
+            raise BatchesFailed(f"level {level}: {len(failed)} of {len(futures)} batches failed; retry the run")
+        results = [f.result() for f in futures]
+        if staging:
+            amend_level(params, info, staging, [r["fork"] for r in results], key=f"level-{level}")
+        done += len(results)
+        update_progress_artifact(progress, 100.0 * done / max(total, 1))
+        seconds = time.perf_counter() - t0
+        logger.info("level %d updated: %d batches, %.1f MB, %.1f s", level, len(results),
+                    sum(r["bytes"] for r in results) / 1e6, seconds)
+        rows.append({**lv, "seconds": round(seconds, 2)})
+    finish_update(params, info, staging)
+    checked = validate_update(params, info, staging)
+    snapshot = publish_branch(params, staging, prep["base"]) if staging else None
+    create_table_artifact(rows, key="pyramid-update", description=f"{params.source} -> {params.target}")
+    logger.info("update complete: %r %d -> %d, %d regions", info["append_dim"], info["old_length"],
+                info["new_length"], sum(r["regions"] for r in rows))
+    return {**summary, "changed": True, "regions": sum(r["regions"] for r in rows), "levels": rows,
+            "snapshot": snapshot, "spot_checks": checked["spot_checks"], "fingerprint": planned["fingerprint"]}
+
