@@ -10,8 +10,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from topozarr_core import Pyramid, RegionPlan, create_pyramid
+from topozarr_core import Pyramid, RegionPlan, create_pyramid, icechunk_txn
 from topozarr_core.icechunk_txn import IcechunkTarget
+from topozarr_core.layout import check_target
 from topozarr_core.sources import open_source
 from topozarr_core.targets import resolve_store
 
@@ -32,6 +33,15 @@ class Job:
 
     def zarr_store(self) -> Any:
         return resolve_store(self.params.target)
+
+    def check_target(self) -> None:
+        """Read-only check that the target can take this pyramid in this mode (creates nothing)."""
+        levels = [lp.level for lp in self.plan.levels]
+        if self.icechunk is not None:
+            icechunk_txn.check_target(self.icechunk, self.pyramid.spec, self.params.mode, levels)
+        else:
+            check_target(resolve_store(self.params.target, read_only=True), self.pyramid.spec, self.params.mode,
+                         levels)
 
 
 _jobs: dict[str, Job] = {}

@@ -42,8 +42,11 @@ RETRYING = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_facto
 
 @task(name="plan-pyramid", **RUN_CACHED)
 def plan_pyramid(params: BuildParams, key: str = "plan") -> dict:
-    """Open the source and plan; every bad input fails here, before anything is written."""
+    """Open the source, plan, and check the target (read-only): every bad input fails here, before anything
+    is written. A retry of the same flow run reuses this task's result, so it does not re-check a target the
+    run itself has started writing."""
     job = load_job(params)
+    job.check_target()
     levels = []
     for lp in job.plan.levels:
         first = job.plan.variables[0]

@@ -56,6 +56,35 @@ class IcechunkTarget:
         return f"{STAGING_PREFIX}{run_id}"
 
 
+def check_target(target: IcechunkTarget, spec: Any, mode: str, levels: list[int]) -> None:
+    """Refuse, before anything is created, branched or committed, a target ``begin``/``initialise`` would fail on
+    (read-only: a missing repository is not created here)."""
+    from .layout import check_target as check_tree
+    from .targets import TargetError, check_local_target, error_summary, probe_object_store, store_errors
+
+    on_s3 = target.location.startswith("s3://")
+    if not on_s3:
+        check_local_target(target.location)
+    try:
+        storage = target.storage()
+        exists = icechunk.Repository.exists(storage)
+        if exists:
+            repo = icechunk.Repository.open(storage)
+            branches = set(repo.list_branches())
+        elif on_s3:
+            probe_object_store(target.location)  # the bucket exists and the credentials are accepted
+    except store_errors() as err:
+        raise TargetError(f"cannot access the Icechunk repository at {target.location!r}: {error_summary(err)}") from None
+    if not exists:
+        if target.branch != "main":
+            raise TargetError(f"branch {target.branch!r} does not exist: there is no Icechunk repository at "
+                              f"{target.location!r} yet, and a new one has only 'main'")
+        return
+    if target.branch not in branches:
+        raise TargetError(f"branch {target.branch!r} does not exist in {target.location!r}; create it first")
+    check_tree(repo.readonly_session(branch=target.branch).store, spec, mode, levels)
+
+
 def begin(target: IcechunkTarget, run_id: str) -> tuple[str, str]:
     """Create (or reuse, on resume) the staging branch; returns (staging branch, base snapshot of the user's branch)."""
     repo = target.open_repo(create=True)

@@ -19,6 +19,7 @@ from .levels import level_dataset, template_data
 from .metadata import multiscale_attributes
 from .paths import missing_dtype, missing_path
 from .planning import PyramidSpec
+from .targets import TargetError, check_local_target, describe_store, error_summary, store_errors
 
 STATUS_KEY = "topozarr:status"
 INCOMPLETE = "incomplete"
@@ -30,6 +31,8 @@ WRITE_MODES = ("w", "w-", "a")
 def _existing_root(store: Any) -> zarr.Group | None:
     try:
         return zarr.open_group(store, mode="r", zarr_format=3)
+    except zarr.errors.ContainsArrayError:  # a ValueError: must not pass for "no pyramid here"
+        raise FileExistsError("the target holds a zarr array at its root, not a pyramid group") from None
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
         return None
     except Exception as err:  # e.g. an array at the root
@@ -42,10 +45,21 @@ def check_target(store: Any, spec: PyramidSpec, mode: str, levels: list[int]) ->
     """Refuse, before writing anything, targets the requested mode must not touch."""
     if mode not in WRITE_MODES:
         raise ValueError(f"mode must be one of {WRITE_MODES}, got {mode!r}")
-    root = _existing_root(store)
+    local = isinstance(store, zarr.storage.LocalStore)
+    if local:
+        check_local_target(store.root)
+    try:
+        root = _existing_root(store)
+        # list (first key only) for w-, and for object stores in every mode: a missing bucket reads like
+        # "no zarr.json here" but cannot be listed. (A local listing walks the whole tree: only for w-.)
+        not_empty = root is not None or ((mode == "w-" or not local) and _has_keys(store))
+    except FileExistsError:
+        raise
+    except store_errors() as err:  # e.g. a missing bucket or rejected credentials: say so, briefly
+        raise TargetError(f"cannot read the target {describe_store(store)}: {error_summary(err)}") from None
     all_levels = list(range(len(spec.factors)))
     if mode == "w-":
-        if root is not None or _has_keys(store):
+        if not_empty:
             raise FileExistsError("the target is not empty and mode='w-' refuses to overwrite it; use mode='w'")
         return
     if mode == "w":
@@ -73,8 +87,11 @@ def check_target(store: Any, spec: PyramidSpec, mode: str, levels: list[int]) ->
 
 def _has_keys(store: Any) -> bool:
     async def first() -> bool:
-        async for _ in store.list():
-            return True
+        try:
+            async for _ in store.list():
+                return True
+        except FileNotFoundError:  # a read-only local store whose directory does not exist yet
+            return False
         return False
 
     from zarr.core.sync import sync

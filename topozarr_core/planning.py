@@ -177,7 +177,7 @@ def build_spec(
         if var_method == "majority" and da.dtype.kind in "iu" and fill is None:
             raise ValueError(
                 f"method='majority' on integer variable {name!r} needs a _FillValue attribute to mark "
-                "windows without a majority; set ds[{name!r}].attrs['_FillValue'] or use method='mode'"
+                f"windows without a majority; set ds[{name!r}].attrs['_FillValue'] or use method='mode'"
             )
         chunks = _source_chunks(da)
         source_chunks[name] = chunks

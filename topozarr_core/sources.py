@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import xarray as xr
 
-from .targets import object_store_from_url
+from .targets import error_summary, object_store_from_url
 
 ICECHUNK_SCHEME = "icechunk://"
 
@@ -43,8 +43,8 @@ def open_source(source: str, variables: list[str] | None = None) -> xr.Dataset:
         raise
     except FileNotFoundError:
         raise SourceError(f"source {source!r} does not exist") from None
-    except Exception as err:  # noqa: BLE001 - re-raised with context, without secrets
-        raise SourceError(f"cannot open source {source!r}: {type(err).__name__}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - re-raised with context, without secrets or backend dumps
+        raise SourceError(f"cannot open source {source!r}: {error_summary(err)}") from None
     if variables:
         missing = [v for v in variables if v not in ds.data_vars]
         if missing:
@@ -59,6 +59,8 @@ def _open(source: str) -> xr.Dataset:
 
         location, branch = parse_icechunk(source)
         repo = IcechunkTarget(location, branch).open_repo(create=False)
+        if branch not in repo.list_branches():
+            raise SourceError(f"branch {branch!r} does not exist in the Icechunk repository {location!r}")
         session = repo.readonly_session(branch=branch)
         return xr.open_zarr(session.store, chunks=None, consolidated=False, zarr_format=3)
     if "://" in source and not source.startswith("file://"):
@@ -67,5 +69,8 @@ def _open(source: str) -> xr.Dataset:
     if not path.exists():
         raise FileNotFoundError(source)
     if path.is_dir():
-        return xr.open_zarr(os.fspath(path), chunks=None, consolidated=None)
+        try:
+            return xr.open_zarr(os.fspath(path), chunks=None, consolidated=None)
+        except FileNotFoundError:
+            raise SourceError(f"source {source!r} is a directory but not a Zarr store (no zarr.json or .zgroup)") from None
     return xr.open_dataset(path, engine="h5netcdf", chunks=None)

@@ -3,17 +3,88 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 from typing import Any
 
 import zarr
 from zarr.storage import LocalStore, ObjectStore
 
 
+class TargetError(ValueError):
+    """The target cannot be written; the message says why (never includes credentials)."""
+
+
+#: Environment variables whose values must never appear in a message.
+SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AZURE_STORAGE_ACCOUNT_KEY",
+                   "AZURE_STORAGE_SAS_TOKEN", "GOOGLE_SERVICE_ACCOUNT_KEY")
+_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
+_XML_CODE = re.compile(r"<Code>([^<]*)</Code>")
+_XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
+_STRUCT_CODE = re.compile(r'code: "([^"]*)", message: "([^"]*)"')  # Rust debug form (icechunk / AWS SDK)
+_HTTP_STATUS = re.compile(r"\b([45]\d\d [A-Z][A-Za-z ]*?):")
+_DUMP = re.compile(r"\n\s*\n\s*(?:Debug source:|context:)")
+
+
+def redact(text: str) -> str:
+    """``text`` with credential values from the environment (and AWS key ids) replaced by ``***``."""
+    for name in SECRET_ENV_VARS:
+        value = os.environ.get(name, "")
+        if len(value) >= 8:  # real keys are 20+ characters; shorter values would mask ordinary words
+            text = text.replace(value, "***")
+    return _AWS_KEY_ID.sub("***", text)
+
+
+def error_summary(err: BaseException, limit: int = 300) -> str:
+    """One line for people from an object-store or Icechunk error: the service's error code and message,
+    without request dumps, Rust debug structures or response bodies, and with credentials redacted."""
+    text = str(err)
+    if m := _XML_CODE.search(text):  # an S3-style XML error body
+        message = _XML_MESSAGE.search(text)
+        status = _HTTP_STATUS.search(text)
+        summary = f"{m.group(1)}: {message.group(1) if message else ''}".rstrip(": ")
+        summary = f"{status.group(1)} {summary}" if status else summary
+    elif m := _STRUCT_CODE.search(text):
+        summary = f"{m.group(1)}: {m.group(2)}"
+    else:
+        summary = " ".join(_DUMP.split(text, maxsplit=1)[0].split())
+    summary = redact(summary)
+    if len(summary) > limit:
+        summary = summary[: limit - 3] + "..."
+    return f"{type(err).__name__}: {summary}" if summary else type(err).__name__
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "the storage backend said no" (I/O, object store, Icechunk storage)."""
+    import icechunk
+    import obstore.exceptions
+
+    return (OSError, obstore.exceptions.BaseError, icechunk.IcechunkError)
+
+
+def check_local_target(path: str | os.PathLike) -> None:
+    """Refuse, before anything is created, a local target that can never become a writable directory."""
+    p = Path(os.fspath(path).removeprefix("file://"))
+    if p.exists():
+        if not p.is_dir():
+            raise TargetError(f"target {str(p)!r} is a file, not a directory")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise TargetError(f"target directory {str(p)!r} is not writable")
+        return
+    parent = p.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TargetError(f"target {str(p)!r} cannot be created: {str(parent)!r} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TargetError(f"target {str(p)!r} cannot be created: directory {str(parent)!r} is not writable")
+
+
 def is_icechunk_store(store: Any) -> bool:
     return type(store).__module__.startswith("icechunk")
 
 
-def object_store_from_url(url: str, **options: Any) -> ObjectStore:
+def object_store_from_url(url: str, read_only: bool = False, **options: Any) -> ObjectStore:
     """An obstore-backed zarr store for s3://, gs://, az:// ... URLs (credentials from the environment)."""
     from obstore.store import from_url
 
@@ -25,19 +96,29 @@ def object_store_from_url(url: str, **options: Any) -> ObjectStore:
             client_options.setdefault("allow_http", True)
     client_options.setdefault("connect_timeout", "30s")
     client_options.setdefault("timeout", "120s")
-    return ObjectStore(from_url(url, client_options=client_options, **options))
+    return ObjectStore(from_url(url, client_options=client_options, **options), read_only=read_only)
 
 
-def resolve_store(target: Any) -> Any:
-    """A zarr store object for ``target`` (a path, URL, zarr store or Icechunk session)."""
+def probe_object_store(url: str) -> None:
+    """One LIST request below ``url``: raises the backend's error for a missing bucket or rejected credentials."""
+    import obstore
+
+    store = object_store_from_url(url.rstrip("/"), read_only=True)
+    next(iter(obstore.list(store.store, chunk_size=1)), None)
+
+
+def resolve_store(target: Any, read_only: bool = False) -> Any:
+    """A zarr store object for ``target`` (a path, URL, zarr store or Icechunk session).
+
+    ``read_only`` applies to paths and URLs: a read-only local store does not create its directory."""
     if hasattr(target, "store") and type(target).__module__.startswith("icechunk"):
         return target.store  # an icechunk Session
     if isinstance(target, os.PathLike):
         target = os.fspath(target)
     if isinstance(target, str):
         if "://" in target and not target.startswith("file://"):
-            return object_store_from_url(target)
-        return LocalStore(target.removeprefix("file://"))
+            return object_store_from_url(target, read_only=read_only)
+        return LocalStore(target.removeprefix("file://"), read_only=read_only)
     if isinstance(target, zarr.abc.store.Store):
         return target
     raise TypeError(

@@ -1,0 +1,203 @@
+"""Object-store credentials never appear in logs, artifacts, results, run metadata or exceptions.
+
+Flows run against the moto S3 endpoint with distinctive credentials that exist only in the
+environment: zarr and Icechunk builds with injected (retried) batch failures, and builds failing
+on a missing bucket (target, Icechunk target, source) or on credentials the endpoint rejects. Then everything Prefect kept about those runs is scanned for the secret key and
+the access key id: captured log records (with tracebacks), the API's logs, artifacts, flow and task
+runs (parameters, state messages), state histories, every persisted result file (decoded: JSON,
+base64, pickle bytes), and the exceptions and results handed back, with their tracebacks.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import pickle
+import traceback
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flows.build import build_pyramid
+from tests.conftest import make_raster
+from tests.test_bad_inputs import MotoAuth
+
+KEY_ID = "AKIATOPOZARRLEAKTEST"
+SECRET = "SUPERSECRET-xyz-topozarr-0123456789abcdef"
+NEEDLES = (SECRET, SECRET[:16], KEY_ID)
+BASE = dict(levels=2, x_dim="lon", y_dim="lat", crs="EPSG:4326", regions_per_batch=1,
+            concurrency_limit="secrets-writes", default_concurrency=32)
+
+
+# -- the scanner ----------------------------------------------------------------------------------
+
+def _strings(doc) -> Iterator[str]:
+    if isinstance(doc, str):
+        yield doc
+    elif isinstance(doc, dict):
+        for k, v in doc.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(doc, (list, tuple)):
+        for v in doc:
+            yield from _strings(v)
+
+
+def views(blob: bytes | str) -> Iterator[bytes]:
+    """The blob, and what it decodes to: JSON strings, base64 payloads (e.g. pickled results)."""
+    data = blob.encode() if isinstance(blob, str) else blob
+    yield data
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return
+    for s in _strings(doc):
+        yield s.encode()
+        if len(s) >= 16:
+            try:
+                yield base64.b64decode(s, validate=True)
+            except ValueError:
+                pass
+
+
+def leaks(blob: bytes | str) -> list[str]:
+    found = []
+    for view in views(blob):
+        found += [n for n in NEEDLES if n.encode() in view]
+    return sorted(set(found))
+
+
+def test_scanner_finds_encoded_secrets():
+    """Positive control: the scan sees a secret inside a base64 pickle inside JSON."""
+    record = json.dumps({"result": base64.b64encode(pickle.dumps({"k": SECRET})).decode()})
+    assert set(leaks(record)) == {SECRET, SECRET[:16]}
+    assert leaks(f"error: key {KEY_ID} rejected") == [KEY_ID]
+    assert leaks("nothing to see") == []
+
+
+# -- the runs -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def secret_env(s3_env, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    return s3_env
+
+
+def test_credentials_never_leak(prefect_harness, secret_env, s3_prefix, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="prefect")
+    s3 = secret_env
+    src = tmp_path / "src.nc"
+    make_raster(ny=128, nx=128, crs=None).to_netcdf(src, engine="h5netcdf")
+    url = f"s3://{s3.bucket}/{s3_prefix}"
+
+    states = {}
+
+    def run(name: str, expect_ok: bool, faults: str = "", **kw):
+        monkeypatch.setenv("TOPOZARR_FAULTS", faults)
+        monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "faults" / name))
+        state = build_pyramid({**BASE, "source": str(src), **kw}, return_state=True)
+        assert state.is_completed() == expect_ok, (name, state.message)
+        states[name] = state
+
+    run("zarr-with-faults", True, faults="batch=L0-B00000@1", target=f"{url}/a.zarr")
+    run("icechunk-with-faults", True, faults="batch=L1-B00000@1", target=f"{url}/repo", target_format="icechunk")
+    run("missing-target-bucket", False, target="s3://no-such-bucket-topozarr/p.zarr")
+    run("missing-icechunk-bucket", False, target="s3://no-such-bucket-topozarr/repo", target_format="icechunk")
+    run("missing-source-bucket", False, target=f"{url}/x.zarr", source="s3://no-such-bucket-topozarr/src.zarr")
+    auth = MotoAuth(s3.endpoint_url, s3.region)
+    auth.on()  # now the endpoint checks the (unknown) key and rejects it
+    try:
+        run("rejected-credentials", False, target=f"{url}/r.zarr")
+        run("rejected-credentials-icechunk", False, target=f"{url}/r-repo", target_format="icechunk")
+    finally:
+        auth.off()
+
+    def attempts(name: str) -> dict[str, int]:
+        return {p.stem: len(p.read_text()) for p in (tmp_path / "faults" / name).glob("*.attempts")}
+
+    # each injected fault fired once and was retried
+    assert attempts("zarr-with-faults") == {"L0-B00000": 2, "L1-B00000": 1}
+    assert attempts("icechunk-with-faults") == {"L0-B00000": 1, "L1-B00000": 2}
+    run_ids = [s.state_details.flow_run_id for s in states.values()]
+    scanned: dict[str, list[str]] = {}
+
+    def scan(what: str, blob) -> None:
+        found = leaks(blob)
+        if found:
+            scanned[what] = found
+
+    # exceptions and results returned to the caller
+    for name, state in states.items():
+        outcome = state.result(raise_on_failure=False)
+        if isinstance(outcome, BaseException):
+            scan(f"exception:{name}", "".join(traceback.format_exception(outcome)) + repr(outcome))
+        else:
+            scan(f"result:{name}", json.dumps(outcome, default=repr))
+        scan(f"state:{name}", state.model_dump_json(exclude={"data"}) + repr(state))
+
+    # log records of this process, formatted with their tracebacks
+    fmt = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    assert caplog.records
+    for i, record in enumerate(caplog.records):
+        scan(f"caplog:{i}:{record.name}", fmt.format(record))
+
+    # everything the Prefect API kept
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    with prefect_harness.client() as c:
+        logs = []
+        while batch := c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids)),
+                                   offset=len(logs), limit=200):
+            logs += batch
+        assert any("Retry" in log.message or "injected" in log.message for log in logs)
+        for log in logs:
+            scan(f"api-log:{log.id}", log.model_dump_json())
+        for art in c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids))):
+            scan(f"artifact:{art.key or art.id}", art.model_dump_json())
+        for run_id in run_ids:
+            scan(f"flow-run:{run_id}", c.read_flow_run(run_id).model_dump_json())
+            for st in c.read_flow_run_states(run_id):
+                scan(f"flow-run-state:{run_id}", st.model_dump_json())
+        task_runs = []
+        while batch := c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)),
+                                        offset=len(task_runs), limit=200):
+            task_runs += batch
+        assert task_runs
+        for tr in task_runs:
+            scan(f"task-run:{tr.name}", tr.model_dump_json())
+
+    # persisted results (the harness's PREFECT_LOCAL_STORAGE_PATH): pickled task results, e.g. the
+    # Icechunk fork sessions, and failure states
+    files = [p for p in Path(prefect_harness.results).rglob("*") if p.is_file()]
+    assert files
+    for p in files:
+        scan(f"result-file:{p.name}", p.read_bytes())
+
+    assert scanned == {}, f"credentials leaked into: {json.dumps(scanned, indent=1)}"
+
+
+def test_error_summary_redacts_credentials(monkeypatch):
+    """Defence in depth for messages built from backend errors (targets.error_summary)."""
+    from topozarr_core.targets import error_summary
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    err = RuntimeError(f"request failed: Credential={KEY_ID}/20250101/us-east-1/s3, secret {SECRET}\n\n"
+                       "Debug source:\nGeneric { ... }")
+    summary = error_summary(err)
+    assert leaks(summary) == []
+    assert summary.startswith("RuntimeError: request failed: Credential=***") and "Debug source" not in summary
+    xml = RuntimeError('403 Forbidden: <?xml version="1.0"?><Error><Code>SignatureDoesNotMatch</Code>'
+                       f"<Message>bad signature</Message><AWSAccessKeyId>{uuid.uuid4().hex}</AWSAccessKeyId></Error>")
+    assert error_summary(xml) == "RuntimeError: 403 Forbidden SignatureDoesNotMatch: bad signature"
