@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.futures import wait
+from prefect.artifacts import create_table_artifact
 
+from .batches import BatchesFailed, run_levels  # noqa: F401  (BatchesFailed: what a failed run raises)
 from .limits import ensure_limit_task
 from .params import BuildParams
 from .tasks import (
@@ -23,10 +22,6 @@ from .tasks import (
 )
 
 
-class BatchesFailed(RuntimeError):
-    """Some region batches failed after their retries; retry the flow run to redo only those."""
-
-
 @flow(name="build-pyramid", persist_result=True)
 def build_pyramid(params: BuildParams) -> dict[str, Any]:
     """Build (or rebuild) a multiscale GeoZarr pyramid from ``params.source`` into ``params.target``."""
@@ -35,30 +30,12 @@ def build_pyramid(params: BuildParams) -> dict[str, Any]:
     ensure_limit_task(params.concurrency_limit, params.default_concurrency)
     init = initialise_target(params)
     staging = init["staging"]
-    total = sum(lv["batches"] for lv in plan["levels"])
-    progress = create_progress_artifact(0.0, description=f"region batches written ({total} in all)")
-    done, rows = 0, []
-    for lv in plan["levels"]:
-        level = lv["level"]
-        t0 = time.perf_counter()
-        fork = fork_level(params, staging, key=f"L{level}") if staging else None
-        futures = [
-            write_batch.submit(params, level, i, fork, key=f"L{level}-B{i:05d}") for i in range(lv["batches"])
-        ]
-        wait(futures)
-        failed = [f for f in futures if not f.state.is_completed()]
-        if failed:
-            raise BatchesFailed(f"level {level}: {len(failed)} of {len(futures)} batches failed; retry the run")
-        results = [f.result() for f in futures]
-        if staging:
-            commit_level(params, staging, [r["fork"] for r in results], key=f"level-{level}")
-        done += len(results)
-        update_progress_artifact(progress, 100.0 * done / max(total, 1))
-        seconds = time.perf_counter() - t0
-        logger.info("level %d %s written: %d batches, %.1f MB, %.1f s", level, lv["shape"], len(results),
-                    sum(r["bytes"] for r in results) / 1e6, seconds)
-        rows.append({**{k: lv[k] for k in ("level", "factor", "shape", "chunks", "shards", "batches", "regions")},
-                     "seconds": round(seconds, 2)})
+    rows = run_levels(
+        plan["levels"],
+        lambda level, i, fork: write_batch.submit(params, level, i, fork, key=f"L{level}-B{i:05d}"),
+        fork=(lambda level: fork_level(params, staging, key=f"L{level}")) if staging else None,
+        commit=(lambda level, forks: commit_level(params, staging, forks, key=f"level-{level}")) if staging else None,
+    )
     publish_metadata(params, staging)
     checked = validate(params, staging)
     snapshot = publish_branch(params, staging, init["base"]) if staging else None

@@ -7,21 +7,16 @@ completed task's persisted result and redoes only what failed; a new run starts 
 from __future__ import annotations
 
 import os
-import pickle
-import time
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
 from topozarr_core import icechunk_txn
-from topozarr_core.regions import WriteContext, write_region_batch
-from topozarr_core.io_select import open_array_for
 from topozarr_core.validate import validate_pyramid
 
-from . import faults
+from .batches import write_one_batch
 from .job import load_job
 from .params import BuildParams
 
@@ -92,27 +87,8 @@ def fork_level(params: BuildParams, staging: str, key: str) -> Any:
 def write_batch(params: BuildParams, level: int, index: int, fork: Any = None, key: str = "") -> dict:
     """Write one batch of shard-aligned regions while holding one slot of the global limit."""
     job = load_job(params)
-    lp = next(lp for lp in job.plan.levels if lp.level == level)
-    batch = lp.batches[index]
-    if fork is not None:
-        fork = pickle.loads(pickle.dumps(fork))  # own copy, exactly as on a remote worker
-        store = fork.store
-    else:
-        store = job.zarr_store()
-    with concurrency(params.concurrency_limit, occupy=1, strict=True):
-        started = time.time()
-        faults.maybe_fail(batch.key)
-        ctx = WriteContext(plan=job.plan, source=job.pyramid.ds, store=store,
-                           open_array=open_array_for(params.io, store))
-        result = write_region_batch(ctx, batch)
-        finished = time.time()
-    get_run_logger().info("wrote %s: %d regions, %.1f MB in %.2f s", batch.key, result.regions,
-                          result.bytes_written / 1e6, result.seconds)
-    out = {"key": batch.key, "level": level, "regions": result.regions, "bytes": result.bytes_written,
-           "seconds": result.seconds, "started": started, "finished": finished}
-    if fork is not None:
-        out["fork"] = fork
-    return out
+    return write_one_batch(job.plan, job.pyramid.ds, level, index, io=params.io, limit=params.concurrency_limit,
+                           fork=fork, store=job.zarr_store)
 
 
 @task(name="commit-level", **RUN_CACHED, **RETRYING)

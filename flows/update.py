@@ -16,29 +16,23 @@ flow; at most one run at a time, since two updates must not write one plain Zarr
 from __future__ import annotations
 
 import json
-import pickle
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.concurrency.sync import concurrency
+from prefect.artifacts import create_table_artifact
 from prefect.context import TaskRunContext
-from prefect.futures import wait
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from topozarr_core import icechunk_txn
-from topozarr_core.io_select import open_array_for
 from topozarr_core.plan import RegionPlan
-from topozarr_core.regions import WriteContext, write_region_batch
 from topozarr_core.sources import open_source
 from topozarr_core.targets import resolve_store
 from topozarr_core.update import PyramidUpdate, UpdateInfo, plan_update
 from topozarr_core.validate import validate_pyramid
 
-from . import faults
+from .batches import BatchesFailed, run_levels, write_one_batch  # noqa: F401  (BatchesFailed: what a failed run raises)
 from .limits import ensure_limit_task
 from .params import REGION_LIMIT
 from .tasks import RETRYING
@@ -80,10 +74,6 @@ class UpdateParams(BaseModel):
     @property
     def icechunk(self) -> icechunk_txn.IcechunkTarget | None:
         return icechunk_txn.IcechunkTarget(self.target, self.branch) if self.target_format == "icechunk" else None
-
-
-class BatchesFailed(RuntimeError):
-    """Some region batches failed after their retries; retry the flow run to redo only those."""
 
 
 class BranchMoved(RuntimeError):
@@ -194,27 +184,8 @@ def write_update_batch(params: UpdateParams, info: dict, level: int, index: int,
                        key: str = "") -> dict:
     """Write one batch of regions while holding one slot of the global limit."""
     job = load_update_job(params, info)
-    lp = next(lp for lp in job.plan.levels if lp.level == level)
-    batch = lp.batches[index]
-    if fork is not None:
-        fork = pickle.loads(pickle.dumps(fork))  # own copy, exactly as on a remote worker
-        store = fork.store
-    else:
-        store = _zarr_store(params)
-    with concurrency(params.concurrency_limit, occupy=1, strict=True):
-        started = time.time()
-        faults.maybe_fail(batch.key)
-        ctx = WriteContext(plan=job.plan, source=job.update.pyramid.ds, store=store,
-                           open_array=open_array_for(params.io, store))
-        result = write_region_batch(ctx, batch)
-        finished = time.time()
-    get_run_logger().info("wrote %s: %d regions, %.1f MB in %.2f s", batch.key, result.regions,
-                          result.bytes_written / 1e6, result.seconds)
-    out = {"key": batch.key, "level": level, "regions": result.regions, "bytes": result.bytes_written,
-           "seconds": result.seconds, "started": started, "finished": finished}
-    if fork is not None:
-        out["fork"] = fork
-    return out
+    return write_one_batch(job.plan, job.update.pyramid.ds, level, index, io=params.io,
+                           limit=params.concurrency_limit, fork=fork, store=lambda: _zarr_store(params))
 
 
 @task(name="amend-level", **RUN_CACHED, **RETRYING)
@@ -282,28 +253,14 @@ def update_pyramid(params: UpdateParams) -> dict[str, Any]:
     ensure_limit_task(params.concurrency_limit, params.default_concurrency)
     prep = prepare_update(params, info, planned["snapshot"])
     staging = prep["staging"]
-    total = sum(lv["batches"] for lv in planned["levels"])
-    progress = create_progress_artifact(0.0, description=f"update batches written ({total} in all)")
-    done, rows = 0, []
-    for lv in planned["levels"]:
-        level = lv["level"]
-        t0 = time.perf_counter()
-        fork = fork_level(params, staging, key=f"L{level}") if staging else None
-        futures = [write_update_batch.submit(params, info, level, i, fork, key=f"L{level}-B{i:05d}")
-                   for i in range(lv["batches"])]
-        wait(futures)
-        failed = [f for f in futures if not f.state.is_completed()]
-        if failed:
-            raise BatchesFailed(f"level {level}: {len(failed)} of {len(futures)} batches failed; retry the run")
-        results = [f.result() for f in futures]
-        if staging:
-            amend_level(params, info, staging, [r["fork"] for r in results], key=f"level-{level}")
-        done += len(results)
-        update_progress_artifact(progress, 100.0 * done / max(total, 1))
-        seconds = time.perf_counter() - t0
-        logger.info("level %d updated: %d batches, %.1f MB, %.1f s", level, len(results),
-                    sum(r["bytes"] for r in results) / 1e6, seconds)
-        rows.append({**lv, "seconds": round(seconds, 2)})
+    rows = run_levels(
+        planned["levels"],
+        lambda level, i, fork: write_update_batch.submit(params, info, level, i, fork, key=f"L{level}-B{i:05d}"),
+        fork=(lambda level: fork_level(params, staging, key=f"L{level}")) if staging else None,
+        commit=(lambda level, forks: amend_level(params, info, staging, forks, key=f"level-{level}"))
+        if staging else None,
+        description="update batches written",
+    )
     finish_update(params, info, staging)
     checked = validate_update(params, info, staging)
     snapshot = publish_branch(params, staging, prep["base"]) if staging else None

@@ -3,7 +3,6 @@ concurrency limits, artifacts, Dask, CLI and parameter validation."""
 
 from __future__ import annotations
 
-import os
 
 import icechunk
 import numpy as np

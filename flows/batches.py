@@ -1,0 +1,89 @@
+"""What every region-batch task and every level loop does, shared by the build and update flows."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Callable
+from typing import Any
+
+import xarray as xr
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.concurrency.sync import concurrency
+from prefect.futures import PrefectFuture, wait
+
+from topozarr_core.io_select import open_array_for
+from topozarr_core.plan import RegionPlan
+from topozarr_core.regions import WriteContext, write_region_batch
+
+from . import faults
+
+
+class BatchesFailed(RuntimeError):
+    """Some region batches failed after their retries; retry the flow run to redo only those."""
+
+
+def write_one_batch(plan: RegionPlan, source: xr.Dataset, level: int, index: int, *, io: str, limit: str,
+                    fork: Any = None, store: Callable[[], Any]) -> dict:
+    """Write batch ``index`` of ``level`` holding one slot of the global limit ``limit``.
+
+    With an Icechunk ``fork`` the batch writes into its own copy of it (exactly as a remote worker
+    would) and returns that copy for merging; otherwise into ``store()``.
+    """
+    batch = next(lp for lp in plan.levels if lp.level == level).batches[index]
+    if fork is not None:
+        fork = pickle.loads(pickle.dumps(fork))
+        target = fork.store
+    else:
+        target = store()
+    with concurrency(limit, occupy=1, strict=True):
+        started = time.time()
+        faults.maybe_fail(batch.key)
+        ctx = WriteContext(plan=plan, source=source, store=target, open_array=open_array_for(io, target))
+        result = write_region_batch(ctx, batch)
+        finished = time.time()
+    get_run_logger().info("wrote %s: %d regions, %.1f MB in %.2f s", batch.key, result.regions,
+                          result.bytes_written / 1e6, result.seconds)
+    out = {"key": batch.key, "level": level, "regions": result.regions, "bytes": result.bytes_written,
+           "seconds": result.seconds, "started": started, "finished": finished}
+    if fork is not None:
+        out["fork"] = fork
+    return out
+
+
+def run_levels(
+    levels: list[dict],
+    submit: Callable[[int, int, Any], PrefectFuture],
+    *,
+    fork: Callable[[int], Any] | None = None,
+    commit: Callable[[int, list[Any]], Any] | None = None,
+    description: str = "region batches written",
+) -> list[dict]:
+    """Level by level: submit every batch, wait, fail clearly, commit (Icechunk), report progress.
+
+    Returns one row per level (the planned level fields plus ``seconds``) for the table artifact.
+    """
+    logger = get_run_logger()
+    total = sum(lv["batches"] for lv in levels)
+    progress = create_progress_artifact(0.0, description=f"{description} ({total} in all)")
+    done, rows = 0, []
+    for lv in levels:
+        level = lv["level"]
+        t0 = time.perf_counter()
+        level_fork = fork(level) if fork else None
+        futures = [submit(level, i, level_fork) for i in range(lv["batches"])]
+        wait(futures)
+        failed = [f for f in futures if not f.state.is_completed()]
+        if failed:
+            raise BatchesFailed(f"level {level}: {len(failed)} of {len(futures)} batches failed; retry the run")
+        results = [f.result() for f in futures]
+        if commit:
+            commit(level, [r["fork"] for r in results])
+        done += len(results)
+        update_progress_artifact(progress, 100.0 * done / max(total, 1))
+        seconds = time.perf_counter() - t0
+        logger.info("level %d written: %d batches, %.1f MB, %.1f s", level, len(results),
+                    sum(r["bytes"] for r in results) / 1e6, seconds)
+        rows.append({**lv, "seconds": round(seconds, 2)})
+    return rows
