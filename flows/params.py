@@ -13,8 +13,8 @@ REGION_LIMIT = "topozarr-region-writes"
 COMMIT_LIMIT = "topozarr-icechunk-commit"
 
 
-class BuildParams(BaseModel):
-    """What to build, from where, to where, and how hard to push."""
+class RunParams(BaseModel):
+    """Where from, where to, and how hard to push: what builds and updates share."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -23,15 +23,8 @@ class BuildParams(BaseModel):
     target_format: Literal["zarr", "icechunk"] = "zarr"
     branch: str = Field("main", description="Icechunk branch published at the end")
     variables: list[str] | None = None
-    levels: int | None = Field(None, ge=1, le=24)
-    factors: list[int] | None = None
-    x_dim: str = "x"
-    y_dim: str = "y"
-    method: str = "mean"
     crs: str | None = None
-    chunks_per_shard: int | None = 4
     io: Literal["python", "rust"] = "python"
-    mode: Literal["w", "w-", "a"] = "w"
     regions_per_batch: int | None = Field(None, ge=1)
     max_task_runs: int = Field(200, ge=1, description="Batches are sized so a run has at most about this many write tasks")
     max_region_bytes: int = Field(256_000_000, ge=1_000_000)
@@ -39,12 +32,35 @@ class BuildParams(BaseModel):
     default_concurrency: int = Field(4, ge=1, description="Slots of the limit when the flow has to create it")
     validate_samples: int = Field(4, ge=0)
 
-    @field_validator("source", "target", "x_dim", "y_dim", "branch", "concurrency_limit")
+    @field_validator("source", "target", "branch", "concurrency_limit")
     @classmethod
     def _not_blank(cls, v: str) -> str:
         if not v or not v.strip():
             raise ValueError("must not be empty")
         return v
+
+    @model_validator(mode="after")
+    def _rust_needs_zarr(self) -> "RunParams":
+        if self.target_format == "icechunk" and self.io == "rust":
+            raise ValueError("io='rust' cannot write Icechunk targets (zarrs would silently fall back); use io='python'")
+        return self
+
+
+class BuildParams(RunParams):
+    """A build: the run options plus the pyramid's layout."""
+
+    levels: int | None = Field(None, ge=1, le=24)
+    factors: list[int] | None = None
+    x_dim: str = "x"
+    y_dim: str = "y"
+    method: str = "mean"
+    chunks_per_shard: int | None = 4
+    mode: Literal["w", "w-", "a"] = "w"
+
+    @field_validator("x_dim", "y_dim")
+    @classmethod
+    def _dims_not_blank(cls, v: str) -> str:
+        return cls._not_blank(v)
 
     @field_validator("method")
     @classmethod
@@ -64,6 +80,4 @@ class BuildParams(BaseModel):
     def _levels_xor_factors(self) -> "BuildParams":
         if (self.levels is None) == (self.factors is None):
             raise ValueError("give exactly one of levels or factors")
-        if self.target_format == "icechunk" and self.io == "rust":
-            raise ValueError("io='rust' cannot write Icechunk targets (zarrs would silently fall back); use io='python'")
         return self

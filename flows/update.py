@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.context import TaskRunContext
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from topozarr_core import icechunk_txn
 from topozarr_core.plan import RegionPlan
@@ -34,42 +34,19 @@ from topozarr_core.validate import validate_pyramid
 
 from .batches import BatchesFailed, run_levels, write_one_batch  # noqa: F401  (BatchesFailed: what a failed run raises)
 from .limits import ensure_limit_task
-from .params import REGION_LIMIT
+from .params import RunParams
 from .tasks import RETRYING
 
 
-class UpdateParams(BaseModel):
-    """What to update, from where, and how hard to push. Layout options come from the pyramid."""
+class UpdateParams(RunParams):
+    """What to update and from where; layout options come from the pyramid itself."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    source: str = Field(description="The whole grown dataset: path or URL of NetCDF/Zarr, or icechunk://<repo>?branch=<b>")
-    target: str = Field(description="Local path or s3:// URL of the pyramid (Zarr) or of the Icechunk repository")
-    target_format: Literal["zarr", "icechunk"] = "zarr"
-    branch: str = Field("main", description="Icechunk branch updated (one new snapshot per update)")
     append_dim: str = Field("time", description="Dimension the source grew along")
-    variables: list[str] | None = None
-    crs: str | None = Field(None, description="Only for sources without a CRS (default: the pyramid's)")
-    io: Literal["python", "rust"] = "python"
-    regions_per_batch: int | None = Field(None, ge=1)
-    max_task_runs: int = Field(200, ge=1, description="Batches are sized so a run has at most about this many write tasks")
-    max_region_bytes: int = Field(256_000_000, ge=1_000_000)
-    concurrency_limit: str = REGION_LIMIT
-    default_concurrency: int = Field(4, ge=1, description="Slots of the limit when the flow has to create it")
-    validate_samples: int = Field(4, ge=0)
 
-    @field_validator("source", "target", "branch", "append_dim", "concurrency_limit")
+    @field_validator("append_dim")
     @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v or not v.strip():
-            raise ValueError("must not be empty")
-        return v
-
-    @model_validator(mode="after")
-    def _io(self) -> "UpdateParams":
-        if self.target_format == "icechunk" and self.io == "rust":
-            raise ValueError("io='rust' cannot write Icechunk targets (zarrs would silently fall back); use io='python'")
-        return self
+    def _append_dim_not_blank(cls, v: str) -> str:
+        return cls._not_blank(v)
 
     @property
     def icechunk(self) -> icechunk_txn.IcechunkTarget | None:
