@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
+from topozarr_core.metadata import comparable as _normal
+
 
 def snapshot(store) -> dict[str, tuple[dict, np.ndarray | None]]:
     """{path: (metadata dict, values)} for every node below the root."""
@@ -31,20 +33,3 @@ def assert_same_pyramid(a, b, ignore_root_attrs: tuple[str, ...] = ()) -> None:
         assert _normal(ma) == _normal(mb), f"metadata differs at {path!r}"
         if va is not None:
             np.testing.assert_array_equal(va, vb, err_msg=f"values differ at {path!r}")
-
-
-def _normal(meta):
-    """NaN-safe comparable form of a metadata dict (NaN fill values compare equal)."""
-    import json
-    import math
-
-    def fix(x):
-        if isinstance(x, float) and math.isnan(x):
-            return "NaN"
-        if isinstance(x, dict):
-            return {str(k): fix(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [fix(v) for v in x]
-        return x
-
-    return fix(json.loads(json.dumps(meta, default=str)))

@@ -129,3 +129,20 @@ def multiscale_attributes(
     if layer_hints:
         attrs["zarr-layer"] = {k: v.to_json() for k, v in layer_hints.items()}
     return attrs
+
+
+def comparable(doc: Any) -> Any:
+    """A metadata document in comparable form: NaN-safe, tuples as lists, numpy scalars as Python."""
+    import json
+    import math
+
+    def fix(x: Any) -> Any:
+        if isinstance(x, float) and math.isnan(x):
+            return "NaN"
+        if isinstance(x, dict):
+            return {str(k): fix(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [fix(v) for v in x]
+        return x
+
+    return fix(json.loads(json.dumps(doc, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))))

@@ -62,7 +62,7 @@ from .executor import auto_workers, run_plan
 from .level_cache import LevelCache, _aligned, _missing_fill
 from .layout import OPTIONS_KEY, STATUS_KEY, creation_options, publish
 from .levels import _DROP_ATTRS, crs_coord_name, level_dataset
-from .metadata import RESAMPLING_NAMES, ZarrLayerVarConfig, level_attributes
+from .metadata import RESAMPLING_NAMES, ZarrLayerVarConfig, comparable as _norm, level_attributes
 from .paths import data_path, missing_dtype, missing_path
 from .plan import RegionPlan, restrict_plan
 from .planning import PyramidSpec
@@ -904,21 +904,6 @@ def _grown_doc(doc: dict, shape: tuple[int, ...], unit: list[int]) -> dict:
     out["shape"] = [int(n) for n in shape]
     out["chunk_grid"]["configuration"]["chunk_shape"] = [int(n) for n in unit]
     return out
-
-
-def _norm(doc: Any) -> Any:
-    """Comparable form of a metadata dict (NaN-safe, tuples as lists, numpy scalars as Python)."""
-
-    def fix(x: Any) -> Any:
-        if isinstance(x, float) and math.isnan(x):
-            return "NaN"
-        if isinstance(x, dict):
-            return {str(k): fix(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [fix(v) for v in x]
-        return x
-
-    return fix(json.loads(json.dumps(doc, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))))
 
 
 def _replace_array(src: Any, dst: Any, src_path: str, dst_path: str) -> None:
