@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import write_demo_source
 
+            import icechunk
+
+            # The demo repo is on the local filesystem, where icechunk warns on every session that
+            # concurrent commits are unsafe; this flow commits one at a time, so keep the demo quiet.
+            icechunk.set_logs_filter("error")
             out = Path(args.out).resolve()
             source = write_demo_source(out)
             params = BuildParams(source=str(source), target=str(out / "pyramid.icechunk"),
