@@ -84,11 +84,12 @@ stop_bg() {
     log "$name stopped"
 }
 
-# wait_http URL TIMEOUT_S NAME : poll until URL answers 2xx, fail if NAME's process dies
-wait_http() {
-    local url="$1" timeout="$2" name="$3" i
+# wait_for NAME TIMEOUT_S WHAT PROBE... : poll PROBE until it succeeds; fail early if NAME exits
+wait_for() {
+    local name="$1" timeout="$2" what="$3" i
+    shift 3
     for ((i = 0; i < timeout * 4; i++)); do
-        if curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; then return 0; fi
+        if "$@"; then return 0; fi
         if ! is_running "$name"; then
             log "$name exited during startup; last log lines:"; tail -n 30 "$LOG_DIR/$name.log" >&2 || true
             rm -f "$(pidfile "$name")"
@@ -96,23 +97,16 @@ wait_http() {
         fi
         sleep 0.25
     done
-    log "$name did not answer $url within ${timeout}s; last log lines:"
+    log "$name did not $what within ${timeout}s; last log lines:"
     tail -n 30 "$LOG_DIR/$name.log" >&2 || true
     return 1
 }
 
+_http_ok() { curl -fsS -o /dev/null --max-time 2 "$1" 2>/dev/null; }
+_port_taken() { ! port_free "$1"; }
+
+# wait_http URL TIMEOUT_S NAME : poll until URL answers 2xx
+wait_http() { wait_for "$3" "$2" "answer $1" _http_ok "$1"; }
+
 # wait_port PORT TIMEOUT_S NAME : poll until something listens on 127.0.0.1:PORT
-wait_port() {
-    local port="$1" timeout="$2" name="$3" i
-    for ((i = 0; i < timeout * 4; i++)); do
-        port_free "$port" || return 0
-        if ! is_running "$name"; then
-            log "$name exited during startup; last log lines:"; tail -n 30 "$LOG_DIR/$name.log" >&2 || true
-            rm -f "$(pidfile "$name")"
-            return 1
-        fi
-        sleep 0.25
-    done
-    log "$name did not listen on 127.0.0.1:$port within ${timeout}s"
-    return 1
-}
+wait_port() { wait_for "$3" "$2" "listen on 127.0.0.1:$1" _port_taken "$1"; }
