@@ -98,9 +98,17 @@ class RegionPlan:
         raise KeyError(name)
 
     def fingerprint(self) -> str:
-        """Stable hash of the plan: cache keys and resume checks use it."""
-        blob = json.dumps(asdict(self), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        """Stable hash of the plan: cache keys and resume checks use it.
+
+        Computed once per plan object: every task's cache key asks for it, and hashing a plan
+        serialises all of its regions.
+        """
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            blob = json.dumps(asdict(self), sort_keys=True, default=str).encode()
+            cached = hashlib.sha256(blob).hexdigest()[:16]
+            object.__setattr__(self, "_fingerprint", cached)  # not a field: equality and asdict ignore it
+        return cached
 
 
 # -- building -----------------------------------------------------------------------------------
