@@ -57,8 +57,8 @@ def synthetic(ny: int, nx: int, nt: int | None = None, seed: int = 0) -> xr.Data
 class Profile:
     """Where a write's time goes. Worker-thread seconds (summed over workers) in region compute
     (``regions._compute`` + ``regions._reduce``) and in ``zarr.Array.__setitem__`` (encode + store
-    write); wall seconds of the main-thread phases ``initialise_target`` (groups, coordinates, empty
-    arrays) and ``run_plan`` (all regions)."""
+    write); wall seconds of creating the levels (groups, coordinates, empty arrays; done by the
+    executor's thread while regions run) and of ``run_plan`` (all regions, level creation included)."""
 
     def __init__(self) -> None:
         self.totals: dict[str, float] = defaultdict(float)
@@ -84,19 +84,19 @@ class Profile:
 
     @contextmanager
     def installed(self):
-        from topozarr_core import pyramid
+        from topozarr_core import init_ahead, pyramid
 
         saved = [
             (regions, "_compute", regions._compute),
             (regions, "_reduce", regions._reduce),
             (zarr.Array, "__setitem__", zarr.Array.__setitem__),
-            (pyramid, "initialise_target", pyramid.initialise_target),
+            (init_ahead, "initialise_level", init_ahead.initialise_level),
             (pyramid, "run_plan", pyramid.run_plan),
         ]
         regions._compute = self._timed("compute", regions._compute)
         regions._reduce = self._timed("compute", regions._reduce)
         zarr.Array.__setitem__ = self._timed("encode+write", zarr.Array.__setitem__, workers_only=True)
-        pyramid.initialise_target = self._timed("init(wall)", pyramid.initialise_target)
+        init_ahead.initialise_level = self._timed("init(wall)", init_ahead.initialise_level)
         pyramid.run_plan = self._timed("regions(wall)", pyramid.run_plan)
         try:
             yield self

@@ -486,3 +486,67 @@ def test_unsupported_dtypes(dtype):
         block_reduce(data, 2, "mean", None)
     with pytest.raises(TypeError):
         output_dtype("max", np.dtype(dtype))
+
+
+# -- writing into caller buffers (the level cache reduces straight into its blocks) ---------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "4d"])
+def test_out_buffers_equal_fresh_results(method, layout):
+    rng = np.random.default_rng(7)
+    shape = (2, 3, 40, 52) if layout == "4d" else (40, 52)
+    data = rng.integers(0, 5, shape).astype("f4") if method in ("mode", "majority") else rng.random(shape, dtype="f4")
+    data[rng.random(shape) > 0.9] = np.nan
+    want, want_missing = block_reduce(data, 2, method, None)
+    big = np.full(shape[:-2] + (60, 80), -7, dtype=want.dtype)
+    big_missing = np.full(big.shape, 99, dtype="u1")
+    if layout == "strided":
+        out, out_missing = big[5:25, 10:36], big_missing[5:25, 10:36]  # windows of a larger buffer
+    else:
+        out = np.empty(want.shape, dtype=want.dtype)
+        out_missing = np.empty(want.shape, dtype="u1")
+    got, got_missing = block_reduce(data, 2, method, None, out=out,
+                                    out_missing=out_missing if method == "mean" else None)
+    assert got is out
+    np.testing.assert_array_equal(got, want)
+    if method == "mean":
+        assert got_missing is out_missing and got_missing.dtype == np.uint8
+        np.testing.assert_array_equal(got_missing, want_missing)
+    if layout == "strided":  # nothing outside the windows was touched
+        outside = np.ones(big.shape, bool)
+        outside[5:25, 10:36] = False
+        assert (big[outside] == -7).all()
+        if method == "mean":
+            assert (big_missing[outside] == 99).all()
+
+
+@pytest.mark.parametrize("mdtype", ["u1", "u2", "u4", "i8"])
+def test_narrow_missing_counts_read_as_is(mdtype):
+    rng = np.random.default_rng(3)
+    level0 = rng.random((64, 96), dtype="f8")
+    level0[level0 < 0.3] = np.nan
+    l1, m1 = block_reduce(level0, 2, "mean", None)
+    want, want_missing = block_reduce(l1, 2, "mean", None, missing=m1, weight=4)
+    got, got_missing = block_reduce(l1, 2, "mean", None, missing=m1.astype(mdtype), weight=4)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_missing, want_missing)
+    direct, direct_missing = block_reduce(level0, 4, "mean", None)
+    np.testing.assert_allclose(got, direct, rtol=1e-12, equal_nan=True)
+    np.testing.assert_array_equal(got_missing, direct_missing)
+
+
+def test_out_buffer_errors():
+    data = np.ones((8, 8), "f4")
+    with pytest.raises(ValueError, match="out has shape"):
+        block_reduce(data, 2, "mean", None, out=np.empty((3, 4), "f4"))
+    with pytest.raises(TypeError, match="out has dtype"):
+        block_reduce(data, 2, "mean", None, out=np.empty((4, 4), "f8"))
+    with pytest.raises(TypeError, match="unsigned"):
+        block_reduce(data, 2, "mean", None, out_missing=np.empty((4, 4), "i4"))
+    with pytest.raises(ValueError, match="cannot hold counts up to"):
+        block_reduce(data, 16, "mean", None, weight=4, out_missing=np.empty((0, 0), "u1"))
+    ro = np.empty((4, 4), "f4")
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        block_reduce(data, 2, "max", None, out=ro)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import heapq
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import numpy as np
 import psutil
 
+from .dependencies import region_graph
 from .plan import RegionPlan
 from .regions import WriteContext, write_region
 
@@ -55,43 +58,105 @@ def _synchronous_dask() -> Iterator[None]:
         yield
 
 
-def run_plan(ctx: WriteContext, workers: int, progress: bool = False) -> int:
-    """Write every region of the plan, level by level; returns bytes written."""
-    plan = ctx.plan
-    total = sum(lp.n_regions for lp in plan.levels)
+def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
+             level_ready: Callable[[int], None] | None = None,
+             idle_step: Callable[[], bool] | None = None) -> int:
+    """Write every region of the plan; returns bytes written.
+
+    Regions run as soon as the regions of the previous level under them are written (see
+    :mod:`.dependencies`), coarsest ready level first, at most ``workers x INFLIGHT_PER_WORKER``
+    at a time. ``level_ready(level)``, when given, is called before a level's first region is
+    submitted and blocks until the level exists in the target; ``idle_step()`` is called between
+    submitting and waiting, to do a short piece of other work (creating the next level, see
+    :mod:`.init_ahead`) while regions run, until it returns False. A cached
+    level is released once every region of the next level is written. The first failure stops
+    submissions and is re-raised once the regions in flight have finished.
+    """
+    cache = ctx.cache
+    sources = {} if cache is None else {lvl: cache.producer.get(lvl, lvl - 1) for lvl in cache.precomputed}
+    graph = region_graph(ctx.plan, sources)
+    waits = list(graph.waits_for)
+    left_per_level = Counter(r.level for r in graph.regions)
+    releasable = _release_rules(ctx)
+    order = _feeding_order(graph)
+    ready: list[tuple[int, tuple, int]] = [(-r.level, order[i], i) for i, r in enumerate(graph.regions) if waits[i] == 0]
+    heapq.heapify(ready)
+    started_levels: set[int] = set()
+    limit = workers * INFLIGHT_PER_WORKER
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, unit="region", desc="pyramid")
+        bar = tqdm(total=len(graph.regions), unit="region", desc="pyramid")
     written = 0
     try:
         with _synchronous_dask(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="topozarr") as pool:
-            for lp in plan.levels:
-                if bar is not None:
-                    bar.set_description(f"level {lp.level}")
-                regions = [r for b in lp.batches for r in b.regions]
-                pending: set[Future] = set()
-                limit = workers * INFLIGHT_PER_WORKER
-                for region in regions:
-                    if len(pending) >= limit:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        written += _collect(done, bar)
-                    pending.add(pool.submit(write_region, ctx, region))
-                done, _ = wait(pending)
-                written += _collect(done, bar)
-                if ctx.cache is not None and lp.level >= 1:
-                    ctx.cache.release(lp.level - 1)
+            running: dict[Future, int] = {}
+            while ready or running:
+                while ready and len(running) < limit:
+                    _, _, i = heapq.heappop(ready)
+                    region = graph.regions[i]
+                    if region.level not in started_levels:
+                        if level_ready is not None:
+                            level_ready(region.level)
+                        started_levels.add(region.level)
+                    running[pool.submit(write_region, ctx, region)] = i
+                if idle_step is not None and running and not idle_step():
+                    idle_step = None
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = running.pop(fut)
+                    written += fut.result()  # re-raises the first failure; the pool drains the rest
+                    level = graph.regions[i].level
+                    left_per_level[level] -= 1
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_description(f"level {_lowest_unfinished(left_per_level)}")
+                    for j in graph.unblocks[i]:
+                        waits[j] -= 1
+                        if waits[j] == 0:
+                            heapq.heappush(ready, (-graph.regions[j].level, order[j], j))
+                    if left_per_level[level] == 0:
+                        for kept, needs in list(releasable.items()):
+                            if all(left_per_level[lvl] == 0 for lvl in needs):
+                                cache.release(kept)
+                                del releasable[kept]
     finally:
         if bar is not None:
             bar.close()
     return written
 
 
-def _collect(done: set[Future], bar) -> int:
-    n = 0
-    for fut in done:
-        n += fut.result()  # re-raises the first failure
-        if bar is not None:
-            bar.update(1)
-    return n
+def _release_rules(ctx: WriteContext) -> dict[int, set[int]]:
+    """Cached level -> the levels whose regions read it: it is dropped once they are all written.
+
+    A kept level is read by its own regions (which write it) and by the next level's when that
+    level is not precomputed (it reduces from the kept one).
+    """
+    if ctx.cache is None:
+        return {}
+    planned = {lp.level for lp in ctx.plan.levels}
+    rules = {}
+    for lvl in sorted(planned - {0}):
+        needs = {lvl}
+        if lvl + 1 in planned and lvl + 1 not in ctx.cache.precomputed:
+            needs.add(lvl + 1)
+        rules[lvl] = needs
+    return rules
+
+
+def _lowest_unfinished(left_per_level: Counter) -> int:
+    return min((lvl for lvl, n in left_per_level.items() if n > 0), default=max(left_per_level, default=0))
+
+
+def _feeding_order(graph) -> list[tuple]:
+    """Sort key per region: regions feeding the same coarser region run together.
+
+    Among ready regions of one level, those under the first region of the next level come first,
+    so that coarser region (and the one above it) becomes ready as early as possible.
+    """
+    key: list[tuple] = [()] * len(graph.regions)
+    for i in sorted(range(len(graph.regions)), key=lambda i: -graph.regions[i].level):
+        parents = graph.unblocks[i]
+        key[i] = (min(key[p] for p in parents) if parents else ()) + (i,)
+    return key

@@ -110,31 +110,45 @@ def _existing_levels(root: zarr.Group | None) -> list[dict]:
 
 def initialise_target(store: Any, ds: xr.Dataset, spec: PyramidSpec, mode: str, levels: list[int]) -> None:
     """Create (or recreate) the groups, coordinates and empty arrays of the requested levels."""
+    prepare_target(store, spec, mode, levels)
+    for lvl in levels:
+        initialise_level(store, ds, spec, lvl)
+
+
+def prepare_target(store: Any, spec: PyramidSpec, mode: str, levels: list[int]) -> None:
+    """Check the target for ``mode`` and mark its root incomplete: what must precede any level."""
     check_target(store, spec, mode, levels)
     root_mode = "a" if mode == "a" else "w"
     root = zarr.open_group(store, mode=root_mode, zarr_format=3)
     attrs = dict(root.attrs) if mode == "a" else {}
     attrs[STATUS_KEY] = INCOMPLETE
     root.attrs.put(attrs)
-    for lvl in levels:
-        tmpl, encoding = level_dataset(ds, spec, lvl, template_data)
-        tmpl.to_zarr(store, group=str(lvl), mode="w", compute=False, zarr_format=3, consolidated=False,
-                     encoding=encoding)
-        for v in spec.variables:
-            if v.track_missing and lvl >= 1:
-                enc = v.encodings[lvl]
-                zarr.create_array(
-                    store,
-                    name=missing_path(lvl, v.name),
-                    shape=v.shapes[lvl],
-                    dtype=missing_dtype(spec.factors[lvl]),
-                    chunks=enc.chunks,
-                    shards=enc.shards,
-                    fill_value=0,
-                    dimension_names=v.dims,
-                    overwrite=True,
-                    zarr_format=3,
-                )
+
+
+def initialise_level(store: Any, ds: xr.Dataset, spec: PyramidSpec, level: int) -> None:
+    """(Re)create one level's group, coordinates and empty arrays (after :func:`prepare_target`).
+
+    Levels are independent of each other here, so a writer may initialise level ``L + 1`` while
+    level ``L``'s regions are being written.
+    """
+    tmpl, encoding = level_dataset(ds, spec, level, template_data)
+    tmpl.to_zarr(store, group=str(level), mode="w", compute=False, zarr_format=3, consolidated=False,
+                 encoding=encoding)
+    for v in spec.variables:
+        if v.track_missing and level >= 1:
+            enc = v.encodings[level]
+            zarr.create_array(
+                store,
+                name=missing_path(level, v.name),
+                shape=v.shapes[level],
+                dtype=missing_dtype(spec.factors[level]),
+                chunks=enc.chunks,
+                shards=enc.shards,
+                fill_value=0,
+                dimension_names=v.dims,
+                overwrite=True,
+                zarr_format=3,
+            )
 
 
 def creation_options(spec: PyramidSpec) -> dict[str, Any]:

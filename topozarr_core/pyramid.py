@@ -10,7 +10,8 @@ import xarray as xr
 
 from .chunking import DEFAULT_TARGET_CHUNK_BYTES
 from .executor import auto_workers, run_plan
-from .layout import initialise_target, publish
+from .init_ahead import LevelInitialiser
+from .layout import initialise_target, prepare_target, publish
 from .level_cache import LevelCache
 from .levels import level_dataset
 from .metadata import ZarrLayerVarConfig, multiscale_attributes
@@ -20,7 +21,8 @@ from .regions import WriteContext
 from .targets import resolve_store
 
 DEFAULT_MAX_REGION_BYTES = 256_000_000
-#: Auto keep_levels_in_memory when levels >= 1 need less than this share of available RAM.
+#: Auto keep_levels_in_memory when the level cache (LevelCache.nbytes_needed: a few blocks per
+#: precomputed level, unaligned levels whole) needs less than this share of available RAM.
 KEEP_IN_MEMORY_RAM_FRACTION = 0.25
 
 IO = Literal["python", "rust"]
@@ -141,7 +143,8 @@ class Pyramid:
         check_io(io, zstore)
         workers = auto_workers(plan, max_workers)
         keep = self._keep_in_memory(plan, keep_levels_in_memory)
-        initialise_target(zstore, self.ds, self.spec, mode, [lp.level for lp in plan.levels])
+        planned = [lp.level for lp in plan.levels]
+        prepare_target(zstore, self.spec, mode, planned)
         ctx = WriteContext(
             plan=plan,
             source=self.ds,
@@ -149,7 +152,9 @@ class Pyramid:
             cache=LevelCache.for_plan(plan) if keep else None,
             open_array=open_array_for(io, zstore),
         )
-        written = run_plan(ctx, workers, progress=progress)
+        init = LevelInitialiser(zstore, self.ds, self.spec, planned)
+        init.ready(planned[0])
+        written = run_plan(ctx, workers, progress=progress, level_ready=init.ready, idle_step=init.step)
         publish(zstore, self.spec)
         return WriteReport(
             levels=[lp.level for lp in plan.levels],

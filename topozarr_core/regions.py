@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from .kernels import block_reduce
+from .kernels import block_reduce, output_dtype
 from .level_cache import LevelCache
 from .paths import data_path, missing_path
 from .plan import Region, RegionBatch, RegionPlan, VarSpec
@@ -81,9 +81,18 @@ def _prev_box(plan: RegionPlan, spec: VarSpec, region: Region, step: int) -> tup
 
 
 def _reduce(plan: RegionPlan, spec: VarSpec, data: np.ndarray, missing: np.ndarray | None,
-            step: int, prev_factor: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Reduce a window by ``step`` along the spatial axes, in the variable's own axis order."""
+            step: int, prev_factor: int,
+            into: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reduce a window by ``step`` along the spatial axes, in the variable's own axis order.
+
+    ``into``: (data, missing) views to write the result into (a level cache's window), so the
+    reduction needs no temporaries; used when their dtypes are the kernel's output dtypes.
+    """
     yi, xi = spec.axes(plan.y_dim, plan.x_dim)
+    out = out_missing = None
+    if into is not None and _writes_into(spec, data, into):
+        out = _to_spatial_last(into[0], yi, xi)
+        out_missing = None if into[1] is None else _to_spatial_last(into[1], yi, xi)
     out, out_missing = block_reduce(
         _to_spatial_last(data, yi, xi),
         step,
@@ -91,11 +100,32 @@ def _reduce(plan: RegionPlan, spec: VarSpec, data: np.ndarray, missing: np.ndarr
         spec.fill_value,
         missing=None if missing is None else _to_spatial_last(missing, yi, xi),
         weight=prev_factor * prev_factor,
+        out=out,
+        out_missing=out_missing,
     )
     out = _from_spatial_last(out, yi, xi).astype(spec.out_dtype, copy=False)
     if out_missing is not None:
         out_missing = _from_spatial_last(out_missing, yi, xi)
     return out, (out_missing if spec.track_missing else None)
+
+
+def _writes_into(spec: VarSpec, data: np.ndarray, into: tuple[np.ndarray, np.ndarray | None]) -> bool:
+    """Whether :func:`_reduce` can write straight into ``into`` (else it computes, then copies)."""
+    return np.dtype(spec.out_dtype) == output_dtype(spec.method, data.dtype) and (
+        into[1] is not None or not spec.track_missing
+    )
+
+
+def _reduce_to_cache(ctx: WriteContext, spec: VarSpec, level: int, slices: tuple[slice, ...],
+                     data: np.ndarray, missing: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reduce level ``level - 1`` values into level ``level``, kept in the cache when it is kept."""
+    plan, cache = ctx.plan, ctx.cache
+    step = plan.factors[level] // plan.factors[level - 1]
+    views = cache.views(level, spec.name, slices) if cache is not None else None
+    out, out_missing = _reduce(plan, spec, data, missing, step, plan.factors[level - 1], into=views)
+    if cache is not None and (views is None or not _writes_into(spec, data, views)):
+        cache.put(level, spec.name, slices, out, out_missing)
+    return out, out_missing
 
 
 def _compute(ctx: WriteContext, spec: VarSpec, region: Region) -> tuple[np.ndarray, np.ndarray | None]:
@@ -115,10 +145,17 @@ def _compute(ctx: WriteContext, spec: VarSpec, region: Region) -> tuple[np.ndarr
         missing = None
         if spec.track_missing and lvl - 1 >= 1:
             missing = ctx.array(missing_path(lvl - 1, spec.name), "r")[prev]
-    out, out_missing = _reduce(plan, spec, np.asarray(data), missing, step, plan.factors[lvl - 1])
-    if cache is not None:
-        cache.put(lvl, spec.name, region.slices(), out, out_missing)
-    return out, out_missing
+    return _reduce_to_cache(ctx, spec, lvl, region.slices(), np.asarray(data), missing)
+
+
+def _coarser_window(plan: RegionPlan, spec: VarSpec, box: tuple[tuple[int, int], ...], shape: tuple[int, ...],
+                    step: int) -> tuple[slice, ...]:
+    """The next level's window fed by an aligned window ``box`` (of values shaped ``shape``)."""
+    yi, xi = spec.axes(plan.y_dim, plan.x_dim)
+    return tuple(
+        slice(a // step, a // step + shape[i] // step) if i in (yi, xi) else slice(a, b)
+        for i, (a, b) in enumerate(box)
+    )
 
 
 def write_region(ctx: WriteContext, region: Region) -> int:
@@ -129,16 +166,14 @@ def write_region(ctx: WriteContext, region: Region) -> int:
     ctx.array(data_path(region.level, spec.name))[slices] = out
     if out_missing is not None and region.level >= 1:
         ctx.array(missing_path(region.level, spec.name))[slices] = out_missing
-    nxt = region.level + 1
-    if ctx.cache is not None and nxt in ctx.cache.precomputed:
-        step = ctx.plan.factors[nxt] // ctx.plan.factors[region.level]
-        down, down_missing = _reduce(ctx.plan, spec, out, out_missing, step, ctx.plan.factors[region.level])
-        yi, xi = spec.axes(ctx.plan.y_dim, ctx.plan.x_dim)
-        target = tuple(
-            slice(a // step, a // step + down.shape[i]) if i in (yi, xi) else slice(a, b)
-            for i, (a, b) in enumerate(region.box)
-        )
-        ctx.cache.put(nxt, spec.name, target, down, down_missing)
+    if ctx.cache is not None:
+        # reduce this region on down into every level it precomputes (see LevelCache.chain)
+        data, missing, box = out, out_missing, region.box
+        for nxt in ctx.cache.chain(region.level):
+            step = ctx.plan.factors[nxt] // ctx.plan.factors[nxt - 1]
+            window = _coarser_window(ctx.plan, spec, box, data.shape, step)
+            data, missing = _reduce_to_cache(ctx, spec, nxt, window, data, missing)
+            box = tuple((s.start, s.stop) for s in window)
     return int(out.nbytes)
 
 

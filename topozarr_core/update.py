@@ -288,6 +288,10 @@ class WindowCache(LevelCache):
     def has(self, level: int, var: str) -> bool:
         return False
 
+    def views(self, level: int, var: str, slices: tuple[slice, ...]) -> None:
+        """Regions may reach outside the window: reductions compute, then :meth:`put` keeps the window."""
+        return None
+
     def _local(self, var: str, slices: tuple[slice, ...]) -> tuple[tuple[slice, ...], slice]:
         """``slices`` in window coordinates, and the part of a value array (along dim) inside the window."""
         spec = self.plan.var(var)
