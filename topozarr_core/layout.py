@@ -9,11 +9,14 @@ half-written levels as if they were complete.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import xarray as xr
 import zarr
 import zarr.errors
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from .levels import level_dataset, template_data
 from .metadata import multiscale_attributes
@@ -94,8 +97,6 @@ def _has_keys(store: Any) -> bool:
             return False
         return False
 
-    from zarr.core.sync import sync
-
     return sync(first())
 
 
@@ -128,9 +129,20 @@ def prepare_target(store: Any, spec: PyramidSpec, mode: str, levels: list[int]) 
 def initialise_level(store: Any, ds: xr.Dataset, spec: PyramidSpec, level: int) -> None:
     """(Re)create one level's group, coordinates and empty arrays (after :func:`prepare_target`).
 
-    Levels are independent of each other here, so a writer may initialise level ``L + 1`` while
-    level ``L``'s regions are being written.
+    The level is built by xarray in memory, then its documents and coordinate chunks replace the
+    level in ``store`` in one concurrent batch: one round of store requests instead of ~15
+    sequential ones per level (most of a level's creation time on a local disk, far more on
+    object storage). Levels are independent of each other here, so a writer may create level
+    ``L + 1`` while level ``L``'s regions are being written.
     """
+    staging = zarr.storage.MemoryStore()
+    _build_level(staging, ds, spec, level)
+    prefixes = [f"{level}/"] + [f"{missing_path(level, v.name)}/" for v in spec.variables
+                                if v.track_missing and level >= 1]
+    sync(_replace(staging, store, prefixes))
+
+
+def _build_level(store: Any, ds: xr.Dataset, spec: PyramidSpec, level: int) -> None:
     tmpl, encoding = level_dataset(ds, spec, level, template_data)
     tmpl.to_zarr(store, group=str(level), mode="w", compute=False, zarr_format=3, consolidated=False,
                  encoding=encoding)
@@ -149,6 +161,29 @@ def initialise_level(store: Any, ds: xr.Dataset, spec: PyramidSpec, level: int) 
                 overwrite=True,
                 zarr_format=3,
             )
+
+
+async def _replace(staging: Any, store: Any, prefixes: list[str]) -> None:
+    """Replace everything under ``prefixes`` in ``store`` by ``staging``'s keys there (and copy the
+    intermediate group documents staging has above them, e.g. ``_topozarr_missing/zarr.json``)."""
+    proto = default_buffer_prototype()
+    await asyncio.gather(*(store.delete_dir(p.rstrip("/")) for p in prefixes))
+    keys = [k async for k in staging.list()]
+    wanted = [k for k in keys if any(k.startswith(p) for p in prefixes) or
+              (k.endswith("zarr.json") and k != "zarr.json" and any(p.startswith(k[: -len("zarr.json")])
+                                                                     for p in prefixes))]
+
+    async def copy(key: str) -> None:
+        buf = await staging.get(key, prototype=proto)
+        if buf is not None:
+            await store.set(key, buf)
+
+    # documents first, parents before children, then chunks: Icechunk refuses a node whose parent
+    # does not exist yet and a chunk whose array does not
+    docs = sorted((k for k in wanted if k.endswith("zarr.json")), key=lambda k: k.count("/"))
+    for depth in sorted({k.count("/") for k in docs}):
+        await asyncio.gather(*(copy(k) for k in docs if k.count("/") == depth))
+    await asyncio.gather(*(copy(k) for k in wanted if not k.endswith("zarr.json")))
 
 
 def creation_options(spec: PyramidSpec) -> dict[str, Any]:
