@@ -191,3 +191,25 @@ def test_first_region_failure_stops_submitting(tmp_path, monkeypatch):
         p.write(tmp_path / "p.zarr", max_workers=2, max_region_bytes=300_000)
     total = sum(lp.n_regions for lp in p.region_plan(max_region_bytes=300_000).levels)
     assert len(calls) <= 3 + 2 * executor.INFLIGHT_PER_WORKER < total
+
+
+def test_level_creation_replaces_only_that_level(tmp_path):
+    """Levels are built in memory and copied in: stale keys of a rewritten level go, the root
+    document and the other levels stay."""
+    ds = make_raster(ny=600, nx=600, nan_fraction=0.05)
+    p = create_pyramid(ds, levels=4, **KW)
+    path = tmp_path / "p.zarr"
+    p.write(path)
+    (path / "2" / "stale").mkdir()
+    (path / "2" / "stale" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    (path / "_topozarr_missing" / "2" / "air" / "c" / "9").mkdir(parents=True)
+    (path / "_topozarr_missing" / "2" / "air" / "c" / "9" / "9").write_bytes(b"junk")
+    level1 = {f.relative_to(path): f.read_bytes() for f in (path / "1").rglob("*") if f.is_file()}
+    p.write(path, mode="a", levels=[2, 3])
+    assert not (path / "2" / "stale").exists()
+    assert not (path / "_topozarr_missing" / "2" / "air" / "c" / "9").exists()
+    assert {f.relative_to(path): f.read_bytes() for f in (path / "1").rglob("*") if f.is_file()} == level1
+    root = zarr.open_group(path, mode="r")
+    assert "multiscales" in root.attrs and root.attrs.get(STATUS_KEY) is None
+    p.write(tmp_path / "fresh.zarr")
+    assert_same_pyramid(str(path), str(tmp_path / "fresh.zarr"))
