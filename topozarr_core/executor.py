@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import heapq
 import os
 from collections import Counter
@@ -44,6 +45,24 @@ def auto_workers(plan: RegionPlan, max_workers: int | None) -> int:
     per_region = max(1, region_peak_bytes(plan) * INFLIGHT_PER_WORKER)
     by_ram = int(psutil.virtual_memory().available * RAM_FRACTION // per_region)
     return max(1, min(cpus, by_ram))
+
+
+@contextlib.contextmanager
+def _old_objects_frozen() -> Iterator[None]:
+    """Keep Python's cyclic GC off the objects that existed before the write.
+
+    A process that imported xarray, dask and zarr holds millions of tracked objects; the region
+    threads allocate enough for a full (generation 2) collection to start mid-write, which walks
+    all of them for ~0.1 s holding the GIL and stalls every worker. ``gc.freeze`` moves the
+    existing objects out of the collector's view (nothing is freed or kept differently: cycles
+    among them are found after ``gc.unfreeze``, when the write ends). Nested or concurrent writes
+    are harmless: the first to finish unfreezes, which only restores the usual GC cost.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @contextlib.contextmanager
@@ -90,7 +109,7 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
         bar = tqdm(total=len(graph.regions), unit="region", desc="pyramid")
     written = 0
     try:
-        with _synchronous_dask(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="topozarr") as pool:
+        with _old_objects_frozen(), _synchronous_dask(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="topozarr") as pool:
             running: dict[Future, int] = {}
             while ready or running:
                 while ready and len(running) < limit:
