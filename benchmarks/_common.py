@@ -250,6 +250,8 @@ class PhaseResult:
     cpu_seconds: float = math.nan  # user + system CPU of this process (all threads) during the phase
     load_start: float = math.nan  # 1-minute load average when the phase started
     load_end: float = math.nan
+    #: CPU seconds used by everything else on the machine during the phase (NaN without /proc/stat)
+    others_cpu_seconds: float = math.nan
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -261,6 +263,7 @@ class PhaseResult:
             "cpu_seconds": self.cpu_seconds,
             "load_start": self.load_start,
             "load_end": self.load_end,
+            "others_cpu_seconds": self.others_cpu_seconds,
             "extra": self.extra,
         }
 
@@ -268,6 +271,21 @@ class PhaseResult:
 def _cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes have used since boot (``/proc/stat``; NaN elsewhere).
+
+    Minus this process's own CPU over a phase, it says how much the rest of the machine competed:
+    a better signal than the load average, which counts this benchmark's own threads too.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return math.nan
 
 
 def load_average() -> float:
@@ -297,12 +315,14 @@ def PhaseMeter(sample_interval: float = 0.02) -> Iterator[PhaseResult]:
         sampler = _Sampler(sample_interval)
         sampler.start()
     cpu0 = _cpu_seconds()
+    busy0 = machine_busy_seconds()
     t0 = time.perf_counter()
     try:
         yield res
     finally:
         res.seconds = time.perf_counter() - t0
         res.cpu_seconds = _cpu_seconds() - cpu0
+        res.others_cpu_seconds = max(0.0, machine_busy_seconds() - busy0 - res.cpu_seconds)
         res.load_end = load_average()
         if hwm_ok:
             res.peak_rss = max(lifetime_peak_rss_bytes(), (_proc_status_kb("VmHWM") or 0) * 1024)

@@ -397,7 +397,8 @@ def _phase_stats(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     start = min(r["meter"]["start_rss"] for r in ok)
     cpu = C.summarize([r["meter"].get("cpu_seconds", float("nan")) for r in ok])
     loads = [r["meter"].get(k, float("nan")) for r in ok for k in ("load_start", "load_end")]
-    return {"seconds": secs, "cpu": cpu, "max_load": max(loads), "peak_rss": peak, "start_rss": start, "extra": ok[-1]["extra"],
+    others = [r["meter"].get("others_cpu_seconds", float("nan")) / max(r["meter"]["seconds"], 1e-9) for r in ok]
+    return {"seconds": secs, "cpu": cpu, "max_load": max(loads), "max_others": max(others), "peak_rss": peak, "start_rss": start, "extra": ok[-1]["extra"],
             "rss_method": ok[-1]["meter"]["rss_method"]}
 
 
@@ -410,6 +411,7 @@ def report(results: dict[str, Any]) -> str:
     notes: list[str] = []
     rss_method = ""
     max_load = 0.0
+    max_others = -1.0  # < 0: not measured (no /proc/stat)
     for rres in results["rasters"]:
         name = rres["raster"]["name"] + f" L{rres['raster']['levels']}"
         mb = rres["nbytes"] / C.MB
@@ -431,6 +433,8 @@ def report(results: dict[str, Any]) -> str:
             rss_method = s["rss_method"]
             if s["max_load"] == s["max_load"]:
                 max_load = max(max_load, s["max_load"])
+            if s["max_others"] == s["max_others"]:
+                max_others = max(max_others, s["max_others"])
             med = s["seconds"]["median"]
             ratio = ""
             if base_s and phase in (PH_PYRAMID, PH_L0_PYRAMID, PH_L0_TO_ZARR, PH_PYPI):
@@ -500,10 +504,16 @@ def report(results: dict[str, Any]) -> str:
                  "CPU s = user+system CPU seconds of the child (all threads) during the phase; CPU ratio = "
                  "CPU s / the baseline's CPU s. Verdicts use median wall times.")
     ncpu = os.cpu_count() or 1
-    if max_load > ncpu:
-        lines.append(f"WARNING: the 1-min load average reached {max_load:.1f} on {ncpu} CPUs during the run: other "
-                     "processes competed for the CPUs, so wall times are inflated and noisy; prefer 'min s' and "
-                     "'CPU s' for comparisons, or rerun on an idle machine.")
+    if max_others >= 0:  # measured from /proc/stat: CPU used by other processes
+        if max_others > 0.25:
+            lines.append(f"WARNING: other processes used up to {max_others:.2f} CPUs during a phase (of {ncpu}): "
+                         "wall times are inflated and noisy; prefer 'min s' and 'CPU s' for comparisons, or "
+                         "rerun on an idle machine.")
+        else:
+            lines.append(f"Machine idle enough: other processes used at most {max_others:.2f} CPUs during any phase.")
+    elif max_load > ncpu:
+        lines.append(f"WARNING: the 1-min load average reached {max_load:.1f} on {ncpu} CPUs during the run (it counts "
+                     "this benchmark's own threads too): wall times may be inflated; prefer 'min s' and 'CPU s'.")
     lines.append(f"topozarr PyPI: {results['pypi']}")
     lines.append("")
     lines.extend(verdicts)

@@ -128,12 +128,21 @@ def test_blocks_stay_few_and_are_all_handed_over(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(LevelCache, "_block", counting)
+    fresh, real_empty = [0], LevelCache._empty
+
+    def counting_empty(self, shape, dtype):
+        spare = self._spare.get((tuple(shape), np.dtype(dtype).str))
+        fresh[0] += not spare
+        return real_empty(self, shape, dtype)
+
+    monkeypatch.setattr(LevelCache, "_empty", counting_empty)
     plan = p.region_plan(max_region_bytes=300_000)
     n_blocks = sum(lp.n_regions for lp in plan.levels if lp.level >= 1)
     p.write(tmp_path / "p.zarr", max_workers=2, max_region_bytes=300_000, keep_levels_in_memory=True)
     assert n_blocks > 40
     assert 0 < peak[0] <= 16, f"{peak[0]} of {n_blocks} blocks alive at once"
     assert alive and not alive[0].blocks  # every block was written and dropped
+    assert fresh[0] < n_blocks  # written blocks' buffers were reused for later blocks
     p.write(tmp_path / "q.zarr", max_workers=2, max_region_bytes=300_000, keep_levels_in_memory=False)
     assert_same_pyramid(str(tmp_path / "p.zarr"), str(tmp_path / "q.zarr"))
 

@@ -174,6 +174,8 @@ def write_region(ctx: WriteContext, region: Region) -> int:
             window = _coarser_window(ctx.plan, spec, box, data.shape, step)
             data, missing = _reduce_to_cache(ctx, spec, nxt, window, data, missing)
             box = tuple((s.start, s.stop) for s in window)
+        if ctx.cache.is_block(region.level, spec.name):
+            ctx.cache.recycle(out, out_missing)  # written and reduced: the buffers serve the next block
     return int(out.nbytes)
 
 
