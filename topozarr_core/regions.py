@@ -86,11 +86,11 @@ def _reduce(plan: RegionPlan, spec: VarSpec, data: np.ndarray, missing: np.ndarr
     """Reduce a window by ``step`` along the spatial axes, in the variable's own axis order.
 
     ``into``: (data, missing) views to write the result into (a level cache's window), so the
-    reduction needs no temporaries; used when their dtypes are the kernel's output dtypes.
+    reduction needs no temporaries (only when :func:`_writes_into` says so).
     """
     yi, xi = spec.axes(plan.y_dim, plan.x_dim)
     out = out_missing = None
-    if into is not None and _writes_into(spec, data, into):
+    if into is not None:
         out = _to_spatial_last(into[0], yi, xi)
         out_missing = None if into[1] is None else _to_spatial_last(into[1], yi, xi)
     out, out_missing = block_reduce(
@@ -110,7 +110,8 @@ def _reduce(plan: RegionPlan, spec: VarSpec, data: np.ndarray, missing: np.ndarr
 
 
 def _writes_into(spec: VarSpec, data: np.ndarray, into: tuple[np.ndarray, np.ndarray | None]) -> bool:
-    """Whether :func:`_reduce` can write straight into ``into`` (else it computes, then copies)."""
+    """Whether :func:`_reduce` can write straight into ``into``: it has the kernel's output dtype
+    and a place for the missing counts when they are kept."""
     return np.dtype(spec.out_dtype) == output_dtype(spec.method, data.dtype) and (
         into[1] is not None or not spec.track_missing
     )
@@ -122,9 +123,11 @@ def _reduce_to_cache(ctx: WriteContext, spec: VarSpec, level: int, slices: tuple
     plan, cache = ctx.plan, ctx.cache
     step = plan.factors[level] // plan.factors[level - 1]
     views = cache.views(level, spec.name, slices) if cache is not None else None
-    out, out_missing = _reduce(plan, spec, data, missing, step, plan.factors[level - 1], into=views)
-    if cache is not None and (views is None or not _writes_into(spec, data, views)):
-        cache.put(level, spec.name, slices, out, out_missing)
+    direct = views is not None and _writes_into(spec, data, views)
+    out, out_missing = _reduce(plan, spec, data, missing, step, plan.factors[level - 1],
+                               into=views if direct else None)
+    if cache is not None and not direct:
+        cache.put(level, spec.name, slices, out, out_missing)  # no-op for a level not kept
     return out, out_missing
 
 
