@@ -168,10 +168,9 @@ async def _replace(staging: Any, store: Any, prefixes: list[str]) -> None:
     intermediate group documents staging has above them, e.g. ``_topozarr_missing/zarr.json``)."""
     proto = default_buffer_prototype()
     await asyncio.gather(*(store.delete_dir(p.rstrip("/")) for p in prefixes))
-    keys = [k async for k in staging.list()]
-    wanted = [k for k in keys if any(k.startswith(p) for p in prefixes) or
-              (k.endswith("zarr.json") and k != "zarr.json" and any(p.startswith(k[: -len("zarr.json")])
-                                                                     for p in prefixes))]
+    parents = {"/".join(parts[:i]) + "/zarr.json"
+               for parts in (p.rstrip("/").split("/") for p in prefixes) for i in range(1, len(parts))}
+    wanted = [k async for k in staging.list() if k in parents or any(k.startswith(p) for p in prefixes)]
 
     async def copy(key: str) -> None:
         buf = await staging.get(key, prototype=proto)
@@ -180,7 +179,7 @@ async def _replace(staging: Any, store: Any, prefixes: list[str]) -> None:
 
     # documents first, parents before children, then chunks: Icechunk refuses a node whose parent
     # does not exist yet and a chunk whose array does not
-    docs = sorted((k for k in wanted if k.endswith("zarr.json")), key=lambda k: k.count("/"))
+    docs = [k for k in wanted if k.endswith("zarr.json")]
     for depth in sorted({k.count("/") for k in docs}):
         await asyncio.gather(*(copy(k) for k in docs if k.count("/") == depth))
     await asyncio.gather(*(copy(k) for k in wanted if not k.endswith("zarr.json")))
