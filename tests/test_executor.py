@@ -153,8 +153,8 @@ def test_levels_are_created_before_their_first_region(tmp_path, monkeypatch):
     created, log = {}, _record_regions(monkeypatch)
     real = init_ahead.initialise_level
 
-    def recording(store, ds_, spec, level):
-        real(store, ds_, spec, level)
+    def recording(store, ds_, spec, level, docs=None):
+        real(store, ds_, spec, level, docs)
         created[level] = time.perf_counter()
 
     monkeypatch.setattr(init_ahead, "initialise_level", recording)
@@ -169,10 +169,10 @@ def test_failed_level_creation_fails_the_write_unpublished(tmp_path, monkeypatch
     p = create_pyramid(ds, levels=4, **SMALL, **KW)
     real = init_ahead.initialise_level
 
-    def failing(store, ds_, spec, level):
+    def failing(store, ds_, spec, level, docs=None):
         if level == 2:
             raise OSError("disk full while creating level 2")
-        real(store, ds_, spec, level)
+        real(store, ds_, spec, level, docs)
 
     monkeypatch.setattr(init_ahead, "initialise_level", failing)
     with pytest.raises(OSError, match="disk full"):

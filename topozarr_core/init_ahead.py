@@ -23,6 +23,7 @@ import xarray as xr
 import zarr
 
 from .layout import initialise_level
+from .level_docs import LevelDocuments
 from .planning import PyramidSpec
 
 
@@ -32,6 +33,7 @@ class LevelInitialiser:
     def __init__(self, store: Any, ds: xr.Dataset, spec: PyramidSpec, levels: list[int]) -> None:
         self.store, self.ds, self.spec = store, ds, spec
         self.pending = set(levels)
+        self.docs = LevelDocuments(ds, spec)
         self._lock = threading.Lock()
         if not interleavable(store):
             for level in sorted(levels):
@@ -41,7 +43,7 @@ class LevelInitialiser:
         """Make sure ``level`` exists in the target."""
         with self._lock:
             if level in self.pending:
-                initialise_level(self.store, self.ds, self.spec, level)
+                initialise_level(self.store, self.ds, self.spec, level, self.docs)
                 self.pending.discard(level)
 
     def step(self) -> bool:

@@ -18,9 +18,9 @@ import zarr.errors
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from .levels import level_dataset, template_data
+from .level_docs import LevelDocuments
 from .metadata import multiscale_attributes
-from .paths import missing_dtype, missing_path
+from .paths import missing_path
 from .planning import PyramidSpec
 from .targets import TargetError, check_local_target, describe_store, error_summary, store_errors
 
@@ -112,8 +112,9 @@ def _existing_levels(root: zarr.Group | None) -> list[dict]:
 def initialise_target(store: Any, ds: xr.Dataset, spec: PyramidSpec, mode: str, levels: list[int]) -> None:
     """Create (or recreate) the groups, coordinates and empty arrays of the requested levels."""
     prepare_target(store, spec, mode, levels)
+    docs = LevelDocuments(ds, spec)
     for lvl in levels:
-        initialise_level(store, ds, spec, lvl)
+        initialise_level(store, ds, spec, lvl, docs)
 
 
 def prepare_target(store: Any, spec: PyramidSpec, mode: str, levels: list[int]) -> None:
@@ -126,41 +127,21 @@ def prepare_target(store: Any, spec: PyramidSpec, mode: str, levels: list[int]) 
     root.attrs.put(attrs)
 
 
-def initialise_level(store: Any, ds: xr.Dataset, spec: PyramidSpec, level: int) -> None:
+def initialise_level(store: Any, ds: xr.Dataset, spec: PyramidSpec, level: int,
+                     docs: LevelDocuments | None = None) -> None:
     """(Re)create one level's group, coordinates and empty arrays (after :func:`prepare_target`).
 
-    The level is built by xarray in memory, then its documents and coordinate chunks replace the
-    level in ``store`` in one concurrent batch: one round of store requests instead of ~15
-    sequential ones per level (most of a level's creation time on a local disk, far more on
-    object storage). Levels are independent of each other here, so a writer may create level
-    ``L + 1`` while level ``L``'s regions are being written.
+    The level is staged in memory (:class:`LevelDocuments`: pass one instance for all the levels of a
+    write, so coarser levels are derived instead of rebuilt by xarray), then its documents and
+    coordinate chunks replace the level in ``store`` in one concurrent batch: one round of store
+    requests instead of ~15 sequential ones per level (most of a level's creation time on a local
+    disk, far more on object storage). Levels are independent of each other here, so a writer may
+    create level ``L + 1`` while level ``L``'s regions are being written.
     """
-    staging = zarr.storage.MemoryStore()
-    _build_level(staging, ds, spec, level)
+    staging = (docs or LevelDocuments(ds, spec)).staged(level)
     prefixes = [f"{level}/"] + [f"{missing_path(level, v.name)}/" for v in spec.variables
                                 if v.track_missing and level >= 1]
     sync(_replace(staging, store, prefixes))
-
-
-def _build_level(store: Any, ds: xr.Dataset, spec: PyramidSpec, level: int) -> None:
-    tmpl, encoding = level_dataset(ds, spec, level, template_data)
-    tmpl.to_zarr(store, group=str(level), mode="w", compute=False, zarr_format=3, consolidated=False,
-                 encoding=encoding)
-    for v in spec.variables:
-        if v.track_missing and level >= 1:
-            enc = v.encodings[level]
-            zarr.create_array(
-                store,
-                name=missing_path(level, v.name),
-                shape=v.shapes[level],
-                dtype=missing_dtype(spec.factors[level]),
-                chunks=enc.chunks,
-                shards=enc.shards,
-                fill_value=0,
-                dimension_names=v.dims,
-                overwrite=True,
-                zarr_format=3,
-            )
 
 
 async def _replace(staging: Any, store: Any, prefixes: list[str]) -> None:

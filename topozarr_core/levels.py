@@ -13,6 +13,7 @@ import dask.array as dsa
 import numpy as np
 import xarray as xr
 
+from .grid import Axis
 from .metadata import level_attributes
 from .planning import PyramidSpec
 from .plan import VarSpec
@@ -59,6 +60,12 @@ def _carried(var: xr.Variable, spec: PyramidSpec, f: int) -> xr.Variable:
     return out
 
 
+def axis_centres(ds: xr.Dataset, axis: Axis, f: int) -> np.ndarray:
+    """A level's x or y coordinate: window means of the source centres, in a float dtype."""
+    dtype = ds[axis.name].dtype
+    return axis.coarse_centres(f).astype(dtype if dtype.kind == "f" else "f8")
+
+
 def gridded_encoding(spec_var: VarSpec, level: int) -> dict[str, Any]:
     enc = spec_var.encodings[level].to_xarray()
     dtype = np.dtype(spec_var.level_dtype(level))
@@ -80,8 +87,7 @@ def level_dataset(ds: xr.Dataset, spec: PyramidSpec, level: int, data: GriddedDa
     coords: dict[str, xr.Variable] = {}
     for axis in (grid.y, grid.x):
         src = ds[axis.name].variable
-        centres = axis.coarse_centres(f).astype(src.dtype if src.dtype.kind == "f" else "f8")
-        coords[axis.name] = xr.Variable((axis.name,), centres,
+        coords[axis.name] = xr.Variable((axis.name,), axis_centres(ds, axis, f),
                                         attrs={k: v for k, v in src.attrs.items() if k not in _DROP_ATTRS})
     gridded = {v.name: v for v in spec.variables}
     for name, var in ds.coords.variables.items():
