@@ -61,6 +61,7 @@ PH_L0_PYRAMID = "l0_pyramid"
 PH_L0_TO_ZARR = "l0_to_zarr"
 PH_PYPI = "topozarr_pypi"
 PH_PREPARE = "prepare_source"
+PH_ALTERNATING = "alternating"
 
 PHASE_LABELS = {
     PH_PYRAMID: "pyramid (ours)",
@@ -289,11 +290,46 @@ def _child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
             "checksum": _source_checksum(ds), "bytes": C.dir_size(spec["source_path"])}
 
 
+def _child_alternating(spec: dict[str, Any]) -> dict[str, Any]:
+    """Pyramid and levels=1 writes taking turns in one warm process (the steady state of a worker).
+
+    Each write first deletes its own previous output, so its pages are reused at once, as by a
+    long-running process writing one pyramid after another. (In a fresh process per phase every
+    page is new to the process; on VMs that hand freed guest memory back to the host after ~2 s,
+    e.g. virtio-balloon free page reporting, each first touch costs ~2 ms/MB, which weighs on the
+    phase that touches more memory.)
+    """
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    raster, base = spec["raster"], spec["out_path"]
+    ds = _load_source(spec)
+    if spec["warmup"]:
+        _warmup_ours(raster["dims"])
+    runs: dict[str, list[dict[str, Any]]] = {PH_PYRAMID: [], PH_L0_PYRAMID: []}
+    kw = dict(mode="w", max_workers=spec["max_workers"], progress=False, io=spec["io"])
+    for k in range(spec["pairs"]):
+        order = (PH_L0_PYRAMID, PH_PYRAMID) if k % 2 == 0 else (PH_PYRAMID, PH_L0_PYRAMID)
+        for phase in order:
+            out = f"{base}-{phase}.zarr"
+            C.drop_path(out)
+            _sync()
+            levels = raster["levels"] if phase == PH_PYRAMID else 1
+            extra = {"keep_levels_in_memory": spec["keep_levels_in_memory"]} if phase == PH_PYRAMID else {}
+            with C.PhaseMeter() as m:
+                _ours_create(ds, levels).write(out, **kw, **extra)
+            runs[phase].append(m.as_dict())
+    for phase in runs:
+        C.drop_path(f"{base}-{phase}.zarr")
+    return {"runs": runs}
+
+
 def child_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
     phase = spec["phase"]
     if phase == PH_PREPARE:
         C.emit_result(_child_prepare(spec))
+    elif phase == PH_ALTERNATING:
+        C.emit_result(_child_alternating(spec))
     elif phase == PH_PYPI:
         C.emit_result(_child_pypi(spec))
     else:
@@ -384,6 +420,17 @@ def run_benchmark(args) -> dict[str, Any]:
                               f"peak {m['peak_rss'] / C.MB:7.0f} MB", flush=True)
                     C.drop_path(out)
                     _sync()
+            if args.pairs > 0:
+                try:
+                    alt = _run_phase(sys.executable, base | {"phase": PH_ALTERNATING, "pairs": args.pairs,
+                                                             "out_path": str(work / "alt")}, args.timeout)
+                    rres["alternating"] = alt["runs"]
+                    for k, (a, b) in enumerate(zip(alt["runs"][PH_PYRAMID], alt["runs"][PH_L0_PYRAMID])):
+                        print(f"#   {raster.name} same process, pair {k}: pyramid {a['seconds']:.2f} s, "
+                              f"levels=1 {b['seconds']:.2f} s -> {a['seconds'] / b['seconds']:.2f}x", flush=True)
+                except C.ChildError as err:
+                    print(f"# {raster.name} same-process pairs: FAILED\n{err}", flush=True)
+                    rres["alternating"] = {"error": str(err)}
         results["rasters"].append(rres)
     return results
 
@@ -515,12 +562,47 @@ def report(results: dict[str, Any]) -> str:
         lines.append(f"WARNING: the 1-min load average reached {max_load:.1f} on {ncpu} CPUs during the run (it counts "
                      "this benchmark's own threads too): wall times may be inflated; prefer 'min s' and 'CPU s'.")
     lines.append(f"topozarr PyPI: {results['pypi']}")
+    alt_lines = _alternating_report(results)
+    if alt_lines:
+        lines.append("")
+        lines.extend(alt_lines)
     lines.append("")
     lines.extend(verdicts)
     if notes:
         lines.append("")
         lines.extend(notes)
     return "\n".join(lines)
+
+
+def _alternating_report(results: dict[str, Any]) -> list[str]:
+    """The same-process table: pyramid and levels=1 writes taking turns in one warm process."""
+    import statistics
+
+    rows, verdicts = [], []
+    for rres in results["rasters"]:
+        alt = rres.get("alternating")
+        if not alt or "error" in alt:
+            continue
+        name = rres["raster"]["name"] + f" L{rres['raster']['levels']}"
+        pyr, l0 = alt[PH_PYRAMID], alt[PH_L0_PYRAMID]
+        pyr_s = statistics.median(r["seconds"] for r in pyr)
+        l0_s = statistics.median(r["seconds"] for r in l0)
+        pair = [a["seconds"] / b["seconds"] for a, b in zip(pyr, l0)]
+        cpu = statistics.median(r["cpu_seconds"] for r in pyr) / statistics.median(r["cpu_seconds"] for r in l0)
+        rows.append([name, len(pair), C.fmt_num(pyr_s), C.fmt_num(l0_s), f"{pyr_s / l0_s:.2f}x",
+                     f"{statistics.median(pair):.2f}x", f"{min(pair):.2f}-{max(pair):.2f}x", f"{cpu:.2f}x",
+                     C.fmt_num(max(r["peak_rss"] - r["start_rss"] for r in pyr) / C.MB, 0),
+                     C.fmt_num(max(r["peak_rss"] - r["start_rss"] for r in l0) / C.MB, 0)])
+        verdicts.append(f"{name}, same process: pyramid / levels=1 write = {pyr_s / l0_s:.2f}x (median of pair "
+                        f"ratios {statistics.median(pair):.2f}x) -> target <= 1.6x: "
+                        f"{'MET' if pyr_s / l0_s <= 1.6 else 'NOT MET'}")
+    if not rows:
+        return []
+    headers = ["raster", "pairs", "pyramid s", "levels=1 s", "ratio", "pair ratio (median)", "pair ratios",
+               "CPU ratio", "pyramid +RSS MB", "levels=1 +RSS MB"]
+    return (["Same process (one warm child, the two writes taking turns, each deleting its own previous "
+             "output first: a long-running worker's steady state; medians):",
+             C.format_table(headers, rows, align="lrrrrrrrrr")] + verdicts)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -539,6 +621,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep-levels-in-memory", type=lambda s: {"auto": None, "true": True, "false": False}[s.lower()],
                     default=None, help="auto|true|false (default auto)")
     ap.add_argument("--only", nargs="*", help="raster names or indexes (0, 1) to run")
+    ap.add_argument("--pairs", type=int, default=5,
+                    help="same-process pyramid / levels=1 pairs per raster, after the per-phase children (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--verify", action="store_true", help="check level 0 of every output equals the source (untimed)")
     ap.add_argument("--no-warmup", action="store_true", help="skip the tiny untimed warm-up write in each child")
