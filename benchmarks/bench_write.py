@@ -11,6 +11,11 @@ phase):
   of a separate venv (``--topozarr-python`` or env ``TOPOZARR_PYPI_PYTHON``), on the same source.
 
 The pyramid/level-0 ratio uses the faster of the two level-0 baselines (the table says which).
+Then, per raster, one more child runs ``--pairs`` pyramid / ``levels=1`` writes taking turns in the
+same warm process (each first deleting its own previous output): the steady state of a worker that
+writes one pyramid after another, and a second estimate of the ratio that does not depend on how
+fresh each child's memory is (on VMs that hand freed guest memory back to the host, first touches
+cost ~2 ms/MB).
 Performance targets (benchmark, not a test): pyramid <= 1.6x the level-0 copy, and >= 1.3x faster
 than topozarr 0.2.1 on both rasters.
 

@@ -115,6 +115,20 @@ def test_levels_pipeline_and_never_start_before_their_inputs(tmp_path, monkeypat
         np.testing.assert_allclose(got, coarsen_reference(ds, "air", f, "mean"), rtol=1e-6, equal_nan=True)
 
 
+def test_tail_runs_largest_regions_first(tmp_path, monkeypatch):
+    # after the last level-0 region, level 1 (512^2), 2 (256^2), 3 (128^2) and 4 (64^2) are ready
+    # together; coarsest-first would start the largest last
+    ds = make_raster(ny=1024, nx=1024)
+    p = create_pyramid(ds, levels=5, chunks_per_shard=4, target_chunk_bytes=16_000, **KW)
+    log = _record_regions(monkeypatch)
+    p.write(tmp_path / "p.zarr", max_workers=1)  # one worker: regions start in submission order
+    starts = [r for r, _, _ in sorted(log, key=lambda e: e[1])]
+    last0 = max(i for i, r in enumerate(starts) if r.level == 0)
+    tail = [int(np.prod(r.shape())) for r in starts[last0 + 1:]]
+    assert len(set(tail)) >= 3
+    assert tail == sorted(tail, reverse=True), [(r.level, r.shape()) for r in starts[last0 + 1:]]
+
+
 def test_blocks_stay_few_and_are_all_handed_over(tmp_path, monkeypatch):
     ds = make_raster(ny=1536, nx=1536, nan_fraction=0.05)
     p = create_pyramid(ds, levels=3, **SMALL, **KW)

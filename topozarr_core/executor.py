@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import heapq
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -83,8 +84,8 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
     """Write every region of the plan; returns bytes written.
 
     Regions run as soon as the regions of the previous level under them are written (see
-    :mod:`.dependencies`), coarsest ready level first, at most ``workers x INFLIGHT_PER_WORKER``
-    at a time. ``level_ready(level)``, when given, is called before a level's first region is
+    :mod:`.dependencies`), coarsest ready level first (largest first once the finest level is all
+    submitted), at most ``workers x INFLIGHT_PER_WORKER`` at a time. ``level_ready(level)``, when given, is called before a level's first region is
     submitted and blocks until the level exists in the target; ``idle_step()`` is called between
     submitting and waiting, to do a short piece of other work (creating the next level, see
     :mod:`.init_ahead`) while regions run, until it returns False. A cached
@@ -98,7 +99,10 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
     left_per_level = Counter(r.level for r in graph.regions)
     releasable = _release_rules(ctx)
     order = _feeding_order(graph)
-    ready: list[tuple[int, tuple, int]] = [(-r.level, order[i], i) for i, r in enumerate(graph.regions) if waits[i] == 0]
+    finest = min(left_per_level, default=0)
+    unsubmitted_finest = left_per_level[finest]
+    priority = _pipeline_priority(graph, order)
+    ready = [priority(i) for i in range(len(graph.regions)) if waits[i] == 0]
     heapq.heapify(ready)
     started_levels: set[int] = set()
     limit = workers * INFLIGHT_PER_WORKER
@@ -113,13 +117,19 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
             running: dict[Future, int] = {}
             while ready or running:
                 while ready and len(running) < limit:
-                    _, _, i = heapq.heappop(ready)
+                    i = heapq.heappop(ready)[-1]
                     region = graph.regions[i]
                     if region.level not in started_levels:
                         if level_ready is not None:
                             level_ready(region.level)
                         started_levels.add(region.level)
                     running[pool.submit(write_region, ctx, region)] = i
+                    if region.level == finest:
+                        unsubmitted_finest -= 1
+                        if unsubmitted_finest == 0:  # the tail: largest first (see _tail_priority)
+                            priority = _tail_priority(graph, order)
+                            ready = [priority(j[-1]) for j in ready]
+                            heapq.heapify(ready)
                 if idle_step is not None and running and not idle_step():
                     idle_step = None
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -134,7 +144,7 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
                     for j in graph.unblocks[i]:
                         waits[j] -= 1
                         if waits[j] == 0:
-                            heapq.heappush(ready, (-graph.regions[j].level, order[j], j))
+                            heapq.heappush(ready, priority(j))
                     if left_per_level[level] == 0:
                         for kept, needs in list(releasable.items()):
                             if all(left_per_level[lvl] == 0 for lvl in needs):
@@ -166,6 +176,22 @@ def _release_rules(ctx: WriteContext) -> dict[int, set[int]]:
 
 def _lowest_unfinished(left_per_level: Counter) -> int:
     return min((lvl for lvl, n in left_per_level.items() if n > 0), default=max(left_per_level, default=0))
+
+
+def _pipeline_priority(graph, order: list[tuple]) -> Callable[[int], tuple]:
+    """Heap key while the finest level is being read: coarsest ready level first (its blocks are
+    dropped soonest), then feeding order."""
+    return lambda i: (-graph.regions[i].level, order[i], i)
+
+
+def _tail_priority(graph, order: list[tuple]) -> Callable[[int], tuple]:
+    """Heap key once every finest-level region is submitted: largest region first.
+
+    What is left then (the last coarse regions, all ready at about the same time) is a set of
+    independent jobs; starting the longest ones first (LPT) ends the write soonest, whereas
+    coarsest-first would leave the largest shard to run alone at the end.
+    """
+    return lambda i: (-math.prod(graph.regions[i].shape()), order[i], i)
 
 
 def _feeding_order(graph) -> list[tuple]:

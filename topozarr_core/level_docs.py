@@ -4,7 +4,7 @@ Why: building a level through xarray (template Dataset, ``to_zarr(compute=False)
 GIL-bound work, paid for every level while region threads compete for the same GIL. Two levels of
 one pyramid differ only in their shapes and chunking, the group's geo attributes, the x/y
 coordinate values and (for the hidden missing counts) a dtype; so once one level exists in memory
-the next one is a few edited JSON documents and two small coordinate writes (~1 ms).
+the next one is a few edited JSON documents and two small coordinate writes (a few ms).
 
 Only what is known to be identical is derived: an array along a spatial dim that is neither a
 gridded variable nor the x/y coordinate (a carried variable coarsened along one axis), a gridded
@@ -144,9 +144,9 @@ def _rechunked(doc: dict[str, Any], shape: tuple[int, ...], chunks: tuple[int, .
 
 def create_missing(spec: PyramidSpec, level: int) -> dict[str, Buffer]:
     """The hidden per-pixel missing-count arrays of a mean level (see ``paths.MISSING_GROUP``)."""
-    store = zarr.storage.MemoryStore()
     if level < 1:
         return {}
+    store = zarr.storage.MemoryStore()
     for v in spec.variables:
         if not v.track_missing:
             continue
