@@ -26,7 +26,8 @@ than topozarr 0.2.1 on both rasters.
 
 Every child does a tiny untimed warm-up write with the same tool first (imports, numba cache
 loading), and the parent calls ``os.sync()`` between phases (untimed) so one phase's dirty pages
-are not flushed on the next one's clock. Output goes to the page cache (no fsync in the timing).
+are not flushed on the next one's clock. The phase order rotates from one repeat to the next, so
+no phase always follows the same one (what a phase finds depends on what the previous one freed). Output goes to the page cache (no fsync in the timing).
 
 Usage::
 
@@ -410,7 +411,11 @@ def run_benchmark(args) -> dict[str, Any]:
                       f"write {prep['write_seconds']:.1f} s, checksum {prep['checksum']})", flush=True)
             _sync()
             for rep in range(args.repeat):
-                for phase in phases:
+                # rotate the order each repeat: a phase's time depends on what the one before it
+                # left behind (freed memory the VM may have reclaimed, page cache), so no phase
+                # should always follow the same one
+                k = rep % len(phases)
+                for phase in phases[k:] + phases[:k]:
                     out = work / f"out-{phase}.zarr"
                     python = pypi_py if phase == PH_PYPI else sys.executable
                     try:
