@@ -85,10 +85,11 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
 
     Regions run as soon as the regions of the previous level under them are written (see
     :mod:`.dependencies`), coarsest ready level first (largest first once the finest level is all
-    submitted), at most ``workers x INFLIGHT_PER_WORKER`` at a time. ``level_ready(level)``, when given, is called before a level's first region is
-    submitted and blocks until the level exists in the target; ``idle_step()`` is called between
-    submitting and waiting, to do a short piece of other work (creating the next level, see
-    :mod:`.init_ahead`) while regions run, until it returns False. A cached
+    submitted), at most ``workers x INFLIGHT_PER_WORKER`` at a time. ``level_ready(level)``, when
+    given, is called before a level's first region is submitted and blocks until the level exists
+    in the target; ``idle_step()`` is called between submitting and waiting, to do a short piece of
+    other work (creating the next level, see :mod:`.init_ahead`) while regions run, until it
+    returns False. A cached
     level is released once every region of the next level is written. The first failure stops
     submissions and is re-raised once the regions in flight have finished.
     """

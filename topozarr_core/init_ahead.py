@@ -1,11 +1,12 @@
 """Initialise pyramid levels while the first level's regions run, not all up front.
 
 Creating a level (group, coordinates, empty arrays) is pure-Python metadata work: ~15 ms for the
-level xarray builds, ~8 ms for each level derived from it (:mod:`.level_docs`), most of it GIL-bound.
-Done up front for every level it is serial time before any region starts. The executor's own thread instead creates one level at a time between two waits
-for regions (:meth:`LevelInitialiser.step`), while the regions in flight keep the cores busy,
-and asks :meth:`LevelInitialiser.ready` before submitting a level's first region, so a level
-always exists before it is written. (A background thread doing the same was slower: starved of
+level xarray builds, ~8 ms for each level derived from it (:mod:`.level_docs`), most of it
+GIL-bound. Done up front for every level it is serial time before any region starts. The
+executor's own thread instead creates one level at a time between two waits for regions
+(:meth:`LevelInitialiser.step`), while the regions in flight keep the cores busy, and asks
+:meth:`LevelInitialiser.ready` before submitting a level's first region, so a level always exists
+before it is written. (A background thread doing the same was slower: starved of
 the GIL for a second, it made the region threads hand the GIL back and forth all that time.)
 
 Only stores known to take metadata listing and writes concurrently with chunk writes are
