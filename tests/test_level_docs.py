@@ -53,6 +53,12 @@ def _time_raster() -> xr.Dataset:
     return ds
 
 
+def _aux_coords_raster() -> xr.Dataset:
+    ds = make_raster(128, 160, nan_fraction=0.05)
+    lat2d, lon2d = xr.broadcast(ds["lat"], ds["lon"])
+    return ds.assign_coords(lat2d=lat2d.astype("float64"), lon2d=(lon2d * 2).astype("float32"), height=2.0)
+
+
 CASES = {
     "2d mean with NaN": (lambda: make_raster(160, 224, nan_fraction=0.1), dict(levels=5)),
     "3d time, non-spatial var": (_time_raster, dict(levels=4)),
@@ -60,6 +66,7 @@ CASES = {
     "uint8 nearest": (lambda: make_raster(128, 160, dtype="uint8"), dict(levels=4, method="nearest")),
     "factors 1,3,9,27": (lambda: make_raster(270, 270, nan_fraction=0.02), dict(factors=[1, 3, 9, 27])),
     "no sharding": (lambda: make_raster(128, 128), dict(levels=4, chunks_per_shard=None)),
+    "2-D auxiliary and scalar coords": (_aux_coords_raster, dict(levels=4)),
     "ascending y, float64": (lambda: make_raster(128, 96, dtype="float64", descending_y=False), dict(levels=4)),
 }
 
