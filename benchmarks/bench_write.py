@@ -27,7 +27,8 @@ than topozarr 0.2.1 on both rasters.
 Every child does a tiny untimed warm-up write with the same tool first (imports, numba cache
 loading), and the parent calls ``os.sync()`` between phases (untimed) so one phase's dirty pages
 are not flushed on the next one's clock. The phase order rotates from one repeat to the next, so
-no phase always follows the same one (what a phase finds depends on what the previous one freed). Output goes to the page cache (no fsync in the timing).
+no phase always follows the same one (what a phase finds depends on what the previous one freed).
+Output goes to the page cache (no fsync in the timing).
 
 Usage::
 
@@ -177,6 +178,15 @@ def _warmup_ours(dims: list[str]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _write_ours(ds, spec: dict[str, Any], phase: str, out: str):
+    """Our write of one phase: the pyramid (all levels), or level 0 alone (``levels=1``)."""
+    kw = dict(mode="w", max_workers=spec["max_workers"], progress=False, io=spec["io"])
+    if phase == PH_PYRAMID:
+        return _ours_create(ds, spec["raster"]["levels"]).write(
+            out, keep_levels_in_memory=spec["keep_levels_in_memory"], **kw)
+    return _ours_create(ds, 1).write(out, **kw)
+
+
 def _child_ours(spec: dict[str, Any]) -> dict[str, Any]:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
@@ -193,17 +203,13 @@ def _child_ours(spec: dict[str, Any]) -> dict[str, Any]:
         _warmup_ours(raster["dims"])
 
     if phase == PH_PYRAMID:
-        kw = dict(mode="w", max_workers=spec["max_workers"], progress=False,
-                  keep_levels_in_memory=spec["keep_levels_in_memory"], io=spec["io"])
         with C.PhaseMeter() as m:
-            p = _ours_create(ds, raster["levels"])
-            rep = p.write(out, **kw)
+            rep = _write_ours(ds, spec, phase, out)
         extra["report"] = {"workers": rep.workers, "kept_in_memory": rep.kept_in_memory,
                            "regions": rep.regions, "bytes_written": rep.bytes_written, "io": rep.io}
     elif phase == PH_L0_PYRAMID:
         with C.PhaseMeter() as m:
-            p = _ours_create(ds, 1)
-            rep = p.write(out, mode="w", max_workers=spec["max_workers"], progress=False, io=spec["io"])
+            rep = _write_ours(ds, spec, phase, out)
         extra["report"] = {"workers": rep.workers, "regions": rep.regions, "io": rep.io}
     elif phase == PH_L0_TO_ZARR:
         import numpy as np
@@ -312,17 +318,14 @@ def _child_alternating(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["warmup"]:
         _warmup_ours(raster["dims"])
     runs: dict[str, list[dict[str, Any]]] = {PH_PYRAMID: [], PH_L0_PYRAMID: []}
-    kw = dict(mode="w", max_workers=spec["max_workers"], progress=False, io=spec["io"])
     for k in range(spec["pairs"]):
         order = (PH_L0_PYRAMID, PH_PYRAMID) if k % 2 == 0 else (PH_PYRAMID, PH_L0_PYRAMID)
         for phase in order:
             out = f"{base}-{phase}.zarr"
             C.drop_path(out)
             _sync()
-            levels = raster["levels"] if phase == PH_PYRAMID else 1
-            extra = {"keep_levels_in_memory": spec["keep_levels_in_memory"]} if phase == PH_PYRAMID else {}
             with C.PhaseMeter() as m:
-                _ours_create(ds, levels).write(out, **kw, **extra)
+                _write_ours(ds, spec, phase, out)
             runs[phase].append(m.as_dict())
     for phase in runs:
         C.drop_path(f"{base}-{phase}.zarr")
