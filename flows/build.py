@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from .batches import BatchesFailed, run_levels  # noqa: F401  (BatchesFailed: what a failed run raises)
+from .job import target_lease
 from .limits import ensure_limit_task
 from .params import BuildParams
 from .tasks import (
@@ -28,17 +29,19 @@ def build_pyramid(params: BuildParams) -> dict[str, Any]:
     logger = get_run_logger()
     plan = plan_pyramid(params)
     ensure_limit_task(params.concurrency_limit, params.default_concurrency)
-    init = initialise_target(params)
-    staging = init["staging"]
-    rows = run_levels(
-        plan["levels"],
-        lambda level, i, fork: write_batch.submit(params, level, i, fork, key=f"L{level}-B{i:05d}"),
-        fork=(lambda level: fork_level(params, staging, key=f"L{level}")) if staging else None,
-        commit=(lambda level, forks: commit_level(params, staging, forks, key=f"level-{level}")) if staging else None,
-    )
-    publish_metadata(params, staging)
-    checked = validate(params, staging)
-    snapshot = publish_branch(params, staging, init["base"]) if staging else None
+    with target_lease(params):
+        init = initialise_target(params)
+        staging = init["staging"]
+        rows = run_levels(
+            plan["levels"],
+            lambda level, i, fork: write_batch.submit(params, level, i, fork, key=f"L{level}-B{i:05d}"),
+            fork=(lambda level: fork_level(params, staging, key=f"L{level}")) if staging else None,
+            commit=(lambda level, forks: commit_level(params, staging, forks, key=f"level-{level}")) if staging
+            else None,
+        )
+        checked = validate(params, staging)
+        publish_metadata(params, staging)
+        snapshot = publish_branch(params, staging, init["base"]) if staging else None
     create_table_artifact(rows, key="pyramid-levels", description=f"{params.source} -> {params.target}")
     logger.info("pyramid complete: %d levels, %d spot checks passed", len(rows), checked["spot_checks"])
     return {"levels": rows, "snapshot": snapshot, "spot_checks": checked["spot_checks"],

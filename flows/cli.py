@@ -30,6 +30,8 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--chunks-per-shard", type=lambda s: None if s == "none" else int(s), default=4)
     b.add_argument("--io", choices=["python", "rust"], default="python")
     b.add_argument("--mode", choices=["w", "w-", "a"], default="w")
+    b.add_argument("--overwrite-foreign", action="store_true",
+                   help="let --mode w replace a TARGET holding data topozarr-flows did not write (deletes it all)")
     b.add_argument("--concurrency", type=int, default=4, help="slots when the flow creates the limit")
     b.add_argument("--regions-per-batch", type=int)
     d = sub.add_parser("demo", help="generate demo data and build it into a local Icechunk repo")
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 branch=args.branch, levels=args.levels, factors=args.factors, x_dim=args.x_dim,
                 y_dim=args.y_dim, method=args.method, crs=args.crs, variables=args.variables,
                 chunks_per_shard=args.chunks_per_shard, io=args.io, mode=args.mode,
+                overwrite_foreign=args.overwrite_foreign,
                 default_concurrency=args.concurrency, regions_per_batch=args.regions_per_batch,
             )
     except ValidationError as err:

@@ -7,13 +7,15 @@ re-derives the same deterministic plan from them, so nothing unpicklable crosses
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from topozarr_core import Pyramid, RegionPlan, create_pyramid, icechunk_txn
 from topozarr_core.icechunk_txn import IcechunkTarget
-from topozarr_core.layout import check_target
+from topozarr_core.lease import lease_for
 from topozarr_core.sources import open_source
+from topozarr_core.target_contract import check_target
 from topozarr_core.targets import resolve_store
 
 from .params import BuildParams
@@ -41,7 +43,26 @@ class Job:
             icechunk_txn.check_target(self.icechunk, self.pyramid.spec, self.params.mode, levels)
         else:
             check_target(resolve_store(self.params.target, read_only=True), self.pyramid.spec, self.params.mode,
-                         levels)
+                         levels, ds=self.pyramid.ds, sources=(self.params.source,),
+                         overwrite_foreign=self.params.overwrite_foreign)
+
+    def initialise(self, store: Any) -> None:
+        levels = [lp.level for lp in self.plan.levels]
+        self.pyramid.initialise(store, mode=self.params.mode, levels=levels,
+                                overwrite_foreign=self.params.overwrite_foreign, sources=(self.params.source,))
+
+
+@contextmanager
+def target_lease(params: Any) -> Iterator[None]:
+    """Hold the lease of a plain Zarr target for the whole flow run (Icechunk needs none). The
+    owner is the flow run, so a retry of the same run reclaims the lease a killed attempt left."""
+    if params.target_format == "icechunk":
+        yield
+        return
+    from prefect.runtime import flow_run
+
+    with lease_for(resolve_store(params.target), owner=f"flow-run/{flow_run.id}"):
+        yield
 
 
 _jobs: dict[str, Job] = {}

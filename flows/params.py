@@ -56,6 +56,8 @@ class BuildParams(RunParams):
     method: str = "mean"
     chunks_per_shard: int | None = 4
     mode: Literal["w", "w-", "a"] = "w"
+    overwrite_foreign: bool = Field(False, description="Let mode 'w' replace a target holding data this project "
+                                    "did not write (everything there is deleted)")
 
     @field_validator("x_dim", "y_dim")
     @classmethod

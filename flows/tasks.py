@@ -14,6 +14,7 @@ from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
 from topozarr_core import icechunk_txn
+from topozarr_core.layout import published_attrs
 from topozarr_core.validate import validate_pyramid
 
 from .batches import write_one_batch
@@ -63,16 +64,15 @@ def plan_pyramid(params: BuildParams, key: str = "plan") -> dict:
 def initialise_target(params: BuildParams, key: str = "init") -> dict:
     """Create arrays and coordinates; for Icechunk on a staging branch committed once."""
     job = load_job(params)
-    levels = [lp.level for lp in job.plan.levels]
     target = job.icechunk
     if target is None:
-        job.pyramid.initialise(job.zarr_store(), mode=params.mode, levels=levels)
+        job.initialise(job.zarr_store())
         return {"staging": None, "base": None}
     from prefect.runtime import flow_run
 
     staging, base = icechunk_txn.begin(target, str(flow_run.id))
     session = icechunk_txn.writable(target, staging)
-    job.pyramid.initialise(session.store, mode=params.mode, levels=levels)
+    job.initialise(session.store)
     session.commit("topozarr: initialise pyramid", allow_empty=True)
     return {"staging": staging, "base": base}
 
@@ -113,13 +113,15 @@ def publish_metadata(params: BuildParams, staging: str | None, key: str = "metad
 
 @task(name="validate-pyramid", **RUN_CACHED)
 def validate(params: BuildParams, staging: str | None, key: str = "validate") -> dict:
-    """Shapes, chunking, convention schemas and value spot-checks against the source."""
+    """Shapes, chunking, convention schemas and value spot-checks against the source, before the root
+    is published (the root attributes checked are those ``publish-metadata`` will write)."""
     job = load_job(params)
     if staging is None:
         store = job.zarr_store()
     else:
         store = job.icechunk.open_repo(create=False).readonly_session(branch=staging).store
-    report = validate_pyramid(job.pyramid, store, samples_per_level=params.validate_samples)
+    report = validate_pyramid(job.pyramid, store, samples_per_level=params.validate_samples,
+                              root_attrs=published_attrs(job.pyramid.spec))
     report.raise_for_errors()
     return {"spot_checks": report.spot_checks, "levels": len(report.levels)}
 

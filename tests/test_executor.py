@@ -15,7 +15,7 @@ from tests.compare import assert_same_pyramid
 from tests.conftest import coarsen_reference, make_raster
 from topozarr_core import create_pyramid
 from topozarr_core.dependencies import region_graph
-from topozarr_core.layout import STATUS_KEY
+from topozarr_core.root_doc import STATUS_KEY
 from topozarr_core.level_cache import LevelCache
 from topozarr_core.plan import restrict_plan
 

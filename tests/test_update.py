@@ -16,7 +16,7 @@ import zarr
 from tests.compare import assert_same_pyramid, snapshot
 from tests.conftest import make_raster, validate_conventions
 from topozarr_core import UpdateRefused, create_pyramid, plan_update, update_pyramid
-from topozarr_core.layout import OPTIONS_KEY, STATUS_KEY
+from topozarr_core.root_doc import OPTIONS_KEY, STATUS_KEY
 from topozarr_core.plan import restrict_plan
 from topozarr_core.validate import validate_pyramid
 

@@ -59,7 +59,7 @@ class IcechunkTarget:
 def check_target(target: IcechunkTarget, spec: Any, mode: str, levels: list[int]) -> None:
     """Refuse, before anything is created, branched or committed, a target ``begin``/``initialise`` would fail on
     (read-only: a missing repository is not created here)."""
-    from .layout import check_target as check_tree
+    from .target_contract import check_target as check_tree
     from .targets import TargetError, check_local_target, error_summary, probe_object_store, store_errors
 
     on_s3 = target.location.startswith("s3://")

@@ -31,10 +31,11 @@ from .planning import PyramidSpec
 class LevelInitialiser:
     """``ready(level)`` creates a level in the target the first time it is asked for."""
 
-    def __init__(self, store: Any, ds: xr.Dataset, spec: PyramidSpec, levels: list[int]) -> None:
+    def __init__(self, store: Any, ds: xr.Dataset, spec: PyramidSpec, levels: list[int],
+                 docs: LevelDocuments | None = None) -> None:
         self.store, self.ds, self.spec = store, ds, spec
         self.pending = set(levels)
-        self.docs = LevelDocuments(ds, spec)
+        self.docs = docs or LevelDocuments(ds, spec)
         self._lock = threading.Lock()
         if not interleavable(store):
             for level in sorted(levels):

@@ -45,7 +45,12 @@ class LevelDocuments:
         self._levels: dict[int, dict[str, Buffer]] = {}
 
     def staged(self, level: int) -> zarr.storage.MemoryStore:
-        """A memory store holding ``level``'s documents, coordinate chunks and missing-count arrays."""
+        """A memory store holding ``level``'s documents, coordinate chunks and missing-count arrays.
+
+        Staging the first level before touching the target is the last input check (xarray's own
+        encoding of every variable); a level staged once is reused."""
+        if level in self._levels:
+            return zarr.storage.MemoryStore(dict(self._levels[level]))
         ref = self._reference(level)
         keys = derive_level(self._levels[ref], self.ds, self.spec, ref, level) if ref is not None else None
         if keys is None:

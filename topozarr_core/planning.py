@@ -24,6 +24,7 @@ from .grid import SpatialGrid, spatial_grid
 from .kernels import METHODS, output_dtype
 from .metadata import ZarrLayerVarConfig, validate_layer_hints
 from .plan import VarSpec
+from .storable import check_storable
 
 SUPPORTED_DTYPES = tuple(np.dtype(d) for d in ("u1", "u2", "i2", "i4", "i8", "f4", "f8"))
 
@@ -138,6 +139,7 @@ def build_spec(
         ds = ds.to_dataset(name=ds.name or "data")
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"create_pyramid needs an xarray Dataset, got {type(ds).__name__}")
+    check_storable(ds)
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     fs = resolve_factors(levels, factors)

@@ -12,12 +12,15 @@ from .chunking import DEFAULT_TARGET_CHUNK_BYTES
 from .executor import auto_workers, run_plan
 from .init_ahead import LevelInitialiser
 from .layout import initialise_target, prepare_target, publish
+from .lease import lease_for
 from .level_cache import LevelCache
+from .level_docs import LevelDocuments
 from .levels import level_dataset
 from .metadata import ZarrLayerVarConfig, multiscale_attributes
 from .plan import RegionPlan, build_region_plan
 from .planning import PyramidSpec, build_spec
 from .regions import WriteContext
+from .target_contract import check_target
 from .targets import resolve_store
 
 DEFAULT_MAX_REGION_BYTES = 256_000_000
@@ -114,10 +117,13 @@ class Pyramid:
         return lv
 
     # -- writing -------------------------------------------------------------------------------
-    def initialise(self, store: Any, mode: str = "w", levels: list[int] | None = None) -> Any:
-        """Create groups/arrays/coordinates in the target (step 1 of a write). Returns the store."""
+    def initialise(self, store: Any, mode: str = "w", levels: list[int] | None = None,
+                   overwrite_foreign: bool = False, sources: tuple[str, ...] = ()) -> Any:
+        """Check the target, unpublish it and create groups/arrays/coordinates (step 1 of a write).
+        Returns the store. The caller holds the target's lease (:mod:`.lease`) where it needs one."""
         zstore = resolve_store(store)
-        initialise_target(zstore, self.ds, self.spec, mode, self._check_levels(levels))
+        initialise_target(zstore, self.ds, self.spec, mode, self._check_levels(levels),
+                          overwrite_foreign=overwrite_foreign, sources=sources)
         return zstore
 
     def publish(self, store: Any) -> dict:
@@ -134,8 +140,14 @@ class Pyramid:
         keep_levels_in_memory: bool | None = None,
         levels: list[int] | None = None,
         io: IO = "python",
+        overwrite_foreign: bool = False,
     ) -> WriteReport:
-        """Compute and write the levels through a local thread pool."""
+        """Compute and write the levels through a local thread pool.
+
+        Every check runs before the target changes: the target contract (:mod:`.target_contract`;
+        ``overwrite_foreign=True`` lets ``mode="w"`` replace data this project did not write), the
+        first level staged in memory, the lease of plain Zarr targets (:mod:`.lease`). Then the root
+        is unpublished, replaced nodes are deleted, levels written, and the root published last."""
         from .io_select import open_array_for, check_io
 
         plan = self.region_plan(levels=levels, max_region_bytes=max_region_bytes)
@@ -144,18 +156,22 @@ class Pyramid:
         workers = auto_workers(plan, max_workers)
         keep = self._keep_in_memory(plan, keep_levels_in_memory)
         planned = [lp.level for lp in plan.levels]
-        prepare_target(zstore, self.spec, mode, planned)
-        ctx = WriteContext(
-            plan=plan,
-            source=self.ds,
-            store=zstore,
-            cache=LevelCache.for_plan(plan) if keep else None,
-            open_array=open_array_for(io, zstore),
-        )
-        init = LevelInitialiser(zstore, self.ds, self.spec, planned)
-        init.ready(planned[0])
-        written = run_plan(ctx, workers, progress=progress, level_ready=init.ready, idle_step=init.step)
-        publish(zstore, self.spec)
+        state = check_target(zstore, self.spec, mode, planned, ds=self.ds, overwrite_foreign=overwrite_foreign)
+        docs = LevelDocuments(self.ds, self.spec)
+        docs.staged(planned[0])
+        with lease_for(zstore):
+            prepare_target(zstore, self.spec, mode, planned, state)
+            ctx = WriteContext(
+                plan=plan,
+                source=self.ds,
+                store=zstore,
+                cache=LevelCache.for_plan(plan) if keep else None,
+                open_array=open_array_for(io, zstore),
+            )
+            init = LevelInitialiser(zstore, self.ds, self.spec, planned, docs)
+            init.ready(planned[0])
+            written = run_plan(ctx, workers, progress=progress, level_ready=init.ready, idle_step=init.step)
+            publish(zstore, self.spec)
         return WriteReport(
             levels=[lp.level for lp in plan.levels],
             regions=sum(lp.n_regions for lp in plan.levels),

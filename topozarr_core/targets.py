@@ -85,9 +85,17 @@ def is_icechunk_store(store: Any) -> bool:
 
 
 def object_store_from_url(url: str, read_only: bool = False, **options: Any) -> ObjectStore:
-    """An obstore-backed zarr store for s3://, gs://, az:// ... URLs (credentials from the environment)."""
+    """An obstore-backed zarr store for s3://, gs://, az:// ... URLs (credentials from the environment).
+
+    Requests are retried through outages (:mod:`.object_retry`): for ``TOPOZARR_S3_RETRY_TIMEOUT``
+    seconds (default 120), backoff capped at ``TOPOZARR_S3_MAX_BACKOFF`` (4), at most
+    ``TOPOZARR_S3_MAX_RETRIES`` (100) retries; ``retry_config=`` (obstore's format) overrides them.
+    Then :class:`~.object_retry.ObjectStoreUnavailable` says, in one line, what failed where."""
     from obstore.store import from_url
 
+    from .object_retry import RetryingObjectStore, RetrySettings, public_url
+
+    retry = RetrySettings.from_env().merged(options.pop("retry_config", None))
     client_options = dict(options.pop("client_options", {}) or {})
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     if url.startswith("s3://") and endpoint:
@@ -96,7 +104,8 @@ def object_store_from_url(url: str, read_only: bool = False, **options: Any) -> 
             client_options.setdefault("allow_http", True)
     client_options.setdefault("connect_timeout", "30s")
     client_options.setdefault("timeout", "120s")
-    return ObjectStore(from_url(url, client_options=client_options, **options), read_only=read_only)
+    inner = from_url(url, client_options=client_options, retry_config=retry.obstore_config(), **options)
+    return RetryingObjectStore(inner, read_only=read_only, retry=retry, location=public_url(url))
 
 
 def probe_object_store(url: str) -> None:
@@ -118,7 +127,7 @@ def resolve_store(target: Any, read_only: bool = False) -> Any:
     if isinstance(target, str):
         if "://" in target and not target.startswith("file://"):
             return object_store_from_url(target, read_only=read_only)
-        return LocalStore(target.removeprefix("file://"), read_only=read_only)
+        return LocalStore(os.path.expanduser(target.removeprefix("file://")), read_only=read_only)
     if isinstance(target, zarr.abc.store.Store):
         return target
     raise TypeError(

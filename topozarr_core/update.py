@@ -60,7 +60,8 @@ from .chunking import DEFAULT_TARGET_CHUNK_BYTES
 from .crs import proj_attributes, resolve_crs
 from .executor import auto_workers, run_plan
 from .level_cache import LevelCache, _aligned, _missing_fill
-from .layout import OPTIONS_KEY, STATUS_KEY, creation_options, publish
+from .layout import publish
+from .root_doc import OPTIONS_KEY, STATUS_KEY, creation_options
 from .levels import _DROP_ATTRS, crs_coord_name, level_dataset
 from .metadata import RESAMPLING_NAMES, ZarrLayerVarConfig, comparable as _norm, level_attributes
 from .paths import data_path, missing_dtype, missing_path

@@ -28,7 +28,7 @@ import xarray as xr
 import zarr
 
 from .kernels import block_reduce
-from .layout import STATUS_KEY
+from .root_doc import STATUS_KEY
 from .plan import VarSpec
 from .targets import resolve_store
 
@@ -379,8 +379,12 @@ def validate_pyramid(
     seed: int = 0,
     check_values: bool = True,
     rtol: float = 1e-5,
+    root_attrs: dict | None = None,
 ) -> ValidationReport:
     """Check a written pyramid against its plan; never writes. See the module docstring.
+
+    ``root_attrs``: check these root attributes instead of the stored root's -- the flows validate
+    a pyramid *before* publishing its root, so a pyramid that fails is never published.
 
     ``store`` is anything :func:`topozarr_core.targets.resolve_store` accepts (a path, URL, zarr
     store, Icechunk session or session store); it is opened read-only. Uncommitted Icechunk
@@ -400,7 +404,7 @@ def validate_pyramid(
         return ValidationReport(levels=[], schema_errors=["no root group document to validate"],
                                 spot_checks=0, mismatches=[msg])
 
-    attrs = dict(root.attrs)
+    attrs = dict(root.attrs) if root_attrs is None else dict(root_attrs)
     schema_errors = validate_root_document({"zarr_format": 3, "node_type": "group", "attributes": _jsonable(attrs)})
     mismatches = _check_root(attrs, pyramid)
 
