@@ -122,11 +122,17 @@ def inspect_target(store: Any) -> TargetState:
     return TargetState("foreign", None, f"files that are not a Zarr pyramid ({listed})", keys)
 
 
+def _read_only(store: Any) -> Any:
+    """A read-only view (a writable local store would create its directory on first access)."""
+    if isinstance(store, zarr.storage.LocalStore) and not store.read_only:
+        return store.with_read_only(True)
+    return store
+
+
 def protected_locations() -> list[tuple[Path, str]]:
     """Local folders no write may replace: the filesystem root, home folders, the working directory and
     its ancestors."""
     out: list[tuple[Path, str]] = [(Path("/"), "the filesystem root")]
-    out += [(Path("/", name), "a system folder") for name in _SYSTEM_DIRS]
     homes = {Path.home()}
     try:
         homes |= {Path(p.pw_dir) for p in pwd.getpwall() if p.pw_dir and p.pw_dir != "/"}
@@ -136,6 +142,7 @@ def protected_locations() -> list[tuple[Path, str]]:
     cwd = Path.cwd().resolve()
     out.append((cwd, "the working directory"))
     out += [(p, "an ancestor of the working directory") for p in cwd.parents]
+    out += [(Path("/", name), "a system folder") for name in _SYSTEM_DIRS]
     return out
 
 
@@ -168,7 +175,7 @@ def check_target(store: Any, spec: Any, mode: str, levels: list[int], *, ds: Any
     if isinstance(store, zarr.storage.LocalStore):
         check_local_target(store.root)
     try:
-        state = inspect_target(store)
+        state = inspect_target(_read_only(store))
     except store_errors() as err:  # e.g. a missing bucket or rejected credentials: say so, briefly
         raise TargetError(f"cannot read the target {describe_store(store)}: {error_summary(err)}") from None
     all_levels = list(range(len(spec.factors)))
