@@ -238,6 +238,30 @@ def test_retry_settings_defaults_env_and_options(s3_env, monkeypatch):
         object_store_from_url(url)
 
 
+def test_what_is_retried_and_how_it_reads():
+    from obstore.exceptions import GenericError, PermissionDeniedError
+
+    from topozarr_core.object_retry import is_transient, outage_message
+
+    def obstore_error(inner: str) -> GenericError:
+        return GenericError(f"Generic S3 error: Error performing PUT http://{KEY_ID}:{SECRET}@127.0.0.1:9/b/p.zarr/k?a=1 "
+                            f"in 3.1s, after 10 retries, max_retries: 10, retry_timeout: 180s  - {inner}\n\n"
+                            'Debug source:\nGeneric {\n    source: RetryError(\n        message: "Connection refused",\n')
+
+    refused = obstore_error("HTTP error: error sending request")
+    slow = obstore_error("Server error, body contains Error, with status 503 Service Unavailable: <?xml version="
+                         '"1.0"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>')
+    assert is_transient(refused) and is_transient(slow)
+    assert is_transient(obstore_error("Client error with status 429 Too Many Requests: slow down"))
+    assert not is_transient(obstore_error("Client error with status 403 Forbidden: <Error><Code>AccessDenied</Code>"))
+    assert not is_transient(FileNotFoundError("k")) and not is_transient(PermissionDeniedError("no"))
+    assert outage_message("writing", "s3://b/p.zarr", "PUT", "0/air/c/0/0/0", refused, 120.4, 120) == (
+        "writing s3://b/p.zarr failed after 120 s of retries (limit: TOPOZARR_S3_RETRY_TIMEOUT=120 s): "
+        "PUT 0/air/c/0/0/0: HTTP error: error sending request (Connection refused)")
+    assert outage_message("writing", "s3://b/p.zarr", "PUT", "k", slow, 3, 3).endswith(
+        "PUT k: GenericError: 503 Service Unavailable SlowDown: Please reduce your request rate.")
+
+
 # -- riding out an outage -----------------------------------------------------------------------
 
 @pytest.mark.timeout(180)
@@ -262,17 +286,17 @@ def test_flow_rides_out_outage(prefect_harness, proxy, s3_env, s3_prefix, tmp_pa
 
     src = tmp_path / "src.nc"
     _raster().drop_vars("spatial_ref").to_netcdf(src, engine="h5netcdf")
-    params = BuildParams(source=str(src), target=f"s3://{s3_env.bucket}/{s3_prefix}/p.zarr", levels=3, x_dim="lon",
-                         y_dim="lat", crs="EPSG:4326", regions_per_batch=1, concurrency_limit="s3-outage-writes",
-                         default_concurrency=8)
+    params = BuildParams(source=str(src), target=f"s3://{s3_env.bucket}/{s3_prefix}/p.zarr", levels=2, x_dim="lon",
+                         y_dim="lat", crs="EPSG:4326", concurrency_limit="s3-outage-writes", default_concurrency=8,
+                         max_task_runs=6, validate_samples=1)
     proxy.cut_on(FIRST_CHUNK_PUT, OUTAGE, how="reset")
     t0 = time.monotonic()
     result = build_pyramid(params)
     took = time.monotonic() - t0
     assert proxy.cuts == 1 and proxy.restored_at is not None, "the outage never started"
     assert proxy.rejected > 0 and took >= OUTAGE
-    assert [r["level"] for r in result["levels"]] == [0, 1, 2] and result["spot_checks"] > 0
-    clean = create_pyramid(xr.open_dataset(src, engine="h5netcdf"), levels=3, x_dim="lon", y_dim="lat",
+    assert [r["level"] for r in result["levels"]] == [0, 1] and result["spot_checks"] > 0
+    clean = create_pyramid(xr.open_dataset(src, engine="h5netcdf"), levels=2, x_dim="lon", y_dim="lat",
                            crs="EPSG:4326")
     clean.write(tmp_path / "clean.zarr")
     assert_same_pyramid(s3_env.zarr_store(f"{s3_prefix}/p.zarr", read_only=True), str(tmp_path / "clean.zarr"))

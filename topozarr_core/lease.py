@@ -25,16 +25,14 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
-
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import psutil
-from zarr.storage import LocalStore, ObjectStore
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.storage import LocalStore, ObjectStore
 
 from .targets import TargetError
 
@@ -139,8 +137,12 @@ class Lease:
     def __enter__(self) -> "Lease":
         return self.keep()
 
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - never hide the error that ended the write (e.g. an outage)
+            if exc_type is None:
+                raise
 
 
 def _holder(doc: dict | None) -> str:

@@ -172,7 +172,7 @@ def outage_message(verb: str, location: str, op: str, key: str, err: BaseExcepti
         head = head[m.end():]  # the request URL and retry counts of the last attempt only
     causes = [a or b for a, b in _CAUSE.findall(text)]
     cause = f" ({causes[-1]})" if causes and causes[-1].lower() not in head.lower() else ""
-    detail = f"{head}{cause}" if head else error_summary(err)
+    detail = error_summary(err) if not head or "<Code>" in head else f"{head}{cause}"  # XML: code + message
     msg = (f"{verb} {location} failed after {elapsed:.0f} s of retries (limit: {ENV_RETRY_TIMEOUT}={limit:g} s): "
            f"{op} {key}: {detail}")
     msg = " ".join(redact(public_url(msg)).split())

@@ -159,7 +159,7 @@ class Pyramid:
         state = check_target(zstore, self.spec, mode, planned, ds=self.ds, overwrite_foreign=overwrite_foreign)
         docs = LevelDocuments(self.ds, self.spec)
         docs.staged(planned[0])
-        with lease_for(zstore):
+        with lease_for(zstore) as lease:
             prepare_target(zstore, self.spec, mode, planned, state)
             ctx = WriteContext(
                 plan=plan,
@@ -171,6 +171,8 @@ class Pyramid:
             init = LevelInitialiser(zstore, self.ds, self.spec, planned, docs)
             init.ready(planned[0])
             written = run_plan(ctx, workers, progress=progress, level_ready=init.ready, idle_step=init.step)
+            if lease is not None:
+                lease.check()  # never publish over a writer that took a lease we failed to renew
             publish(zstore, self.spec)
         return WriteReport(
             levels=[lp.level for lp in plan.levels],
