@@ -16,6 +16,7 @@ from prefect.futures import PrefectFuture, wait
 from topozarr_core.io_select import open_array_for
 from topozarr_core.plan import RegionPlan
 from topozarr_core.regions import WriteContext, write_region_batch
+from topozarr_core.targets import error_summary
 
 from . import faults
 
@@ -74,16 +75,28 @@ def run_levels(
         level_fork = fork(level) if fork else None
         futures = [submit(level, i, level_fork) for i in range(lv["batches"])]
         wait(futures)
-        failed = [f for f in futures if not f.state.is_completed()]
+        failed = [(i, f) for i, f in enumerate(futures) if not f.state.is_completed()]
         if failed:
-            raise BatchesFailed(f"level {level}: {len(failed)} of {len(futures)} batches failed; retry the run")
+            raise BatchesFailed(failure_line(level, failed, len(futures)))
         results = [f.result() for f in futures]
         if commit:
             commit(level, [r["fork"] for r in results])
         done += len(results)
         update_progress_artifact(progress, 100.0 * done / max(total, 1))
         seconds = time.perf_counter() - t0
-        logger.info("level %d written: %d batches, %.1f MB, %.1f s", level, len(results),
-                    sum(r["bytes"] for r in results) / 1e6, seconds)
-        rows.append({**lv, "seconds": round(seconds, 2)})
+        fresh = [r for f, r in zip(futures, results) if f.state.name != "Cached"]  # Cached: an earlier attempt's
+        reused = len(results) - len(fresh)
+        logger.info("level %d: %d batches written by this attempt (%.1f MB), %d reused from an earlier attempt, %.1f s",
+                    level, len(fresh), sum(r["bytes"] for r in fresh) / 1e6, reused, seconds)
+        rows.append({**lv, "written": len(fresh), "reused": reused, "seconds": round(seconds, 2)})
     return rows
+
+
+def failure_line(level: int, failed: list[tuple[int, PrefectFuture]], total: int) -> str:
+    """One line for the flow run's state: which batches failed, and the first one's root cause."""
+    index, future = failed[0]
+    cause = future.state.result(raise_on_failure=False)
+    why = error_summary(cause, limit=240) if isinstance(cause, BaseException) else (future.state.message or "")
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    return (f"level {level}: {len(failed)} of {total} batches failed after their retries; "
+            f"write-L{level}-B{index:05d}{more}: {why}; retry the run to redo only the failed batches")

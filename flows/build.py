@@ -7,6 +7,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from topozarr_core.targets import redact
+
 from .batches import BatchesFailed, run_levels  # noqa: F401  (BatchesFailed: what a failed run raises)
 from .job import target_lease
 from .limits import ensure_limit_task
@@ -34,7 +36,8 @@ def build_pyramid(params: BuildParams) -> dict[str, Any]:
         staging = init["staging"]
         rows = run_levels(
             plan["levels"],
-            lambda level, i, fork: write_batch.submit(params, level, i, fork, key=f"L{level}-B{i:05d}"),
+            lambda level, i, fork: write_batch.submit(params, level, i, fork, key=f"L{level}-B{i:05d}",
+                                                     fingerprint=plan["fingerprint"]),
             fork=(lambda level: fork_level(params, staging, key=f"L{level}")) if staging else None,
             commit=(lambda level, forks: commit_level(params, staging, forks, key=f"level-{level}")) if staging
             else None,
@@ -42,7 +45,7 @@ def build_pyramid(params: BuildParams) -> dict[str, Any]:
         checked = validate(params, staging)
         publish_metadata(params, staging)
         snapshot = publish_branch(params, staging, init["base"]) if staging else None
-    create_table_artifact(rows, key="pyramid-levels", description=f"{params.source} -> {params.target}")
+    create_table_artifact(rows, key="pyramid-levels", description=redact(f"{params.source} -> {params.target}"))
     logger.info("pyramid complete: %d levels, %d spot checks passed", len(rows), checked["spot_checks"])
     return {"levels": rows, "snapshot": snapshot, "spot_checks": checked["spot_checks"],
             "fingerprint": plan["fingerprint"]}

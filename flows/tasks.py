@@ -6,6 +6,7 @@ completed task's persisted result and redoes only what failed; a new run starts 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -15,6 +16,7 @@ from prefect.tasks import exponential_backoff
 
 from topozarr_core import icechunk_txn
 from topozarr_core.layout import published_attrs
+from topozarr_core.targets import redact
 from topozarr_core.validate import validate_pyramid
 
 from .batches import write_one_batch
@@ -23,10 +25,15 @@ from .params import BuildParams
 
 
 def run_scoped_key(ctx: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """<flow run>/<task>/<plan fingerprint>/<key>: session objects never enter the key."""
+    """<flow run>/<task>/<parameters digest>/<key>: computed from the parameters alone (never opens the
+    source, so a missing source fails once, in planning); session objects never enter the key."""
     params: BuildParams = parameters["params"]
-    fingerprint = load_job(params).plan.fingerprint()
-    return f"{ctx.task_run.flow_run_id}/{ctx.task.name}/{fingerprint}/{parameters.get('key', '')}"
+    digest = hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:16]
+    return f"{ctx.task_run.flow_run_id}/{ctx.task.name}/{digest}/{parameters.get('key', '')}"
+
+
+class SourceChanged(RuntimeError):
+    """A retried run's source no longer gives the plan the run was started with."""
 
 
 RUN_CACHED = dict(cache_key_fn=run_scoped_key, persist_result=True)
@@ -49,14 +56,16 @@ def plan_pyramid(params: BuildParams, key: str = "plan") -> dict:
         levels.append({
             "level": lp.level,
             "factor": lp.factor,
-            "shape": list(job.pyramid.level_shape(lp.level)),
+            "variable": first.name,
+            "dims": list(first.dims),
+            "shape": list(first.shapes[lp.level]),
             "chunks": list(first.encodings[lp.level].chunks),
             "shards": list(first.encodings[lp.level].shards or []),
             "batches": len(lp.batches),
             "regions": lp.n_regions,
         })
     get_run_logger().info("planned %d levels, %d batches for %s", len(levels),
-                          sum(lv["batches"] for lv in levels), params.source)
+                          sum(lv["batches"] for lv in levels), redact(params.source))
     return {"fingerprint": job.plan.fingerprint(), "levels": levels}
 
 
@@ -84,9 +93,13 @@ def fork_level(params: BuildParams, staging: str, key: str) -> Any:
 
 
 @task(name="write-batch", task_run_name="write-{key}", **RUN_CACHED, **RETRYING)
-def write_batch(params: BuildParams, level: int, index: int, fork: Any = None, key: str = "") -> dict:
+def write_batch(params: BuildParams, level: int, index: int, fork: Any = None, key: str = "",
+                fingerprint: str = "") -> dict:
     """Write one batch of shard-aligned regions while holding one slot of the global limit."""
     job = load_job(params)
+    if fingerprint and job.plan.fingerprint() != fingerprint:
+        raise SourceChanged("the source changed since this run was planned (its region plan differs); "
+                            "start a new run instead of retrying this one")
     return write_one_batch(job.plan, job.pyramid.ds, level, index, io=params.io, limit=params.concurrency_limit,
                            fork=fork, store=job.zarr_store)
 

@@ -46,6 +46,10 @@ def test_retry_redoes_only_failed_batch_zarr(prefect_harness, source, tmp_path, 
     monkeypatch.setenv("TOPOZARR_FAULTS", "batch=L0-B00003@4")
     state = build_pyramid(_params(source, str(tmp_path / "p.zarr")), return_state=True)
     assert state.is_failed()
+    # one line naming the level, the failing batch and its root cause
+    message = state.message or ""
+    assert "level 0: 1 of" in message and "write-L0-B00003: InjectedFault: injected failure in L0-B00003" in message
+    assert "\n" not in message, message
     first = _attempts(fault_dir)
     assert first["L0-B00003"] == 4 and len(first) >= 8
     assert all(n == 1 for k, n in first.items() if k != "L0-B00003")
@@ -53,6 +57,9 @@ def test_retry_redoes_only_failed_batch_zarr(prefect_harness, source, tmp_path, 
 
     retried = retry_here(state.state_details.flow_run_id)
     assert retried.is_completed()
+    level0 = retried.result()["levels"][0]
+    assert (level0["written"], level0["reused"]) == (1, level0["batches"] - 1)  # what this attempt rewrote
+    assert len(level0["shape"]) == len(level0["chunks"]) == len(level0["shards"]) == len(level0["dims"])
     second = _attempts(fault_dir)
     redone = {k for k in second if second[k] != first.get(k, 0)}
     # only the failed batch and the levels that had not run yet
@@ -89,3 +96,89 @@ def test_retry_icechunk_main_untouched_until_publish(prefect_harness, source, tm
     assert repo.list_branches() == {"main"}
     _clean_build(source, tmp_path / "clean.zarr")
     assert_same_pyramid(repo.readonly_session("main").store, str(tmp_path / "clean.zarr"))
+
+
+# -- `topozarr-flows retry`: both flows, and what is refused ------------------------------------------
+
+
+def test_cli_retry_here_build_run(prefect_harness, source, tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "faults"))
+    monkeypatch.setenv("TOPOZARR_FAULTS", "batch=L0-B00001@4")
+    state = build_pyramid(_params(source, str(tmp_path / "p.zarr")), return_state=True)
+    assert state.is_failed()
+    run_id = str(state.state_details.flow_run_id)
+    assert main(["retry", run_id, "--here"]) == 0
+    assert capsys.readouterr().out.strip() == f"flow run {run_id}: Completed (COMPLETED)"
+    with prefect_harness.client() as client:
+        run = client.read_flow_run(run_id)
+        history = [s.name for s in client.read_flow_run_states(run_id)]
+    assert run.run_count == 2 and run.state.is_completed()
+    # what happened, in order: failed, marked as the UI marks it, claimed as a worker claims it, run again
+    assert history[-5:] == ["Failed", "AwaitingRetry", "Pending", "Retrying", "Completed"], history
+    assert _attempts(tmp_path / "faults")["L0-B00001"] == 5
+    _clean_build(source, tmp_path / "clean.zarr")
+    assert_same_pyramid(str(tmp_path / "p.zarr"), str(tmp_path / "clean.zarr"))
+
+
+def test_cli_retry_here_update_run(prefect_harness, tmp_path, monkeypatch, capsys):
+    """An update run is retried with the update flow and its UpdateParams (BuildParams refuses append_dim)."""
+    from flows.cli import main
+    from flows.update import UpdateParams, update_pyramid
+
+    ds = make_raster(ny=256, nx=256, nt=5, nan_fraction=0.05).drop_vars("spatial_ref")
+    part, whole = str(tmp_path / "part.nc"), str(tmp_path / "whole.nc")
+    ds.isel(time=slice(0, 3)).to_netcdf(part, engine="h5netcdf")
+    ds.to_netcdf(whole, engine="h5netcdf")
+    target = str(tmp_path / "p.zarr")
+    assert build_pyramid(_params(part, target), return_state=True).is_completed()
+    monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "faults"))
+    monkeypatch.setenv("TOPOZARR_FAULTS", "batch=L1-B00000@4")  # the task's 1 + 3 attempts
+    state = update_pyramid(UpdateParams(source=whole, target=target, regions_per_batch=1), return_state=True)
+    assert state.is_failed(), state
+    run_id = str(state.state_details.flow_run_id)
+    assert main(["retry", run_id, "--here"]) == 0
+    assert capsys.readouterr().out.strip() == f"flow run {run_id}: Completed (COMPLETED)"
+    with prefect_harness.client() as client:
+        run = client.read_flow_run(run_id)
+    assert run.run_count == 2
+    attempts = _attempts(tmp_path / "faults")
+    assert attempts["L1-B00000"] == 5 and all(n == 1 for k, n in attempts.items() if k != "L1-B00000"), attempts
+    full = tmp_path / "full.zarr"
+    create_pyramid(xr.open_dataset(whole, engine="h5netcdf"), levels=3, x_dim="lon", y_dim="lat",
+                   crs="EPSG:4326", chunks_per_shard=1).write(full)
+    assert_same_pyramid(target, str(full))
+
+
+def test_retry_refusals(prefect_harness, tmp_path, capsys):
+    from prefect import flow
+    from prefect.states import Running
+
+    from flows.cli import main
+    from flows.retry import RetryRefused, mark_for_retry, retry_here
+
+    @flow(name="not-a-pyramid-flow")
+    def other():
+        raise RuntimeError("boom")
+
+    failed = other(return_state=True)
+    assert failed.is_failed()
+    run_id = failed.state_details.flow_run_id
+    # the classic UI's force=False: the server refuses to reschedule a run without a deployment
+    with pytest.raises(RetryRefused, match="ABORT.*Cannot reschedule a run without an associated deployment"):
+        mark_for_retry(run_id, force=False)
+    # a flow retry does not know how to run: refused before any state change
+    with pytest.raises(RetryRefused, match="flow 'not-a-pyramid-flow'"):
+        retry_here(run_id)
+    # without --here, a run without a deployment would wait for a worker forever: refused
+    assert main(["retry", str(run_id)]) == 2
+    assert "has no deployment, so no worker would run it: use --here" in capsys.readouterr().err
+    with prefect_harness.client() as client:
+        assert client.read_flow_run(run_id).state.name == "Failed"  # untouched by all of the above
+        # a run that has not finished is never retried (it would run twice)
+        client.set_flow_run_state(run_id, Running(), force=True)
+    with pytest.raises(RetryRefused, match="only a finished run"):
+        mark_for_retry(run_id)
+    assert main(["retry", str(run_id), "--here"]) == 1
+    assert "only a finished run" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from .grid import SpatialGrid, spatial_grid
 from .kernels import METHODS, output_dtype
 from .metadata import ZarrLayerVarConfig, validate_layer_hints
 from .plan import VarSpec
-from .storable import check_storable
+from .storable import check_storable, short
 
 SUPPORTED_DTYPES = tuple(np.dtype(d) for d in ("u1", "u2", "i2", "i4", "i8", "f4", "f8"))
 
@@ -70,14 +70,14 @@ def resolve_factors(levels: int | None, factors: list[int] | None) -> tuple[int,
         raise ValueError("factors must not be empty")
     for f in fs:
         if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
-            raise TypeError(f"factors must be ints, got {f!r}")
+            raise TypeError(f"factors must be ints, got {short(f)}")
     if fs[0] != 1:
-        raise ValueError(f"factors must start at 1 (level 0 is the source), got {fs}")
+        raise ValueError(f"factors must start at 1 (level 0 is the source), got {short(fs)}")
     for a, b in zip(fs, fs[1:]):
         if b <= a:
-            raise ValueError(f"factors must be strictly increasing, got {fs}")
+            raise ValueError(f"factors must be strictly increasing, got {short(fs)}")
         if b % a:
-            raise ValueError(f"each factor must divide the next, but {a} does not divide {b} in {fs}")
+            raise ValueError(f"each factor must divide the next, but {a} does not divide {b} in {short(fs)}")
     return tuple(int(f) for f in fs)
 
 
@@ -87,6 +87,9 @@ def _fill_value(da: xr.DataArray) -> float | int | None:
         return None
     dtype = da.dtype
     fill_arr = np.asarray(fill)
+    if fill_arr.dtype.kind not in "biuf" or fill_arr.size != 1:
+        raise ValueError(f"variable {da.name!r}: attribute _FillValue {short(fill)} is not a number; set "
+                         f"ds[{da.name!r}].attrs['_FillValue'] to a number of dtype {dtype} (or delete it)")
     if dtype.kind in "iu":
         if not np.isfinite(fill_arr).all() or fill_arr != np.round(fill_arr):
             raise ValueError(f"variable {da.name!r}: _FillValue {fill!r} is not an integer for dtype {dtype}")

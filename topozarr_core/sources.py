@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 import xarray as xr
 
-from .targets import error_summary, object_store_from_url
+from .targets import TargetError, error_summary, object_store_from_url
 
 ICECHUNK_SCHEME = "icechunk://"
 
@@ -39,8 +39,10 @@ def open_source(source: str, variables: list[str] | None = None) -> xr.Dataset:
         raise SourceError("source must be a non-empty path or URL")
     try:
         ds = _open(source)
-    except SourceError:
-        raise
+    except (SourceError, TargetError) as err:
+        if isinstance(err, SourceError):
+            raise
+        raise SourceError(str(err)) from None
     except FileNotFoundError:
         raise SourceError(f"source {source!r} does not exist") from None
     except Exception as err:  # noqa: BLE001 - re-raised with context, without secrets or backend dumps
@@ -64,7 +66,8 @@ def _open(source: str) -> xr.Dataset:
         session = repo.readonly_session(branch=branch)
         return xr.open_zarr(session.store, chunks=None, consolidated=False, zarr_format=3)
     if "://" in source and not source.startswith("file://"):
-        return xr.open_zarr(object_store_from_url(source.rstrip("/")), chunks=None, consolidated=False)
+        return xr.open_zarr(object_store_from_url(source.rstrip("/"), what="source"), chunks=None,
+                            consolidated=False)
     path = Path(source.removeprefix("file://"))
     if not path.exists():
         raise FileNotFoundError(source)

@@ -18,6 +18,7 @@ class TargetError(ValueError):
 #: Environment variables whose values must never appear in a message.
 SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AZURE_STORAGE_ACCOUNT_KEY",
                    "AZURE_STORAGE_SAS_TOKEN", "GOOGLE_SERVICE_ACCOUNT_KEY")
+_URL_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")  # s3://KEY:SECRET@bucket/...
 _AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
 _XML_CODE = re.compile(r"<Code>([^<]*)</Code>")
 _XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
@@ -27,11 +28,13 @@ _DUMP = re.compile(r"\n\s*\n\s*(?:Debug source:|context:)")
 
 
 def redact(text: str) -> str:
-    """``text`` with credential values from the environment (and AWS key ids) replaced by ``***``."""
+    """``text`` with credential values from the environment, URL userinfo (``s3://KEY:SECRET@...``) and AWS
+    key ids replaced by ``***``."""
     for name in SECRET_ENV_VARS:
         value = os.environ.get(name, "")
         if len(value) >= 8:  # real keys are 20+ characters; shorter values would mask ordinary words
             text = text.replace(value, "***")
+    text = _URL_USERINFO.sub(r"\1***@", text)
     return _AWS_KEY_ID.sub("***", text)
 
 
@@ -84,6 +87,22 @@ def is_icechunk_store(store: Any) -> bool:
     return type(store).__module__.startswith("icechunk")
 
 
+#: URL schemes obstore serves (``memory://`` is for tests).
+OBJECT_SCHEMES = ("s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "http", "https", "memory")
+
+
+def check_object_url(url: str, what: str = "target") -> None:
+    """Refuse, with one line, a URL obstore cannot open (instead of its debug dump)."""
+    scheme, _, rest = url.partition("://")
+    shown = redact(url)[:120]
+    if scheme.lower() not in OBJECT_SCHEMES:
+        raise TargetError(f"{what} {shown!r}: unsupported URL scheme {scheme!r}; use a local path or an "
+                          "s3://, gs:// or az:// URL")
+    bucket = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    if not bucket and scheme.lower() != "memory":
+        raise TargetError(f"{what} {shown!r} names no bucket; write {scheme}://<bucket>/<prefix>")
+
+
 def object_store_from_url(url: str, read_only: bool = False, **options: Any) -> ObjectStore:
     """An obstore-backed zarr store for s3://, gs://, az:// ... URLs (credentials from the environment).
 
@@ -94,6 +113,8 @@ def object_store_from_url(url: str, read_only: bool = False, **options: Any) -> 
     from obstore.store import from_url
 
     from .object_retry import RetryingObjectStore, RetrySettings, public_url
+
+    check_object_url(url, options.pop("what", "target"))
 
     retry = RetrySettings.from_env().merged(options.pop("retry_config", None))
     client_options = dict(options.pop("client_options", {}) or {})
