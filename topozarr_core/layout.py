@@ -11,11 +11,13 @@ pyramid, never a layout that points at missing or half-written levels.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import xarray as xr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.storage import LocalStore
 
 from .level_docs import LevelDocuments
 from .metadata import multiscale_attributes
@@ -24,7 +26,7 @@ from .paths import MISSING_GROUP, missing_path
 from .planning import PyramidSpec
 from .root_doc import (INCOMPLETE, OPTIONS_KEY, OWNED_KEY, ROOT_DOC, creation_options, owned_nodes, unpublished_attrs,
                        write_root)
-from .target_contract import TargetState, check_target
+from .target_contract import TargetState, check_target, ignorable
 
 
 def initialise_target(store: Any, ds: xr.Dataset, spec: PyramidSpec, mode: str, levels: list[int],
@@ -51,11 +53,19 @@ def prepare_target(store: Any, spec: PyramidSpec, mode: str, levels: list[int], 
         attrs = unpublished_attrs({}, INCOMPLETE, new_nodes | (owned_nodes(old) if old else set()))
     write_root(store, attrs)
     if mode == "a":
+        # the hidden missing counts of the rewritten levels go too (a new method may keep none)
+        tracked = any(v.track_missing for v in spec.variables)
+        sync(_delete_nodes(store, [f"{MISSING_GROUP}/{lvl}" for lvl in levels if lvl > 0] if tracked
+                           else [MISSING_GROUP]))
         return
     if state.kind == "foreign":  # opted in: the whole target goes
         sync(_delete_all_but(store, {ROOT_DOC, LEASE_KEY}))
     elif state.kind == "pyramid":
         sync(_delete_nodes(store, sorted(attrs[OWNED_KEY])))
+    if isinstance(store, LocalStore):  # temporary files of an atomic write killed half-way
+        for entry in os.scandir(store.root):
+            if ignorable(entry.name) and entry.name != LEASE_KEY:
+                os.unlink(entry.path)
 
 
 async def _delete_nodes(store: Any, names: list[str]) -> None:

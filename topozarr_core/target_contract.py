@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,15 @@ from .root_doc import (
 from .targets import TargetError, check_local_target, describe_store, error_summary, store_errors
 
 WRITE_MODES = ("w", "w-", "a")
-#: Keys of ours that do not make a target "not empty" (a lease left by a write killed at its start).
+#: Root keys of ours that do not make a target "not empty": a lease left by a write killed at its start,
+#: and the temporary files of an atomic write killed half-way (zarr's LocalStore writes
+#: ``zarr.<hex>.partial`` and renames it).
 _IGNORABLE = {LEASE_KEY}
+_PARTIAL = re.compile(r"^(zarr|topozarr\.lease)\.[0-9a-f]{32}\.partial$")
+
+
+def ignorable(name: str) -> bool:
+    return name in _IGNORABLE or bool(_PARTIAL.match(name))
 _SYSTEM_DIRS = ("bin", "boot", "dev", "etc", "home", "lib", "lib32", "lib64", "media", "mnt", "opt", "proc", "root",
                 "run", "sbin", "srv", "sys", "tmp", "usr", "var")
 
@@ -73,7 +81,7 @@ def _sample_keys(store: Any, limit: int = 4) -> list[str]:
         out: list[str] = []
         try:
             async for key in store.list():
-                if key not in _IGNORABLE:
+                if not ignorable(key):
                     out.append(key)
                     if len(out) >= limit:
                         break
@@ -89,7 +97,7 @@ def _local_entries(root: Path, limit: int = 4) -> list[str]:
         return []
     out = []
     for entry in os.scandir(root):
-        if entry.name not in _IGNORABLE:
+        if not ignorable(entry.name):
             out.append(entry.name + ("/" if entry.is_dir() else ""))
             if len(out) >= limit:
                 break
