@@ -166,15 +166,25 @@ def _bad_cases(ds):
          ValueError, "layer_hints"),
         (dict(ds="air.nc", levels=2, x_dim="lon", y_dim="lat"), TypeError, "xarray Dataset"),
         (dict(ds=ds.isel(lat=slice(0, 1)), levels=1, x_dim="lon", y_dim="lat"), ValueError, "at least 2"),
+        (dict(ds=ds, levels=10**6, x_dim="lon", y_dim="lat"), ValueError, "too many"),
+        (dict(ds=ds, levels=True, x_dim="lon", y_dim="lat"), TypeError, "levels must be an int"),
+        (dict(ds=ds.drop_vars("spatial_ref"), levels=2, x_dim="lon", y_dim="lat", crs="EPSG:5703"), ValueError,
+         "not a horizontal CRS"),
+        (dict(ds=make_raster(ny=64, nx=64, nt=2).isel(time=slice(0, 0)), levels=2, x_dim="lon", y_dim="lat"),
+         ValueError, "zero-length 'time' dimension"),
+        (dict(ds=ds.assign(air=ds.air.assign_attrs(_FillValue="abc")), levels=2, x_dim="lon", y_dim="lat"),
+         ValueError, "variable 'air': attribute _FillValue 'abc' is not a number"),
     ]
 
 
-@pytest.mark.parametrize("case", range(25))
+@pytest.mark.timeout(60)  # levels=10**6 once hung here: the bound is checked before any factor is computed
+@pytest.mark.parametrize("case", range(30))
 def test_bad_input_raises_clear_error(raster2d, case):
     kwargs, exc, match = _bad_cases(raster2d)[case]
     ds = kwargs.pop("ds")
-    with pytest.raises(exc, match=match):
+    with pytest.raises(exc, match=match) as info:
         create_pyramid(ds, **kwargs)
+    assert len(str(info.value)) < 400 and "\n" not in str(info.value)
 
 
 def test_bad_fill_value_for_int():

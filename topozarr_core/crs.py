@@ -39,16 +39,30 @@ def resolve_crs(ds: xr.Dataset, crs: Any = None) -> pyproj.CRS:
     """Return the dataset's CRS or raise a ValueError that says how to provide one."""
     if crs is not None:
         try:
-            return pyproj.CRS.from_user_input(crs)
+            found = pyproj.CRS.from_user_input(crs)
         except pyproj.exceptions.CRSError as err:
-            raise ValueError(f"crs={crs!r} is not a valid CRS: {err}") from None
+            raise ValueError(f"crs={str(crs)[:80]!r} is not a valid CRS: {str(err)[:160]}") from None
+        return horizontal(found, f"crs={str(crs)[:80]!r}")
     found = _from_xproj(ds) or _from_cf(ds)
     if found is None:
         raise ValueError(
             "the dataset has no CRS: pass crs='EPSG:4326' (or any pyproj input) to create_pyramid, "
             "or assign one with ds.proj.assign_crs(spatial_ref='EPSG:4326')"
         )
-    return found
+    return horizontal(found, "the dataset's CRS")
+
+
+def horizontal(crs: pyproj.CRS, what: str) -> pyproj.CRS:
+    """A pyramid's x/y need a horizontal CRS (geographic or projected; a compound CRS gives its
+    horizontal part); a vertical or engineering CRS cannot place a grid on a map."""
+    if crs.is_compound:
+        parts = [c for c in crs.sub_crs_list if c.is_geographic or c.is_projected]
+        if parts:
+            return parts[0]
+    if not (crs.is_geographic or crs.is_projected):
+        raise ValueError(f"{what} is a {crs.type_name} ({crs.name}), not a horizontal CRS: x/y need a geographic "
+                         "or projected CRS such as 'EPSG:4326'")
+    return crs
 
 
 def proj_attributes(crs: pyproj.CRS) -> dict[str, str]:

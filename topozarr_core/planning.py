@@ -53,6 +53,10 @@ class PyramidSpec:
         return self.grid.y.name
 
 
+#: More levels than any raster can have (2**63 pixels): refused before any factor is computed.
+MAX_LEVELS = 63
+
+
 def resolve_factors(levels: int | None, factors: list[int] | None) -> tuple[int, ...]:
     """``levels=N`` means ``[1, 2, ..., 2**(N-1)]``; explicit factors are checked."""
     if (levels is None) == (factors is None):
@@ -62,6 +66,9 @@ def resolve_factors(levels: int | None, factors: list[int] | None) -> tuple[int,
             raise TypeError(f"levels must be an int, got {type(levels).__name__}")
         if levels < 1:
             raise ValueError(f"levels must be >= 1, got {levels}")
+        if levels > MAX_LEVELS:  # checked before 2**levels is ever computed
+            raise ValueError(f"levels={short(levels)} is too many: no grid has more than {MAX_LEVELS} levels "
+                             f"(a 2**{MAX_LEVELS - 1} pixel wide raster)")
         return tuple(2**i for i in range(int(levels)))
     if isinstance(factors, (str, bytes)) or not hasattr(factors, "__iter__"):
         raise TypeError(f"factors must be a list of ints, got {type(factors).__name__}")
@@ -164,6 +171,11 @@ def build_spec(
     gridded, grid_coords, carried = _gridded_names(ds, x_dim, y_dim)
     if not gridded:
         raise ValueError(f"no data variable has both {y_dim!r} and {x_dim!r}; nothing to build a pyramid from")
+    empty = [(name, dim) for name in gridded for dim, n in ds[name].sizes.items() if n == 0]
+    if empty:
+        name, dim = empty[0]
+        raise ValueError(f"variable {name!r} has a zero-length {dim!r} dimension: there is nothing to build a "
+                         "pyramid from (select a non-empty range first)")
     resolved_crs = resolve_crs(ds, crs)
     validate_layer_hints(layer_hints, gridded)
 
