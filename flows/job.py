@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from topozarr_core import Pyramid, RegionPlan, create_pyramid, icechunk_txn
+from topozarr_core.plan import cap_batches
 from topozarr_core.icechunk_txn import IcechunkTarget
 from topozarr_core.lease import lease_for
 from topozarr_core.sources import open_source
@@ -26,6 +27,8 @@ class Job:
     params: BuildParams
     pyramid: Pyramid
     plan: RegionPlan
+    #: batches the plan had before ``max_task_runs`` capped it
+    asked_batches: int = 0
 
     @property
     def icechunk(self) -> IcechunkTarget | None:
@@ -96,4 +99,6 @@ def _build(params: BuildParams) -> Job:
         regions_per_batch=params.regions_per_batch,
         target_batches_per_level=max(1, params.max_task_runs // n_levels),
     )
-    return Job(params, pyramid, plan)
+    asked = sum(len(lp.batches) for lp in plan.levels)
+    plan = cap_batches(plan, params.max_task_runs)  # a hard cap, even with an explicit regions_per_batch
+    return Job(params, pyramid, plan, asked_batches=asked)

@@ -64,8 +64,12 @@ def plan_pyramid(params: BuildParams, key: str = "plan") -> dict:
             "batches": len(lp.batches),
             "regions": lp.n_regions,
         })
-    get_run_logger().info("planned %d levels, %d batches for %s", len(levels),
-                          sum(lv["batches"] for lv in levels), redact(params.source))
+    logger = get_run_logger()
+    planned = sum(lv["batches"] for lv in levels)
+    if job.asked_batches > planned:
+        logger.warning("%d region batches would exceed max_task_runs=%d: batches coarsened to %d",
+                       job.asked_batches, params.max_task_runs, planned)
+    logger.info("planned %d levels, %d batches for %s", len(levels), planned, redact(params.source))
     return {"fingerprint": job.plan.fingerprint(), "levels": levels}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -194,6 +194,26 @@ def build_region_plan(
         variables=tuple(variables),
         levels=tuple(level_plans),
     )
+
+
+def cap_batches(plan: RegionPlan, max_batches: int) -> RegionPlan:
+    """``plan`` with its regions regrouped so it has at most ``max_batches`` batches in all (at least one
+    per level): each level gets a share of the budget proportional to its regions. Regions and their
+    order are unchanged, so any executor writes exactly the same chunks."""
+    total = sum(len(lp.batches) for lp in plan.levels)
+    if total <= max_batches:
+        return plan
+    n_regions = [lp.n_regions for lp in plan.levels]
+    spare = max(0, max_batches - len(plan.levels))
+    shares = [1 + spare * n // max(1, sum(n_regions)) for n in n_regions]
+    levels = []
+    for lp, share in zip(plan.levels, shares):
+        regions = [r for b in lp.batches for r in b.regions]
+        per = auto_regions_per_batch(len(regions), share)
+        batches = tuple(RegionBatch(lp.level, i, tuple(regions[s: s + per]))
+                        for i, s in enumerate(range(0, len(regions), per)))
+        levels.append(replace(lp, batches=batches))
+    return replace(plan, levels=tuple(levels))
 
 
 def restrict_plan(
