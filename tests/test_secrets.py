@@ -78,6 +78,76 @@ def test_scanner_finds_encoded_secrets():
     assert leaks("nothing to see") == []
 
 
+def scan_everything(prefect_harness, states: dict, caplog, user_parameters: bool = False) -> dict[str, list[str]]:
+    """Every place Prefect and this process kept something about the runs in ``states``, scanned for the
+    needles. ``user_parameters``: the flow runs' own ``parameters`` (what the caller typed, shown back
+    to the caller) are left out of the scan."""
+    run_ids = [s.state_details.flow_run_id for s in states.values()]
+    scanned: dict[str, list[str]] = {}
+
+    def scan(what: str, blob) -> None:
+        found = leaks(blob)
+        if found:
+            scanned[what] = found
+
+    # exceptions and results returned to the caller
+    for name, state in states.items():
+        outcome = state.result(raise_on_failure=False)
+        if isinstance(outcome, BaseException):
+            scan(f"exception:{name}", "".join(traceback.format_exception(outcome)) + repr(outcome))
+        else:
+            scan(f"result:{name}", json.dumps(outcome, default=repr))
+        scan(f"state:{name}", state.model_dump_json(exclude={"data"}) + repr(state))
+
+    # log records of this process, formatted with their tracebacks
+    fmt = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    assert caplog.records
+    for i, record in enumerate(caplog.records):
+        scan(f"caplog:{i}:{record.name}", fmt.format(record))
+
+    # everything the Prefect API kept
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    with prefect_harness.client() as c:
+        logs = []
+        while batch := c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids)),
+                                   offset=len(logs), limit=200):
+            logs += batch
+        assert any("Retry" in log.message or "injected" in log.message for log in logs)
+        for log in logs:
+            scan(f"api-log:{log.id}", log.model_dump_json())
+        for art in c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids))):
+            scan(f"artifact:{art.key or art.id}", art.model_dump_json())
+        for run_id in run_ids:
+            exclude = {"parameters"} if user_parameters else None
+            scan(f"flow-run:{run_id}", c.read_flow_run(run_id).model_dump_json(exclude=exclude))
+            for st in c.read_flow_run_states(run_id):
+                scan(f"flow-run-state:{run_id}", st.model_dump_json())
+        task_runs = []
+        while batch := c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)),
+                                        offset=len(task_runs), limit=200):
+            task_runs += batch
+        assert task_runs
+        for tr in task_runs:
+            scan(f"task-run:{tr.name}", tr.model_dump_json())
+
+    # persisted results (the harness's PREFECT_LOCAL_STORAGE_PATH): pickled task results, e.g. the
+    # Icechunk fork sessions, and failure states
+    files = [p for p in Path(prefect_harness.results).rglob("*") if p.is_file()]
+    assert files
+    for p in files:
+        scan(f"result-file:{p.name}", p.read_bytes())
+
+    return scanned
+
+
 # -- the runs -------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -123,68 +193,7 @@ def test_credentials_never_leak(prefect_harness, secret_env, s3_prefix, tmp_path
     # each injected fault fired once and was retried
     assert attempts("zarr-with-faults") == {"L0-B00000": 2, "L1-B00000": 1}
     assert attempts("icechunk-with-faults") == {"L0-B00000": 1, "L1-B00000": 2}
-    run_ids = [s.state_details.flow_run_id for s in states.values()]
-    scanned: dict[str, list[str]] = {}
-
-    def scan(what: str, blob) -> None:
-        found = leaks(blob)
-        if found:
-            scanned[what] = found
-
-    # exceptions and results returned to the caller
-    for name, state in states.items():
-        outcome = state.result(raise_on_failure=False)
-        if isinstance(outcome, BaseException):
-            scan(f"exception:{name}", "".join(traceback.format_exception(outcome)) + repr(outcome))
-        else:
-            scan(f"result:{name}", json.dumps(outcome, default=repr))
-        scan(f"state:{name}", state.model_dump_json(exclude={"data"}) + repr(state))
-
-    # log records of this process, formatted with their tracebacks
-    fmt = logging.Formatter("%(name)s %(levelname)s %(message)s")
-    assert caplog.records
-    for i, record in enumerate(caplog.records):
-        scan(f"caplog:{i}:{record.name}", fmt.format(record))
-
-    # everything the Prefect API kept
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterFlowRunId,
-        FlowRunFilter,
-        FlowRunFilterId,
-        LogFilter,
-        LogFilterFlowRunId,
-    )
-
-    with prefect_harness.client() as c:
-        logs = []
-        while batch := c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids)),
-                                   offset=len(logs), limit=200):
-            logs += batch
-        assert any("Retry" in log.message or "injected" in log.message for log in logs)
-        for log in logs:
-            scan(f"api-log:{log.id}", log.model_dump_json())
-        for art in c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids))):
-            scan(f"artifact:{art.key or art.id}", art.model_dump_json())
-        for run_id in run_ids:
-            scan(f"flow-run:{run_id}", c.read_flow_run(run_id).model_dump_json())
-            for st in c.read_flow_run_states(run_id):
-                scan(f"flow-run-state:{run_id}", st.model_dump_json())
-        task_runs = []
-        while batch := c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)),
-                                        offset=len(task_runs), limit=200):
-            task_runs += batch
-        assert task_runs
-        for tr in task_runs:
-            scan(f"task-run:{tr.name}", tr.model_dump_json())
-
-    # persisted results (the harness's PREFECT_LOCAL_STORAGE_PATH): pickled task results, e.g. the
-    # Icechunk fork sessions, and failure states
-    files = [p for p in Path(prefect_harness.results).rglob("*") if p.is_file()]
-    assert files
-    for p in files:
-        scan(f"result-file:{p.name}", p.read_bytes())
-
+    scanned = scan_everything(prefect_harness, states, caplog)
     assert scanned == {}, f"credentials leaked into: {json.dumps(scanned, indent=1)}"
 
 
@@ -201,3 +210,25 @@ def test_error_summary_redacts_credentials(monkeypatch):
     xml = RuntimeError('403 Forbidden: <?xml version="1.0"?><Error><Code>SignatureDoesNotMatch</Code>'
                        f"<Message>bad signature</Message><AWSAccessKeyId>{uuid.uuid4().hex}</AWSAccessKeyId></Error>")
     assert error_summary(xml) == "RuntimeError: 403 Forbidden SignatureDoesNotMatch: bad signature"
+
+
+def test_credentials_in_the_url_never_leak(prefect_harness, s3_env, s3_prefix, tmp_path, monkeypatch, caplog):
+    """Userinfo in a target URL (s3://KEY:SECRET@bucket/...): redacted from logs, artifacts (descriptions
+    included), state messages, results and exceptions; a failing run's message too."""
+    caplog.set_level(logging.INFO)
+    src = tmp_path / "src.nc"
+    make_raster(ny=128, nx=128, crs=None).to_netcdf(src, engine="h5netcdf")
+    states = {}
+    for name, target, ok, faults in [
+        ("url-userinfo", f"s3://{KEY_ID}:{SECRET}@{s3_env.bucket}/{s3_prefix}/u.zarr", True, "batch=L0-B00000@1"),
+        ("url-userinfo-failing", f"s3://{KEY_ID}:{SECRET}@{s3_env.bucket}/{s3_prefix}/f.zarr", False,
+         "batch=L0-B00000@always"),
+        ("url-userinfo-no-bucket", f"s3://{KEY_ID}:{SECRET}@no-such-bucket-topozarr/p.zarr", False, ""),
+    ]:
+        monkeypatch.setenv("TOPOZARR_FAULTS", faults)
+        monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "faults" / name))
+        state = build_pyramid({**BASE, "source": str(src), "target": target}, return_state=True)
+        assert state.is_completed() == ok, (name, state.message)
+        states[name] = state
+    scanned = scan_everything(prefect_harness, states, caplog, user_parameters=True)
+    assert scanned == {}, f"credentials leaked into: {json.dumps(scanned, indent=1)}"
