@@ -1,16 +1,21 @@
 """The ``update-pyramid`` flow: append new entries (e.g. nightly time steps) to an existing pyramid.
 
 Orchestration only; every decision lives in :mod:`topozarr_core.update`. The steps mirror the
-build flow: plan (all refusals happen here, before anything is written), prepare, region batches
-per level as retryable tasks under the same global concurrency limit, finish (append coordinate +
-root metadata), validate, and for Icechunk one compare-and-swap publish of the user's branch.
+build flow: plan (all refusals happen here, before anything is written), then, holding the plain
+Zarr target's lease for the rest of the run (:func:`flows.job.target_lease`): prepare (the root
+becomes unpublished first), region batches per level as retryable tasks under the same global
+concurrency limit, finish (coordinates and carried variables along the append dim), validate
+(against the root about to be published), publish the root metadata, and for Icechunk one
+compare-and-swap publish of the user's branch. A failed validation leaves the root unpublished
+(``topozarr:status = "updating"``) and the run Failed; the next update resumes it.
 
 Icechunk: the update is staged on a private branch like a build, but every step after the first
 *amends* the staging commit, so the user's branch gains exactly one snapshot per update. A run
 with nothing to append writes and commits nothing.
 
 Scheduled runs: the ``update-pyramid-nightly`` deployment (``deployments/prefect.yaml``) runs this
-flow; at most one run at a time, since two updates must not write one plain Zarr pyramid at once.
+flow; at most one run at a time (a second update of the same plain Zarr pyramid is refused with
+``TargetBusy`` by the lease).
 """
 
 from __future__ import annotations
@@ -26,13 +31,15 @@ from prefect.context import TaskRunContext
 from pydantic import Field, field_validator
 
 from topozarr_core import icechunk_txn
+from topozarr_core.layout import published_attrs
 from topozarr_core.plan import RegionPlan
 from topozarr_core.sources import open_source
 from topozarr_core.targets import resolve_store
-from topozarr_core.update import PyramidUpdate, UpdateInfo, plan_update
+from topozarr_core.update import DEFAULT_VERIFY_SAMPLES, PyramidUpdate, UpdateInfo, plan_update
 from topozarr_core.validate import validate_pyramid
 
 from .batches import BatchesFailed, run_levels, write_one_batch  # noqa: F401  (BatchesFailed: what a failed run raises)
+from .job import target_lease
 from .limits import ensure_limit_task
 from .params import RunParams
 from .tasks import RETRYING
@@ -42,6 +49,9 @@ class UpdateParams(RunParams):
     """What to update and from where; layout options come from the pyramid itself."""
 
     append_dim: str = Field("time", description="Dimension the source grew along")
+    verify_samples: int = Field(DEFAULT_VERIFY_SAMPLES, ge=0, description="Level-0 chunks per gridded variable "
+                                "compared with the source over the existing entries (rewritten history is "
+                                "refused); 0 skips the check")
 
     @field_validator("append_dim")
     @classmethod
@@ -116,22 +126,24 @@ def plan_update_task(params: UpdateParams, key: str = "plan") -> dict:
         repo = target.open_repo(create=False)
         session = repo.readonly_session(branch=params.branch)
         store, snapshot = session.store, session.snapshot_id
-    update = plan_update(ds, store, params.append_dim, crs=params.crs)
+    update = plan_update(ds, store, params.append_dim, crs=params.crs, verify_samples=params.verify_samples)
     info = update.info
     plan = _region_plan(params, update)
     levels = [{"level": lp.level, "batches": len(lp.batches), "regions": lp.n_regions} for lp in plan.levels]
     get_run_logger().info(
-        "planned update of %s along %r: %d -> %d entries, %d regions in %d batches%s", params.target,
-        info.append_dim, info.old_length, info.new_length, sum(lv["regions"] for lv in levels),
+        "planned update of %s along %r: %d -> %d entries%s, %d regions in %d batches%s; history: %d level-0 "
+        "chunks equal the source's", params.target, info.append_dim, info.old_length, info.new_length,
+        " (resuming an interrupted update)" if info.resumed else "", sum(lv["regions"] for lv in levels),
         sum(lv["batches"] for lv in levels),
-        f", relaying out {[f'L{lvl}/{v}' for lvl, v in info.relayout]}" if info.relayout else "")
+        f", relaying out {[f'L{lvl}/{v}' for lvl, v in info.relayout]}" if info.relayout else "",
+        info.verified_chunks)
     return {"info": info.to_dict(), "levels": levels, "changed": info.changed, "snapshot": snapshot,
             "fingerprint": plan.fingerprint()}
 
 
 @task(name="prepare-update", **RUN_CACHED, **RETRYING)
 def prepare_update(params: UpdateParams, info: dict, planned_snapshot: str | None, key: str = "prepare") -> dict:
-    """Grow / relay out the arrays; for Icechunk on a staging branch, as its one commit."""
+    """Unpublish the root, grow / relay out the arrays; for Icechunk on a staging branch, as its one commit."""
     job = load_update_job(params, info)
     target = params.icechunk
     if target is None:
@@ -176,27 +188,42 @@ def amend_level(params: UpdateParams, info: dict, staging: str, forks: list[Any]
 
 @task(name="finish-update", **RUN_CACHED, **RETRYING)
 def finish_update(params: UpdateParams, info: dict, staging: str | None, key: str = "finish") -> dict:
-    """Replace the append coordinate, publish the root metadata (Icechunk: amend the staging commit)."""
+    """Replace the coordinates / carried variables along the append dim (Icechunk: amend the staging
+    commit). The root stays unpublished."""
     job = load_update_job(params, info)
     if staging is None:
         return job.update.finish(_zarr_store(params))
     session = icechunk_txn.writable(params.icechunk, staging)
-    attrs = job.update.finish(session.store)
+    out = job.update.finish(session.store)
     session.amend(_message(job.update.info), allow_empty=True)
-    return attrs
+    return out
 
 
 @task(name="validate-pyramid", **RUN_CACHED)
 def validate_update(params: UpdateParams, info: dict, staging: str | None, key: str = "validate") -> dict:
-    """Layout, convention schemas and value spot checks of the updated pyramid against the source."""
+    """Layout, convention schemas and value spot checks of the updated pyramid against the source,
+    before its root is published: the root checked is the one ``publish-update-metadata`` will write."""
     job = load_update_job(params, info)
     if staging is None:
         store = _zarr_store(params)
     else:
         store = params.icechunk.open_repo(create=False).readonly_session(branch=staging).store
-    report = validate_pyramid(job.update.pyramid, store, samples_per_level=params.validate_samples)
+    report = validate_pyramid(job.update.pyramid, store, samples_per_level=params.validate_samples,
+                              root_attrs=published_attrs(job.update.spec))
     report.raise_for_errors()
     return {"spot_checks": report.spot_checks, "levels": len(report.levels)}
+
+
+@task(name="publish-update-metadata", **RUN_CACHED, **RETRYING)
+def publish_update_metadata(params: UpdateParams, info: dict, staging: str | None, key: str = "metadata") -> dict:
+    """Write the published root (the last write to the pyramid; Icechunk: amend the staging commit)."""
+    job = load_update_job(params, info)
+    if staging is None:
+        return job.update.publish(_zarr_store(params))
+    session = icechunk_txn.writable(params.icechunk, staging)
+    attrs = job.update.publish(session.store)
+    session.amend(_message(job.update.info), allow_empty=True)
+    return attrs
 
 
 @task(name="publish-branch", **RUN_CACHED, **RETRYING)
@@ -228,22 +255,25 @@ def update_pyramid(params: UpdateParams) -> dict[str, Any]:
         return {**summary, "changed": False, "regions": 0, "levels": [], "snapshot": planned["snapshot"],
                 "spot_checks": 0}
     ensure_limit_task(params.concurrency_limit, params.default_concurrency)
-    prep = prepare_update(params, info, planned["snapshot"])
-    staging = prep["staging"]
-    rows = run_levels(
-        planned["levels"],
-        lambda level, i, fork: write_update_batch.submit(params, info, level, i, fork, key=f"L{level}-B{i:05d}"),
-        fork=(lambda level: fork_level(params, staging, key=f"L{level}")) if staging else None,
-        commit=(lambda level, forks: amend_level(params, info, staging, forks, key=f"level-{level}"))
-        if staging else None,
-        description="update batches written",
-    )
-    finish_update(params, info, staging)
-    checked = validate_update(params, info, staging)
-    snapshot = publish_branch(params, staging, prep["base"]) if staging else None
+    with target_lease(params):
+        prep = prepare_update(params, info, planned["snapshot"])
+        staging = prep["staging"]
+        rows = run_levels(
+            planned["levels"],
+            lambda level, i, fork: write_update_batch.submit(params, info, level, i, fork, key=f"L{level}-B{i:05d}"),
+            fork=(lambda level: fork_level(params, staging, key=f"L{level}")) if staging else None,
+            commit=(lambda level, forks: amend_level(params, info, staging, forks, key=f"level-{level}"))
+            if staging else None,
+            description="update batches written",
+        )
+        finish_update(params, info, staging)
+        checked = validate_update(params, info, staging)
+        publish_update_metadata(params, info, staging)
+        snapshot = publish_branch(params, staging, prep["base"]) if staging else None
     create_table_artifact(rows, key="pyramid-update", description=f"{params.source} -> {params.target}")
     logger.info("update complete: %r %d -> %d, %d regions", info["append_dim"], info["old_length"],
                 info["new_length"], sum(r["regions"] for r in rows))
     return {**summary, "changed": True, "regions": sum(r["regions"] for r in rows), "levels": rows,
-            "snapshot": snapshot, "spot_checks": checked["spot_checks"], "fingerprint": planned["fingerprint"]}
+            "snapshot": snapshot, "spot_checks": checked["spot_checks"], "fingerprint": planned["fingerprint"],
+            "verified_chunks": info.get("verified_chunks", 0), "resumed": info.get("resumed", False)}
 

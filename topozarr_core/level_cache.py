@@ -39,7 +39,7 @@ SPARE_PER_SHAPE = 4
 BLOCKS_ALIVE = 8
 
 
-def _missing_fill(spec: VarSpec) -> float | int:
+def missing_fill(spec: VarSpec) -> float | int:
     if spec.fill_value is not None:
         return spec.fill_value
     return np.nan if np.dtype(spec.out_dtype).kind == "f" else 0
@@ -232,11 +232,11 @@ def _layout(plan: RegionPlan) -> _Layout:
     precomputed: set[int] = set()
     producer: dict[int, int] = {}
     for lvl in sorted(planned):
-        if lvl >= 1 and lvl - 1 in planned and _aligned(plan, planned[lvl - 1], planned[lvl].step):
+        if lvl >= 1 and lvl - 1 in planned and aligned(plan, planned[lvl - 1], planned[lvl].step):
             precomputed.add(lvl)
             producer[lvl] = lvl - 1
             up = producer.get(lvl - 1)
-            if up is not None and _aligned(plan, planned[up], plan.factors[lvl] // plan.factors[up]):
+            if up is not None and aligned(plan, planned[up], plan.factors[lvl] // plan.factors[up]):
                 producer[lvl] = up
     whole, blocks = [], []
     for lvl in sorted(planned):
@@ -249,7 +249,7 @@ def _layout(plan: RegionPlan) -> _Layout:
     return _Layout(planned, precomputed, producer, whole, blocks)
 
 
-def _aligned(plan: RegionPlan, prev, step: int) -> bool:
+def aligned(plan: RegionPlan, prev, step: int) -> bool:
     for batch in prev.batches:
         for region in batch.regions:
             spec = plan.var(region.var)

@@ -20,7 +20,7 @@ from .plan import VarSpec
 
 #: Encoding keys kept from the source for carried variables and coordinates (CF time encoding).
 _KEEP_ENCODING = ("units", "calendar", "dtype")
-_DROP_ATTRS = ("_FillValue", "coordinates", "grid_mapping", "missing_value")
+DROP_ATTRS = ("_FillValue", "coordinates", "grid_mapping", "missing_value")
 
 GriddedData = Callable[[VarSpec, int], Any]
 
@@ -55,7 +55,7 @@ def _carried(var: xr.Variable, spec: PyramidSpec, f: int) -> xr.Variable:
     for d in (spec.x_dim, spec.y_dim):
         if d in var.dims:
             values = _coarsen_1d(values, var.dims.index(d), f)
-    out = xr.Variable(var.dims, values, attrs={k: v for k, v in var.attrs.items() if k not in _DROP_ATTRS})
+    out = xr.Variable(var.dims, values, attrs={k: v for k, v in var.attrs.items() if k not in DROP_ATTRS})
     out.encoding = {k: v for k, v in var.encoding.items() if k in _KEEP_ENCODING}
     return out
 
@@ -88,7 +88,7 @@ def level_dataset(ds: xr.Dataset, spec: PyramidSpec, level: int, data: GriddedDa
     for axis in (grid.y, grid.x):
         src = ds[axis.name].variable
         coords[axis.name] = xr.Variable((axis.name,), axis_centres(ds, axis, f),
-                                        attrs={k: v for k, v in src.attrs.items() if k not in _DROP_ATTRS})
+                                        attrs={k: v for k, v in src.attrs.items() if k not in DROP_ATTRS})
     gridded = {v.name: v for v in spec.variables}
     for name, var in ds.coords.variables.items():
         if name in coords or name in gridded or name == crs_name:
@@ -101,7 +101,7 @@ def level_dataset(ds: xr.Dataset, spec: PyramidSpec, level: int, data: GriddedDa
     encoding: dict[str, dict] = {}
     for v in spec.variables:
         src = ds[v.name].variable
-        attrs = {k: val for k, val in src.attrs.items() if k not in _DROP_ATTRS}
+        attrs = {k: val for k, val in src.attrs.items() if k not in DROP_ATTRS}
         if not v.is_coord:
             attrs["grid_mapping"] = crs_name
         var = xr.Variable(v.dims, data(v, level), attrs=attrs)
