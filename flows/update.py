@@ -191,12 +191,7 @@ def finish_update(params: UpdateParams, info: dict, staging: str | None, key: st
     """Replace the coordinates / carried variables along the append dim (Icechunk: amend the staging
     commit). The root stays unpublished."""
     job = load_update_job(params, info)
-    if staging is None:
-        return job.update.finish(_zarr_store(params))
-    session = icechunk_txn.writable(params.icechunk, staging)
-    out = job.update.finish(session.store)
-    session.amend(_message(job.update.info), allow_empty=True)
-    return out
+    return _on_target(params, staging, job, job.update.finish)
 
 
 @task(name="validate-pyramid", **RUN_CACHED)
@@ -218,12 +213,7 @@ def validate_update(params: UpdateParams, info: dict, staging: str | None, key: 
 def publish_update_metadata(params: UpdateParams, info: dict, staging: str | None, key: str = "metadata") -> dict:
     """Write the published root (the last write to the pyramid; Icechunk: amend the staging commit)."""
     job = load_update_job(params, info)
-    if staging is None:
-        return job.update.publish(_zarr_store(params))
-    session = icechunk_txn.writable(params.icechunk, staging)
-    attrs = job.update.publish(session.store)
-    session.amend(_message(job.update.info), allow_empty=True)
-    return attrs
+    return _on_target(params, staging, job, job.update.publish)
 
 
 @task(name="publish-branch", **RUN_CACHED, **RETRYING)
@@ -232,6 +222,16 @@ def publish_branch(params: UpdateParams, staging: str, base: str, key: str = "pu
     snap = icechunk_txn.publish(params.icechunk, staging, base)
     get_run_logger().info("published %s to branch %r", snap, params.branch)
     return snap
+
+
+def _on_target(params: UpdateParams, staging: str | None, job: "UpdateJob", step: Any) -> Any:
+    """Run ``step(store)`` on the plain Zarr target, or on the staging branch amending its one commit."""
+    if staging is None:
+        return step(_zarr_store(params))
+    session = icechunk_txn.writable(params.icechunk, staging)
+    out = step(session.store)
+    session.amend(_message(job.update.info), allow_empty=True)
+    return out
 
 
 def _message(info: UpdateInfo) -> str:
