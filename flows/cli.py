@@ -36,9 +36,13 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--regions-per-batch", type=int)
     d = sub.add_parser("demo", help="generate demo data and build it into a local Icechunk repo")
     d.add_argument("--out", default="demo-output")
-    r = sub.add_parser("retry", help="retry a failed flow run exactly like the UI's Retry button")
+    r = sub.add_parser("retry", help="retry a finished build or update flow run (the same run id) like the "
+                       "UI's Retry button: AwaitingRetry, forced; a worker runs it again")
     r.add_argument("flow_run_id")
-    r.add_argument("--here", action="store_true", help="execute it in this process instead of via a worker")
+    r.add_argument("--here", action="store_true", help="execute it in this process instead of via a worker "
+                   "(needed for runs without a deployment)")
+    r.add_argument("--unfinished", action="store_true", help="also a run the API still shows as Running (or "
+                   "Pending, ...) whose process is gone, e.g. after its worker was killed")
     return p
 
 
@@ -48,14 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from .params import BuildParams
 
     if args.command == "retry":
-        from .retry import mark_for_retry, retry_here
-
-        if args.here:
-            state = retry_here(args.flow_run_id)
-            print(f"flow run {args.flow_run_id}: {state.type.value}")
-            return 0 if state.is_completed() else 1
-        print(f"flow run {args.flow_run_id}: {mark_for_retry(args.flow_run_id)} (a worker will run it again)")
-        return 0
+        return _retry(args.flow_run_id, args.here, args.unfinished)
     try:
         if args.command == "demo":
             from .demo import write_demo_source
@@ -89,6 +86,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\npyramid published to the 'main' branch of {params.target}\n"
               f"open it: icechunk.Repository.open(icechunk.local_filesystem_storage({params.target!r}))"
               ".readonly_session('main').store")
+    return 0
+
+
+def _retry(flow_run_id: str, here: bool, unfinished: bool = False) -> int:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from .retry import RetryRefused, mark_for_retry, retry_here
+
+    try:
+        UUID(flow_run_id)
+    except ValueError:
+        print(f"not a flow run id: {flow_run_id!r}", file=sys.stderr)
+        return 2
+    try:
+        if here:
+            state = retry_here(flow_run_id, unfinished=unfinished)
+            print(f"flow run {flow_run_id}: {state.name} ({state.type.value})")
+            return 0 if state.is_completed() else 1
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run_id)
+            deployment = client.read_deployment(run.deployment_id) if run.deployment_id else None
+        if deployment is None:
+            print(f"flow run {flow_run_id} has no deployment, so no worker would run it: use --here",
+                  file=sys.stderr)
+            return 2
+        mark_for_retry(flow_run_id, unfinished=unfinished)
+    except RetryRefused as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    except ObjectNotFound:
+        print(f"no flow run {flow_run_id} on the Prefect API", file=sys.stderr)
+        return 1
+    by = (f"a worker polling pool {deployment.work_pool_name!r}" if deployment.work_pool_name
+          else f"the process serving deployment {deployment.name!r}")
+    print(f"flow run {flow_run_id}: AwaitingRetry; {by} will run it again")
     return 0
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from topozarr_core.chunking import VALID_CHUNKS_PER_SHARD
 from topozarr_core.kernels import METHODS
 
 REGION_LIMIT = "topozarr-region-writes"
-COMMIT_LIMIT = "topozarr-icechunk-commit"
 
 
 class RunParams(BaseModel):
@@ -49,7 +48,7 @@ class RunParams(BaseModel):
 class BuildParams(RunParams):
     """A build: the run options plus the pyramid's layout."""
 
-    levels: int | None = Field(None, ge=1, le=24)
+    levels: StrictInt | None = Field(None, ge=1, le=24)
     factors: list[int] | None = None
     x_dim: str = "x"
     y_dim: str = "y"

@@ -2,7 +2,8 @@
 # Local Prefect 3 API server (with UI) on 127.0.0.1:${PREFECT_PORT:-4200}.
 #   infra/prefect-server.sh start|stop|status|env
 # State (sqlite db, profiles) lives in ${TOPOZARR_STATE:-.state}/prefect-home.
-# `env` prints the exports a shell needs to talk to it.
+# `env` prints the exports a shell needs to talk to it. While it runs, the port and home it was
+# started with (recorded in $TOPOZARR_STATE/prefect-server.env) are used, whatever PREFECT_PORT says.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
@@ -10,9 +11,12 @@ NAME=prefect-server
 HEALTH_URL="http://127.0.0.1:${PREFECT_PORT}/api/health"
 STARTUP_TIMEOUT="${PREFECT_STARTUP_TIMEOUT:-90}"
 
+SERVER_API_URL="http://127.0.0.1:${PREFECT_PORT}/api"
+
 print_env() {
-    echo "export PREFECT_HOME=$PREFECT_HOME"
-    echo "export PREFECT_API_URL=http://127.0.0.1:${PREFECT_PORT}/api"
+    printf 'export PREFECT_HOME=%q\n' "$PREFECT_HOME"
+    printf 'export PREFECT_API_URL=%q\n' "$SERVER_API_URL"
+    printf 'export PREFECT_PORT=%q\n' "$PREFECT_PORT"
 }
 
 case "${1:-}" in
@@ -30,10 +34,12 @@ start)
     fi
     wait_http "$HEALTH_URL" "$STARTUP_TIMEOUT" "$NAME" || die "$NAME failed to start"
     log "$NAME healthy at http://127.0.0.1:${PREFECT_PORT} (UI), API ${HEALTH_URL%/health}"
+    PREFECT_API_URL="$SERVER_API_URL" write_record "$NAME" PREFECT_HOME PREFECT_API_URL PREFECT_PORT
     print_env
     ;;
 stop)
     stop_bg "$NAME" 30
+    drop_record "$NAME"
     ;;
 status)
     if is_running "$NAME" && curl -fsS -o /dev/null --max-time 2 "$HEALTH_URL"; then

@@ -4,25 +4,22 @@
 #   infra/s3.sh start|stop|status|env
 # `start` and `env` print the exports for boto3 / obstore / icechunk, e.g.
 #   eval "$(infra/s3.sh env)"
+# While it runs, the port and bucket it was started with (recorded in $TOPOZARR_STATE/s3.env)
+# are the ones status/env report, whatever S3_PORT / S3_BUCKET say.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 NAME=s3
+use_recorded "$NAME" S3_PORT S3_BUCKET   # while it runs: the recorded port and bucket
 S3_PORT="${S3_PORT:-5555}"
 S3_BUCKET="${S3_BUCKET:-topozarr}"
 ENDPOINT="http://127.0.0.1:${S3_PORT}"
+AWS_ENDPOINT_URL="$ENDPOINT" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_ALLOW_HTTP=true
+ENV_VARS=(AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION AWS_DEFAULT_REGION
+          AWS_ALLOW_HTTP S3_BUCKET S3_PORT)
 
-print_env() {
-    cat <<EOF
-export AWS_ENDPOINT_URL=$ENDPOINT
-export AWS_ACCESS_KEY_ID=testing
-export AWS_SECRET_ACCESS_KEY=testing
-export AWS_REGION=us-east-1
-export AWS_DEFAULT_REGION=us-east-1
-export AWS_ALLOW_HTTP=true
-export S3_BUCKET=$S3_BUCKET
-EOF
-}
+print_env() { local v; for v in "${ENV_VARS[@]}"; do printf 'export %s=%q\n' "$v" "${!v}"; done; }
 
 case "${1:-}" in
 start)
@@ -45,10 +42,12 @@ if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
     s3.create_bucket(Bucket=bucket)
 print(f"bucket s3://{bucket} ready at {os.environ['ENDPOINT']}", flush=True)
 PY
+    write_record "$NAME" "${ENV_VARS[@]}"
     print_env
     ;;
 stop)
     stop_bg "$NAME" 10
+    drop_record "$NAME"
     ;;
 status)
     if is_running "$NAME" && curl -fsS -o /dev/null --max-time 2 "$ENDPOINT/moto-api/"; then

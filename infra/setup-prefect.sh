@@ -2,7 +2,7 @@
 # Idempotently provision the Prefect server at $PREFECT_API_URL:
 #   - process work pool ${TOPOZARR_POOL:-topozarr-pool}
 #   - global concurrency limit topozarr-region-writes = ${TOPOZARR_REGION_WRITES_LIMIT:-4}
-#   - global concurrency limit topozarr-icechunk-commit = 1
+#     (the slots every region-batch write task of the build and update flows holds)
 # Re-running it is safe; a changed limit value is updated in place.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
@@ -10,7 +10,6 @@ require_bin python
 
 export TOPOZARR_POOL="${TOPOZARR_POOL:-topozarr-pool}"
 export TOPOZARR_REGION_WRITES_LIMIT="${TOPOZARR_REGION_WRITES_LIMIT:-4}"
-export TOPOZARR_ICECHUNK_COMMIT_LIMIT="${TOPOZARR_ICECHUNK_COMMIT_LIMIT:-1}"
 
 curl -fsS -o /dev/null --max-time 5 "${PREFECT_API_URL%/}/health" \
     || die "no Prefect API answering at $PREFECT_API_URL (start it: infra/prefect-server.sh start)"
@@ -25,7 +24,6 @@ from prefect.exceptions import ObjectNotFound
 pool = os.environ["TOPOZARR_POOL"]
 limits = {
     "topozarr-region-writes": int(os.environ["TOPOZARR_REGION_WRITES_LIMIT"]),
-    "topozarr-icechunk-commit": int(os.environ["TOPOZARR_ICECHUNK_COMMIT_LIMIT"]),
 }
 
 with get_client(sync_client=True) as client:

@@ -11,6 +11,7 @@ that had not started) run again, and the S3 pyramid equals a clean local build.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -219,6 +220,20 @@ def test_invalid_parameters_are_rejected_before_anything_is_written(stack, s3_se
     assert _s3_keys(s3_server, s3_prefix) == []
     assert _attempts(stack.fault_dir) == attempts_before
 
+    # the classic UI's Retry (force=False): the server's rules accept it for a failed run of a
+    # deployment; the worker runs it again, and it fails the same way
+    from flows.retry import mark_for_retry
+
+    assert mark_for_retry(run.id, force=False).value == "ACCEPT"
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run.id).state.name in ("AwaitingRetry", "Pending", "Submitting", "Running",
+                                                           "Failed")
+    again = _wait_final(stack, run.id)
+    assert again.state.is_failed() and "unknown method 'median'" in again.state.message
+    with get_client(sync_client=True) as client:
+        assert "AwaitingRetry" in [s.name for s in client.read_flow_run_states(run.id)]
+    assert _s3_keys(s3_server, s3_prefix) == []
+
 
 def test_failed_batch_is_retried_through_the_api_like_the_ui(stack, s3_server, s3_prefix, source, tmp_path):
     from prefect.client.orchestration import get_client
@@ -242,7 +257,7 @@ def test_failed_batch_is_retried_through_the_api_like_the_ui(stack, s3_server, s
     # 1. the run fails: FAULTY failed its 1 + 3 attempts, the other level-0 batches were written once
     failed = _wait_final(stack, run.id)
     assert failed.state.type == StateType.FAILED, failed.state
-    assert "1 of 4 batches failed; retry the run" in failed.state.message
+    assert "level 0: 1 of 4 batches failed" in failed.state.message and "retry the run" in failed.state.message
     first = _attempts(stack.fault_dir)
     assert first == {"L0-B00000": 1, FAULTY: 4, "L0-B00002": 1, "L0-B00003": 1}, first
     chunks = {lv: _s3_keys(s3_server, f"{s3_prefix}/p.zarr/{lv}/air/c") for lv in range(3)}
@@ -274,3 +289,233 @@ def test_failed_batch_is_retried_through_the_api_like_the_ui(stack, s3_server, s
     ds = xr.open_dataset(source, engine="h5netcdf")
     create_pyramid(ds, levels=3, x_dim="lon", y_dim="lat", crs="EPSG:4326", chunks_per_shard=1).write(clean)
     assert_same_pyramid(s3_server.zarr_store(f"{s3_prefix}/p.zarr", read_only=True), str(clean))
+
+
+# The server log, split into records: a `HH:MM:SS.fff | LEVEL | logger - message` line and the lines
+# after it (a traceback). A record is a scheduler failure when it is an ERROR/CRITICAL or carries a
+# traceback and names the scheduler services (docket logs their failures as `ERROR | docket... -
+# schedule_recent_deployments()` with frames in prefect/server/services/scheduler.py), or when it holds
+# SQLAlchemy's InvalidRequestError (the 2.1 bulk DML regression) anywhere. Other server errors, e.g. a
+# worker heartbeat hitting `sqlite3.OperationalError: database is locked` on a loaded machine, are not.
+LOG_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| (\w+)\s*\| ", re.M)
+SCHEDULER = re.compile(r"services[/.]scheduler|schedule_deployments|schedule_recent_deployments"
+                       r"|_insert_scheduled_flow_runs|Error scheduling deployment")
+
+
+def _server_log(stack: Stack) -> str:
+    log = stack.state / "logs" / "prefect-server.log"
+    return log.read_text(errors="replace") if log.exists() else ""
+
+
+def scheduler_failures(log: str) -> list[str]:
+    starts = [m.start() for m in LOG_RECORD.finditer(log)]
+    records = [log[a:b] for a, b in zip([0, *starts], [*starts, len(log)]) if log[a:b].strip()]
+    out = []
+    for rec in records:
+        m = LOG_RECORD.match(rec)
+        failed = "Traceback (most recent call last)" in rec or (m is not None and m.group(1) in ("ERROR", "CRITICAL"))
+        if "InvalidRequestError" in rec or (failed and SCHEDULER.search(rec)):
+            out.append(rec.strip())
+    return out
+
+
+def _scheduler_failures(stack: Stack) -> list[str]:
+    return scheduler_failures(_server_log(stack))
+
+
+def test_scheduler_failures_are_found_in_a_real_log():
+    """The detector on excerpts of real server logs: Prefect 3.8.8 with SQLAlchemy 2.1.9 (found), and
+    a worker heartbeat's transient SQLite lock on this busy machine (not the scheduler's)."""
+    broken = """01:10:11.905 | INFO    | uvicorn.error - Application startup complete.
+01:10:16.253 | ERROR   | docket.dependencies - ↩ [    57ms] schedule_recent_deployments(){schedule_recent_deployments}
+Traceback (most recent call last):
+  File ".../docket/worker.py", line 1134, in _execute
+    result = await execution.function(
+  File ".../prefect/server/services/scheduler.py", line 348, in schedule_recent_deployments
+    inserted_runs = await models.deployments._insert_scheduled_flow_runs(
+  File ".../sqlalchemy/ext/hybrid.py", line 1851, in prop
+    raise exc.InvalidRequestError(
+sqlalchemy.exc.InvalidRequestError: Can't evaluate bulk DML statement; please supply a bulk_dml decorated function
+01:10:17.001 | INFO    | prefect.server - something else
+"""
+    locked = """01:07:59.555 | ERROR   | prefect.server.utilities.worker_channel - Worker channel heartbeat persistence failed: work_pool=topozarr-pool worker_name=w
+Traceback (most recent call last):
+  File ".../sqlalchemy/dialects/sqlite/aiosqlite.py", line 195, in execute
+    self.await_(_cursor.execute(operation, parameters))
+sqlite3.OperationalError: database is locked
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File ".../prefect/server/utilities/worker_channel.py", line 686, in _receive_loop
+    pool_updated = await _persist_worker_channel_heartbeat(
+  File ".../prefect/server/models/workers.py", line 1035, in worker_heartbeat
+    result = await session.execute(insert_stmt)
+sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database is locked
+01:08:00.100 | INFO    | prefect.server.services.scheduler - Scheduled 3 runs.
+"""
+    found = scheduler_failures(broken)
+    assert len(found) == 1 and found[0].startswith("01:10:16.253 | ERROR   | docket.dependencies")
+    assert found[0].endswith("please supply a bulk_dml decorated function")
+    assert scheduler_failures(locked) == []
+    assert scheduler_failures(locked + broken) == found
+
+
+def test_active_schedule_creates_runs_that_the_worker_completes(stack, tmp_path):
+    """An ACTIVE interval schedule: the server's scheduler creates the runs, the worker executes one
+    into a valid pyramid, and the scheduler never raises (SQLAlchemy 2.1 broke it: no scheduled run
+    was ever created, and the paused schedules of the other tests cannot see that)."""
+    from prefect import Flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy, StateType
+    from prefect.schedules import Interval
+
+    from topozarr_core.validate import validate_pyramid
+
+    src, target = tmp_path / "src.nc", tmp_path / "scheduled.zarr"
+    ds = make_raster(ny=128, nx=128, nt=1).drop_vars("spatial_ref")
+    ds.to_netcdf(src, engine="h5netcdf")
+    params = _params(str(src), str(target), levels=2)
+    started = time.monotonic()
+    dep_id = Flow.from_source(source=str(REPO), entrypoint="flows/build.py:build_pyramid").deploy(
+        name="build-pyramid-every-10s",
+        work_pool_name=POOL,
+        build=False,
+        push=False,
+        schedules=[Interval(10)],  # active
+        parameters={"params": params},
+        job_variables={"env": {"TOPOZARR_FAULTS": ""}},  # the stack's worker injects faults otherwise
+        # a run that finds the previous one still running is cancelled, not queued: never two at once
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+        print_next_steps=False,
+        ignore_warnings=True,
+    )
+    runs_of_deployment = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[dep_id]))
+    try:
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment(dep_id)
+            assert [s.active for s in deployment.schedules] == [True]
+            deadline = time.monotonic() + 120
+            while True:
+                failures = _scheduler_failures(stack)
+                assert not failures, "the server's scheduler raised:\n" + "\n".join(failures[:20])
+                runs = client.read_flow_runs(flow_run_filter=runs_of_deployment, limit=200)
+                completed = [r for r in runs if r.state_type == StateType.COMPLETED]
+                if completed:
+                    break
+                failed = [r for r in runs if r.state_type in (StateType.FAILED, StateType.CRASHED)]
+                assert not failed, f"{failed[0].state!r}\n{stack.worker_log()}"
+                assert time.monotonic() < deadline, (
+                    f"no scheduled run completed within 120 s; runs: {[(r.name, r.state_name) for r in runs]}\n"
+                    f"server log:\n{_server_log(stack)[-3000:]}\nworker log:\n{stack.worker_log()}")
+                time.sleep(1)
+            # every run of this deployment was created by the scheduler, none by hand
+            assert runs and all(r.auto_scheduled for r in runs), [(r.name, r.auto_scheduled) for r in runs]
+            assert len(runs) >= 2, [(r.name, r.state_name) for r in runs]  # the scheduler keeps runs ahead
+            assert all(r.created_by is not None and r.created_by.type == "SCHEDULE" for r in runs)
+            assert completed[0].parameters == {"params": params}
+
+            # stop the schedule: its future runs are deleted; wait for one that was already submitted
+            client.update_deployment_schedule(dep_id, deployment.schedules[0].id, active=False)
+            assert [s.active for s in client.read_deployment(dep_id).schedules] == [False]
+            deadline = time.monotonic() + 90
+            while True:
+                left = [r for r in client.read_flow_runs(flow_run_filter=runs_of_deployment, limit=200)
+                        if r.state is None or not r.state.is_final()]
+                scheduled = [r for r in left if r.state_type == StateType.SCHEDULED]
+                for r in scheduled:  # one the server had already handed to the worker's prefetch
+                    client.delete_flow_run(r.id)
+                if not left:
+                    break
+                assert time.monotonic() < deadline, [(r.name, r.state_name) for r in left]
+                time.sleep(1)
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(dep_id)
+
+    pyramid = create_pyramid(ds, levels=2, x_dim="lon", y_dim="lat", crs="EPSG:4326", chunks_per_shard=1)
+    report = validate_pyramid(pyramid, str(target))
+    assert report.ok, report.problems
+    assert not _scheduler_failures(stack), "\n".join(_scheduler_failures(stack)[:20])
+    print(f"scheduled run completed {time.monotonic() - started:.0f} s after the deployment was registered")
+
+
+def _cli(stack: Stack, args: list[str], extra_env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """`topozarr-flows ...` as an operator runs it: from the repository root, in a shell with the
+    stack's variables (and the S3 endpoint's)."""
+    return _sh([f"{sys.prefix}/bin/topozarr-flows", *args], {**stack.env, **extra_env}, timeout=timeout, check=False)
+
+
+def test_failed_update_run_is_retried_on_the_worker_with_the_cli(stack, s3_server, s3_prefix, tmp_path):
+    """`topozarr-flows retry <update run>`: AwaitingRetry (forced), the worker runs the same update
+    run again with the update flow; only the failed batch is written again."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+
+    ds = make_raster(ny=256, nx=256, nt=4, nan_fraction=0.05).drop_vars("spatial_ref")
+    whole = tmp_path / "whole.nc"
+    ds.to_netcdf(whole, engine="h5netcdf")
+    opts = dict(levels=3, x_dim="lon", y_dim="lat", crs="EPSG:4326", chunks_per_shard=1)
+    # the pyramid of the first 2 steps, on S3: the update appends 2
+    create_pyramid(ds.isel(time=slice(0, 2)), **opts).write(s3_server.zarr_store(f"{s3_prefix}/u.zarr"))
+    fault_dir = tmp_path / "faults"
+    params = {"source": str(whole), "target": f"s3://{s3_server.bucket}/{s3_prefix}/u.zarr", "append_dim": "time",
+              "regions_per_batch": 1}
+    run = run_deployment(UPDATE_NIGHTLY, parameters={"params": params}, timeout=0, job_variables={
+        "env": {"TOPOZARR_FAULTS": "batch=L1-B00000@4", "TOPOZARR_FAULT_DIR": str(fault_dir)}})
+    failed = _wait_final(stack, run.id)
+    assert failed.state.type == StateType.FAILED, f"{failed.state!r}\n{stack.worker_log()}"
+    assert "level 1: 1 of 2 batches failed" in failed.state.message and "retry the run" in failed.state.message
+    assert _attempts(fault_dir)["L1-B00000"] == 4
+
+    out = _cli(stack, ["retry", str(run.id)], s3_server.env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (f"flow run {run.id}: AwaitingRetry; a worker polling pool '{POOL}' "
+                                  "will run it again")
+    done = _wait_final(stack, run.id)
+    assert done.state.type == StateType.COMPLETED, f"{done.state!r}\n{stack.worker_log()}"
+    assert done.run_count == 2
+    attempts = _attempts(fault_dir)
+    assert attempts["L1-B00000"] == 5 and all(n == 1 for k, n in attempts.items() if k != "L1-B00000"), attempts
+    full = tmp_path / "full.zarr"
+    create_pyramid(xr.open_dataset(whole, engine="h5netcdf"), **opts).write(full)
+    assert_same_pyramid(s3_server.zarr_store(f"{s3_prefix}/u.zarr", read_only=True), str(full))
+
+
+def test_failed_deployment_run_is_retried_here_with_the_cli(stack, s3_server, s3_prefix, source, tmp_path):
+    """`topozarr-flows retry <build run> --here` on a run of a deployment while the worker polls its pool:
+    it runs in the CLI's process (claimed as Pending, never Scheduled, so the worker cannot take it)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+
+    fault_dir = tmp_path / "faults"
+    faults = {"TOPOZARR_FAULTS": "batch=L0-B00002@4", "TOPOZARR_FAULT_DIR": str(fault_dir)}
+    target = f"s3://{s3_server.bucket}/{s3_prefix}/p.zarr"
+    run = run_deployment(ADHOC, parameters={"params": _params(source, target)}, timeout=0,
+                         job_variables={"env": faults})
+    failed = _wait_final(stack, run.id)
+    assert failed.state.type == StateType.FAILED, f"{failed.state!r}\n{stack.worker_log()}"
+    assert _attempts(fault_dir)["L0-B00002"] == 4
+
+    out = _cli(stack, ["retry", str(run.id), "--here"], {**s3_server.env(), **faults, "TOPOZARR_RETRY_DELAY": "0"})
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+    assert out.stdout.strip().endswith(f"flow run {run.id}: Completed (COMPLETED)"), out.stdout
+    with get_client(sync_client=True) as client:
+        done = client.read_flow_run(run.id)
+        history = [s.name for s in client.read_flow_run_states(run.id)]
+    assert done.run_count == 2 and done.state.is_completed()
+    assert history[-4:] == ["Failed", "Pending", "Running", "Completed"], history
+    attempts = _attempts(fault_dir)  # the batches the worker's attempt wrote came from its cached results
+    assert attempts["L0-B00002"] == 5 and all(n == 1 for k, n in attempts.items() if k != "L0-B00002"), attempts
+    clean = tmp_path / "clean.zarr"
+    create_pyramid(xr.open_dataset(source, engine="h5netcdf"), levels=3, x_dim="lon", y_dim="lat",
+                   crs="EPSG:4326", chunks_per_shard=1).write(clean)
+    assert_same_pyramid(s3_server.zarr_store(f"{s3_prefix}/p.zarr", read_only=True), str(clean))
+
+
+def test_server_log_has_no_scheduler_failure_after_all_the_runs(stack):
+    """Last in the module: the scheduler stayed healthy through every run, retry and schedule above."""
+    failures = _scheduler_failures(stack)
+    assert not failures, "\n\n".join(failures[:5])

@@ -1,0 +1,93 @@
+"""infra/up.sh records the addresses it used, and a new shell (nothing exported but the state dir)
+sees the running stack through them: `status`, `env` and stack.env report the ports it really runs on.
+
+Starts S3, the Prefect server and the setup (SKIP_DASK=1 SKIP_WORKER=1) on non-default ports in a
+private state dir, then stops everything with infra/down.sh.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_services import _free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def _fresh_env(state: Path, **extra: str) -> dict[str, str]:
+    """A new login shell's environment: no PREFECT_*, AWS_*, S3_*, DASK_* variables."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "TOPOZARR_STATE": str(state)}
+    if Path(sys.prefix).resolve() != (REPO / ".venv").resolve():
+        env["VENV"] = sys.prefix  # the scripts' default venv is the checkout's .venv
+    return {**env, **extra}
+
+
+def test_a_new_shell_sees_the_ports_up_sh_used(tmp_path):
+    state = tmp_path / "state"
+    s3_port, prefect_port = _free_port(), _free_port()
+    assert 5555 not in (s3_port, prefect_port) and 4200 not in (s3_port, prefect_port)
+    up_env = _fresh_env(state, S3_PORT=str(s3_port), PREFECT_PORT=str(prefect_port), SKIP_DASK="1",
+                        SKIP_WORKER="1", TOPOZARR_REGION_WRITES_LIMIT="3")
+    try:
+        up = _run(["infra/up.sh"], up_env, timeout=240)
+        assert up.returncode == 0, f"{up.stdout}\n{up.stderr}"
+        exports = dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines()
+                       if line.startswith("export "))
+        assert exports["S3_PORT"] == str(s3_port)
+        assert exports["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{s3_port}"
+        assert exports["PREFECT_PORT"] == str(prefect_port)
+        assert exports["PREFECT_API_URL"] == f"http://127.0.0.1:{prefect_port}/api"
+        assert exports["PREFECT_HOME"] == str(state / "prefect-home")
+        assert exports["TOPOZARR_STATE"] == str(state)
+        assert "DASK_SCHEDULER_ADDRESS" not in exports  # SKIP_DASK: nothing recorded for it
+        assert (state / "stack.env").read_text().splitlines()[1:] == up.stdout.splitlines()[1:]
+
+        new_shell = _fresh_env(state)
+        s3 = _run(["infra/s3.sh", "status"], new_shell)
+        assert s3.returncode == 0 and s3.stdout.strip().endswith(f"at http://127.0.0.1:{s3_port}"), s3
+        env = _run(["infra/s3.sh", "env"], new_shell).stdout
+        assert f"export S3_PORT={s3_port}\n" in env and f"export AWS_ENDPOINT_URL=http://127.0.0.1:{s3_port}\n" in env
+        server = _run(["infra/prefect-server.sh", "status"], new_shell)
+        assert server.returncode == 0, server
+        assert f"healthy at http://127.0.0.1:{prefect_port}/api/health" in server.stdout
+        env = _run(["infra/prefect-server.sh", "env"], new_shell).stdout
+        assert f"export PREFECT_API_URL=http://127.0.0.1:{prefect_port}/api\n" in env
+        assert _run(["infra/dask-cluster.sh", "status"], new_shell).returncode == 3
+        assert _run(["infra/worker.sh", "status"], new_shell).returncode == 3
+
+        # a stale variable in the environment does not hide the running service; it is reported
+        stale = _run(["infra/s3.sh", "status"], _fresh_env(state, S3_PORT="5555"))
+        assert stale.returncode == 0 and f"at http://127.0.0.1:{s3_port}" in stale.stdout
+        assert f"S3_PORT=5555 ignored: s3 is running with S3_PORT={s3_port}" in stale.stderr
+
+        # `source .state/stack.env` gives a new shell the clients' settings; setup-prefect.sh created
+        # exactly one limit (topozarr-icechunk-commit was never acquired and is gone)
+        probe = _run(["bash", "-c", f'source "{state}/stack.env" && exec "$VENV_PY" -c "$0"', """
+import os
+from prefect.client.orchestration import get_client
+with get_client(sync_client=True) as c:
+    print(os.environ["PREFECT_API_URL"], os.environ["AWS_ENDPOINT_URL"], c.read_work_pool("topozarr-pool").type,
+          sorted((g.name, g.limit) for g in c.read_global_concurrency_limits(limit=100)))
+"""], _fresh_env(state, VENV_PY=sys.executable), timeout=120)
+        assert probe.returncode == 0, probe.stderr
+        assert probe.stdout.split(maxsplit=3) == [
+            f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{s3_port}", "process",
+            "[('topozarr-region-writes', 3)]\n"], probe.stdout
+    finally:
+        down = _run(["infra/down.sh"], _fresh_env(state), timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert _run(["infra/s3.sh", "status"], _fresh_env(state)).returncode == 3
+    assert _run(["infra/prefect-server.sh", "status"], _fresh_env(state)).returncode == 3
+    assert not list(state.glob("*.env")) and not list(state.glob("*.pid"))  # records and stack.env gone
