@@ -645,3 +645,84 @@ def test_reader_catches_a_writer_that_breaks_the_protocol(bug, reader_expected, 
     found = _violations(reader.samples)
     print(f"{bug}: {len(found)} violations in {len(reader.samples)} samples, e.g. {found[:1]}")
     assert found
+
+
+# -- 4. a reader during updates ---------------------------------------------------------------------
+
+class EitherReader(Reader):
+    """For updates the old and the grown pyramid have the same root document; a stable published sample
+    must then read one of them consistently (every read equal to the same clean build)."""
+
+    def sample(self) -> Sample:
+        t0 = time.monotonic()
+        r1 = _root_bytes(self.store)
+        state = _classify(r1, self.known[:1])
+        s = Sample("published" if state in self.by_label else state, False, t0, t0)
+        if s.state == "published":
+            levels = [entry["asset"] for entry in json.loads(r1)["attributes"]["multiscales"]["layout"]]
+            candidates = list(self.known)
+            for i in range(self.k):
+                level = self.rng.choice(levels)
+                seed = self.rng.random()
+                still = []
+                for exp in candidates:
+                    self.rng.seed(seed)  # the same window for every candidate
+                    try:
+                        self._check_read(exp, level, use_xarray=False)
+                        still.append(exp)
+                    except Exception as err:  # noqa: BLE001 - not this candidate
+                        last = f"level {level}: {type(err).__name__}: {str(err)[:200]}"
+                candidates = still
+                s.reads += 1
+                if not candidates:
+                    s.errors.append(f"matches neither the old nor the grown pyramid ({last})")
+                    break
+        r2 = _root_bytes(self.store)
+        s.stable, s.t1 = r1 == r2, time.monotonic()
+        return s
+
+
+def test_reader_never_sees_a_half_updated_pyramid(tmp_path):
+    """A reader thread samples the root and random windows while three updates append time steps
+    (one relaying out its shards): every stable published sample reads the pyramid before or after
+    one update, never a mix; the reader does see the updates in progress (unpublished roots)."""
+    from tests.conftest import make_raster
+    from topozarr_core import update_pyramid
+
+    full = make_raster(ny=512, nx=512, nt=6)
+    lengths = [2, 3, 5, 6]
+    kw = dict(levels=3, x_dim="lon", y_dim="lat", **LAYOUT)
+    known = []
+    for n in lengths:
+        path = tmp_path / f"clean-{n}.zarr"
+        create_pyramid(full.isel(time=slice(0, n)), **kw).write(path)
+        exp = Expected(f"t{n}", str(path), json.loads((path / "zarr.json").read_bytes()), snapshot(str(path)))
+        for key, (_, values) in exp.nodes.items():
+            if values is not None and "/" in key and not key.startswith("_"):
+                exp.arrays.setdefault(key.split("/")[0], []).append(key)
+        known.append(exp)
+    assert all(e.root == known[0].root for e in known)  # the root alone cannot tell them apart
+    target = tmp_path / "p.zarr"
+    create_pyramid(full.isel(time=slice(0, lengths[0])), **kw).write(target)
+    rstore = LocalStore(str(target), read_only=True)
+    reader = EitherReader(rstore, known, seed=11)
+    reader.start()
+    try:
+        _wait_for_samples(reader, after=time.monotonic(), n=3)
+        for n in lengths[1:]:
+            update_pyramid(full.isel(time=slice(0, n)), str(target), append_dim="time", max_workers=1,
+                           max_region_bytes=200_000)
+            _wait_for_samples(reader, after=time.monotonic(), n=3)
+    finally:
+        reader.stop.set()
+        reader.join(timeout=60)
+    assert reader.crash is None, f"the reader crashed: {reader.crash!r}"
+    assert_same_pyramid(rstore, known[-1].path)
+    samples = reader.samples
+    bad = [s for s in samples if s.state not in ("published", "unpublished") or (s.stable and s.errors)]
+    summary = (f"{len(samples)} samples, {sum(s.state == 'unpublished' for s in samples)} unpublished, "
+               f"{sum(s.stable and not s.errors and s.state == 'published' for s in samples)} verified")
+    print(summary)
+    assert bad == [], f"{summary}: {[(s.state, s.errors[:2]) for s in bad[:5]]}"
+    assert sum(s.stable and s.state == "published" and not s.errors for s in samples) >= 10, summary
+    assert sum(s.state == "unpublished" for s in samples) >= 1, summary  # it saw updates in progress
