@@ -4,7 +4,8 @@
 that probability; seeded by ``TOPOZARR_FAULT_SEED``) or ``batch=<key>[@<n>]`` (the batch with that
 key, e.g. ``L0-B00002``, fails on its first ``n`` attempts; default 1), ``batch=<key>@always``, or
 ``delay=<seconds>`` (every batch sleeps that long while holding its concurrency slot).
-Attempts are counted in files under ``TOPOZARR_FAULT_DIR`` so counts survive process restarts.
+Attempts are counted per flow run, in files ``TOPOZARR_FAULT_DIR/<flow run id>/<key>.attempts``, so
+counts survive process restarts and a retry of the same run continues them.
 """
 
 from __future__ import annotations
@@ -25,12 +26,20 @@ def _rules() -> list[tuple[str, str]]:
 
 
 def _attempt(key: str) -> int:
-    folder = Path(os.environ.get("TOPOZARR_FAULT_DIR", ".topozarr-faults"))
+    """This flow run's attempt count of batch ``key`` (a retry of the same run continues it; another run
+    starts at 1, so several runs can share one TOPOZARR_FAULT_DIR)."""
+    folder = Path(os.environ.get("TOPOZARR_FAULT_DIR", ".topozarr-faults")) / _flow_run_id()
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"{key}.attempts", "a+") as fh:
         fh.write("x")
         fh.seek(0)
         return len(fh.read())
+
+
+def _flow_run_id() -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or "outside-a-flow-run")
 
 
 def maybe_fail(key: str) -> None:

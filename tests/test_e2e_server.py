@@ -157,7 +157,7 @@ def _wait_final(stack: Stack, flow_run_id, timeout: float = 150):
 
 
 def _attempts(fault_dir: Path) -> dict[str, int]:
-    return {p.stem: len(p.read_text()) for p in fault_dir.glob("*.attempts")}
+    return {p.stem: len(p.read_text()) for p in fault_dir.rglob("*.attempts")}
 
 
 def _s3_keys(s3_server, prefix: str) -> list[str]:
@@ -249,7 +249,7 @@ def test_failed_batch_is_retried_through_the_api_like_the_ui(stack, s3_server, s
 
     from flows.retry import mark_for_retry
 
-    for p in stack.fault_dir.glob("*.attempts"):
+    for p in stack.fault_dir.rglob("*.attempts"):
         p.unlink()
     target = f"s3://{s3_server.bucket}/{s3_prefix}/p.zarr"
     run = run_deployment(ADHOC, parameters={"params": _params(source, target)}, timeout=0)

@@ -65,7 +65,7 @@ def _params(src: str, target: str, **kw) -> BuildParams:
 
 
 def _attempts(fault_dir: Path) -> dict[str, int]:
-    return {p.stem: len(p.read_text()) for p in fault_dir.glob("*.attempts")}
+    return {p.stem: len(p.read_text()) for p in fault_dir.rglob("*.attempts")}
 
 
 def predicted_attempts(seed: str, rate: float = FAULT_RATE) -> dict[str, int | None]:
@@ -124,6 +124,31 @@ def test_fault_hook_is_inactive_by_default(monkeypatch, tmp_path):
     for key in BATCH_KEYS:
         faults.maybe_fail(key)  # never raises, never counts
     assert not (tmp_path / "f").exists()
+
+
+def test_fault_counters_are_per_flow_run(prefect_harness, monkeypatch, tmp_path):
+    """Two runs sharing one TOPOZARR_FAULT_DIR: ``batch=K@1`` fails the first attempt of each run."""
+    from prefect import flow
+
+    from flows import faults
+
+    monkeypatch.setenv("TOPOZARR_FAULTS", "batch=L0-B00000@1")
+    monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "f"))
+
+    @flow
+    def two_attempts() -> list[str]:
+        outcomes = []
+        for _ in range(2):
+            try:
+                faults.maybe_fail("L0-B00000")
+                outcomes.append("ok")
+            except faults.InjectedFault:
+                outcomes.append("failed")
+        return outcomes
+
+    assert two_attempts() == ["failed", "ok"]
+    assert two_attempts() == ["failed", "ok"]  # a new run counts from 1 again
+    assert len(list((tmp_path / "f").rglob("L0-B00000.attempts"))) == 2
 
 
 # -- SIGKILL mid-run, then retry the same flow run --------------------------------------------------
@@ -186,7 +211,7 @@ DELAY = 0.5  # seconds every batch sleeps in the killed run
 def _in_flight(fault_dir: Path) -> bool:
     """Some batch began (its attempt file was written) less than DELAY / 2 ago: it is still sleeping in its slot."""
     now = time.time()
-    return any(now - p.stat().st_mtime < DELAY / 2 for p in fault_dir.glob("*.attempts"))
+    return any(now - p.stat().st_mtime < DELAY / 2 for p in fault_dir.rglob("*.attempts"))
 
 
 def _flow_run_state(harness, run_id: str):

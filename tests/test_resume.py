@@ -31,7 +31,7 @@ def _params(src, target, **kw):
 
 
 def _attempts(fault_dir: Path) -> dict[str, int]:
-    return {p.stem: len(p.read_text()) for p in fault_dir.glob("*.attempts")}
+    return {p.stem: len(p.read_text()) for p in fault_dir.rglob("*.attempts")}
 
 
 def _clean_build(src, path):

@@ -188,7 +188,7 @@ def test_credentials_never_leak(prefect_harness, secret_env, s3_prefix, tmp_path
         auth.off()
 
     def attempts(name: str) -> dict[str, int]:
-        return {p.stem: len(p.read_text()) for p in (tmp_path / "faults" / name).glob("*.attempts")}
+        return {p.stem: len(p.read_text()) for p in (tmp_path / "faults" / name).rglob("*.attempts")}
 
     # each injected fault fired once and was retried
     assert attempts("zarr-with-faults") == {"L0-B00000": 2, "L1-B00000": 1}

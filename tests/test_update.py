@@ -518,7 +518,7 @@ def test_update_flow_retry_redoes_only_the_failed_batch(prefect_harness, nc_sour
         run = client.read_flow_run(state.state_details.flow_run_id)
     retried = run_flow(update_flow, flow_run=run, parameters={"params": params}, return_type="state")
     assert retried.is_completed()
-    attempts = {p.stem: len(p.read_text()) for p in (tmp_path / "faults").glob("*.attempts")}
+    attempts = {p.stem: len(p.read_text()) for p in (tmp_path / "faults").rglob("*.attempts")}
     assert attempts["L1-B00000"] == 5 and all(n == 1 for k, n in attempts.items() if k != "L1-B00000")
     _direct_build(src["whole"], tmp_path / "full.zarr")
     assert_same_pyramid(target, str(tmp_path / "full.zarr"))
