@@ -48,9 +48,9 @@ def prepare_target(store: Any, spec: PyramidSpec, mode: str, levels: list[int], 
     new_nodes = {str(lvl) for lvl in range(len(spec.factors))} | {MISSING_GROUP}
     if mode == "a":
         attrs = unpublished_attrs(state.attrs, INCOMPLETE, new_nodes)
-    else:
-        old = state.attrs if state.kind == "pyramid" else {}
-        attrs = unpublished_attrs({}, INCOMPLETE, new_nodes | (owned_nodes(old) if old else set()))
+    else:  # a new pyramid: our nodes are the new ones and whatever the previous pyramid of ours owned
+        attrs = unpublished_attrs({}, INCOMPLETE, new_nodes | (owned_nodes(state.attrs) if state.kind == "pyramid"
+                                                               else set()))
     write_root(store, attrs)
     if mode == "a":
         # the hidden missing counts of the rewritten levels go too (a new method may keep none)
