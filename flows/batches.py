@@ -10,7 +10,7 @@ from typing import Any
 import xarray as xr
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run, task_run
 from prefect.futures import PrefectFuture, wait
 
 from topozarr_core.io_select import open_array_for
@@ -19,6 +19,7 @@ from topozarr_core.regions import WriteContext, write_region_batch
 from topozarr_core.targets import error_summary
 
 from . import faults
+from .slots import hold_slot
 
 
 class BatchesFailed(RuntimeError):
@@ -38,7 +39,7 @@ def write_one_batch(plan: RegionPlan, source: xr.Dataset, level: int, index: int
         target = fork.store
     else:
         target = store()
-    with concurrency(limit, occupy=1, strict=True):
+    with hold_slot(limit, flow_run_id=_current(flow_run.id), task_run_id=_current(task_run.id)):
         started = time.time()
         faults.maybe_fail(batch.key)
         ctx = WriteContext(plan=plan, source=source, store=target, open_array=open_array_for(io, target))
@@ -51,6 +52,11 @@ def write_one_batch(plan: RegionPlan, source: xr.Dataset, level: int, index: int
     if fork is not None:
         out["fork"] = fork
     return out
+
+
+def _current(run_id: object) -> str | None:
+    """The runtime's id as a string (None outside a run)."""
+    return str(run_id) if run_id else None
 
 
 def run_levels(
@@ -93,10 +99,14 @@ def run_levels(
 
 
 def failure_line(level: int, failed: list[tuple[int, PrefectFuture]], total: int) -> str:
-    """One line for the flow run's state: which batches failed, and the first one's root cause."""
+    """One line for the flow run's state: which batches failed, and the first one's root cause. It is
+    also logged as the flow's last error, so ``prefect deployment run --watch`` (which prints only the
+    final state's name) shows it in the log stream it follows."""
     index, future = failed[0]
     cause = future.state.result(raise_on_failure=False)
     why = error_summary(cause, limit=240) if isinstance(cause, BaseException) else (future.state.message or "")
     more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-    return (f"level {level}: {len(failed)} of {total} batches failed after their retries; "
+    line = (f"level {level}: {len(failed)} of {total} batches failed after their retries; "
             f"write-L{level}-B{index:05d}{more}: {why}; retry the run to redo only the failed batches")
+    get_run_logger().error("%s", line)
+    return line

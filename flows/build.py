@@ -10,6 +10,7 @@ from prefect.artifacts import create_table_artifact
 from topozarr_core.targets import redact
 
 from .batches import BatchesFailed, run_levels  # noqa: F401  (BatchesFailed: what a failed run raises)
+from .recovery import before_attempt, on_crashed
 from .job import target_lease
 from .limits import ensure_limit_task
 from .params import BuildParams
@@ -25,10 +26,11 @@ from .tasks import (
 )
 
 
-@flow(name="build-pyramid", persist_result=True)
+@flow(name="build-pyramid", persist_result=True, on_crashed=[on_crashed])
 def build_pyramid(params: BuildParams) -> dict[str, Any]:
     """Build (or rebuild) a multiscale GeoZarr pyramid from ``params.source`` into ``params.target``."""
     logger = get_run_logger()
+    before_attempt()
     plan = plan_pyramid(params)
     ensure_limit_task(params.concurrency_limit, params.default_concurrency)
     with target_lease(params):

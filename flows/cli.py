@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from . import cli_runs
+
 
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="topozarr-flows", description=__doc__)
@@ -43,6 +45,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    "(needed for runs without a deployment)")
     r.add_argument("--unfinished", action="store_true", help="also a run the API still shows as Running (or "
                    "Pending, ...) whose process is gone, e.g. after its worker was killed")
+    r.add_argument("--watch", action="store_true", help="wait for the retried run's end and print its final "
+                   "state and message")
+    cli_runs.add_parsers(sub)
     return p
 
 
@@ -52,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     from .params import BuildParams
 
     if args.command == "retry":
-        return _retry(args.flow_run_id, args.here, args.unfinished)
+        return _retry(args.flow_run_id, args.here, args.unfinished, args.watch)
+    if args.command in ("run", "watch"):
+        return cli_runs.main(args)
     try:
         if args.command == "demo":
             from .demo import write_demo_source
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _retry(flow_run_id: str, here: bool, unfinished: bool = False) -> int:
+def _retry(flow_run_id: str, here: bool, unfinished: bool = False, watch: bool = False) -> int:
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
@@ -106,6 +113,8 @@ def _retry(flow_run_id: str, here: bool, unfinished: bool = False) -> int:
         if here:
             state = retry_here(flow_run_id, unfinished=unfinished)
             print(f"flow run {flow_run_id}: {state.name} ({state.type.value})")
+            if state.message and not state.is_completed():
+                print(" ".join(state.message.split()))
             return 0 if state.is_completed() else 1
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(flow_run_id)
@@ -123,8 +132,8 @@ def _retry(flow_run_id: str, here: bool, unfinished: bool = False) -> int:
         return 1
     by = (f"a worker polling pool {deployment.work_pool_name!r}" if deployment.work_pool_name
           else f"the process serving deployment {deployment.name!r}")
-    print(f"flow run {flow_run_id}: AwaitingRetry; {by} will run it again")
-    return 0
+    print(f"flow run {flow_run_id}: AwaitingRetry; {by} will run it again", flush=True)
+    return cli_runs.follow(flow_run_id, None, start_after=run.state.id) if watch else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

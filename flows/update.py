@@ -39,6 +39,7 @@ from topozarr_core.update import DEFAULT_VERIFY_SAMPLES, PyramidUpdate, UpdateIn
 from topozarr_core.validate import validate_pyramid
 
 from .batches import BatchesFailed, run_levels, write_one_batch  # noqa: F401  (BatchesFailed: what a failed run raises)
+from .recovery import before_attempt, on_crashed
 from .job import target_lease
 from .limits import ensure_limit_task
 from .params import RunParams
@@ -241,10 +242,11 @@ def _message(info: UpdateInfo) -> str:
 # -- the flow -------------------------------------------------------------------------------------
 
 
-@flow(name="update-pyramid", persist_result=True)
+@flow(name="update-pyramid", persist_result=True, on_crashed=[on_crashed])
 def update_pyramid(params: UpdateParams) -> dict[str, Any]:
     """Append the new ``params.append_dim`` entries of ``params.source`` to the pyramid ``params.target``."""
     logger = get_run_logger()
+    before_attempt()
     planned = plan_update_task(params)
     info = planned["info"]
     summary = {"append_dim": info["append_dim"], "old_length": info["old_length"],

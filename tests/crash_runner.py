@@ -10,8 +10,8 @@ in the test process finds the persisted results of the killed process) and ``TOP
 (``delay=...`` slows every batch down so the kill lands mid-run).
 
 MAX_WORKERS bounds the thread pool: a SIGKILLed process cannot release the global concurrency
-slots it holds (they come back when their lease expires, 300 s by default), so the test keeps
-that number below the limit's slots.
+slots it holds (no worker runs the crash hook here: the retry releases them first, see
+flows/recovery.py), so the test keeps that number below the limit's slots.
 
 Deliberately imports nothing from ``tests.conftest``/``tests.fixtures_services`` (which reset
 PREFECT_API_URL for isolation).

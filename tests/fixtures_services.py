@@ -220,6 +220,8 @@ class PrefectHarness:
 
 @pytest.fixture(scope="session")
 def prefect_harness() -> PrefectHarness:
+    from flows.slots import LEASES_ON_DISK
+
     """One ephemeral Prefect API server (SQLite in a temp dir) for the whole session.
 
     Home and local result storage are in this module's temp dir, never ~/.prefect.
@@ -242,6 +244,8 @@ def prefect_harness() -> PrefectHarness:
             PREFECT_LOCAL_STORAGE_PATH: str(PREFECT_TEST_RESULTS),
         }
     ):
+        # leases on disk, as infra/prefect-server.sh and the CLI keep them (flows/slots.py)
+        os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASES_ON_DISK)
         with prefect_test_harness(server_startup_timeout=60):
             api_url = PREFECT_API_URL.value()
             # Subprocesses started during the session (Dask workers, CLI calls)

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 import xarray as xr
@@ -513,6 +513,164 @@ def test_failed_deployment_run_is_retried_here_with_the_cli(stack, s3_server, s3
     create_pyramid(xr.open_dataset(source, engine="h5netcdf"), levels=3, x_dim="lon", y_dim="lat",
                    crs="EPSG:4326", chunks_per_shard=1).write(clean)
     assert_same_pyramid(s3_server.zarr_store(f"{s3_prefix}/p.zarr", read_only=True), str(clean))
+
+
+# -- SIGKILL of a worker's flow-run process -------------------------------------------------------
+
+def _flow_run_process(stack: Stack, run_id: UUID, timeout: float = 60):
+    """The process the worker started for ``run_id`` (it carries the run's id in its environment)."""
+    import psutil
+
+    worker = psutil.Process(int((stack.state / "worker.pid").read_text()))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in worker.children(recursive=True):
+            try:
+                if proc.environ().get("PREFECT__FLOW_RUN_ID") == str(run_id):
+                    return proc
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        time.sleep(0.2)
+    raise AssertionError(f"no process of the worker runs {run_id}\n{stack.worker_log()}")
+
+
+def _task_run_states(run_id: UUID) -> list[tuple[str, str, str]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    return [(t.name, t.state.type.value, t.state.message or "") for t in runs]
+
+
+def _active_slots(limit: str) -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(limit).active_slots
+
+
+def _run_to_the_end(stack: Stack, start) -> tuple[object, float]:
+    t0 = time.monotonic()
+    run_id = start()
+    return _wait_final(stack, run_id, timeout=240), time.monotonic() - t0
+
+
+def test_sigkill_of_a_workers_flow_run_frees_its_slots_and_the_retry_is_as_fast_as_a_clean_build(
+        stack, source, tmp_path):
+    """kill -9 of the flow-run process mid level 0, with every slot of the limit taken by its batches: the
+    worker marks the run Crashed and its crash hook gives the slots back and ends the dead task runs
+    (Crashed, not Running) within seconds; the UI's Retry then takes no longer than 1.5x a clean build
+    (with Prefect's own 300 s leases it waited five minutes for the slots) and ends identical to it."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+
+    from flows.retry import mark_for_retry
+
+    limit = f"crash-e2e-{uuid4().hex[:6]}"
+    slow = {"env": {"TOPOZARR_FAULTS": "delay=1.5", "TOPOZARR_FAULT_DIR": str(tmp_path / "faults")}}
+
+    def start(target: str):
+        params = _params(source, str(target), concurrency_limit=limit, default_concurrency=2)
+        return run_deployment(ADHOC, parameters={"params": params}, timeout=0, job_variables=slow).id
+
+    clean, clean_s = _run_to_the_end(stack, lambda: start(tmp_path / "clean.zarr"))
+    assert clean.state.type == StateType.COMPLETED, f"{clean.state!r}\n{stack.worker_log()}"
+
+    run_id = start(tmp_path / "p.zarr")
+    proc = _flow_run_process(stack, run_id)
+    deadline = time.monotonic() + 120
+    while _active_slots(limit) < 2:  # both slots held by level-0 batches sleeping in them
+        assert time.monotonic() < deadline, _task_run_states(run_id)
+        time.sleep(0.1)
+    proc.kill()
+    killed = time.monotonic()
+
+    crashed = _wait_final(stack, run_id, timeout=60)
+    assert crashed.state.type == StateType.CRASHED, crashed.state
+    while _active_slots(limit) or any(s in ("RUNNING", "PENDING") for _, s, _ in _task_run_states(run_id)):
+        assert time.monotonic() - killed < 60, (_active_slots(limit), _task_run_states(run_id), stack.worker_log())
+        time.sleep(0.5)
+    freed_after = time.monotonic() - killed
+    dead = [(n, m) for n, s, m in _task_run_states(run_id) if s == "CRASHED"]
+    assert dead and all(n.startswith("write-") and "flow run process died (Process exited with status code: -9" in m
+                        and "SIGKILL" in m for n, m in dead), dead
+
+    # Once the crash hook is done, Prefect 3.8's worker checks the run once more and reports it Crashed
+    # again if it is not final by then: a Retry made before that check is overwritten. Wait for the
+    # hook's line in the worker log, then a moment, as an operator would look before clicking Retry.
+    while f"flow run {run_id} crashed: released" not in stack.worker_log(400):
+        assert time.monotonic() - killed < 60, stack.worker_log()
+        time.sleep(0.5)
+    time.sleep(3)
+
+    t0 = time.monotonic()
+    mark_for_retry(run_id)
+    done = _wait_final(stack, run_id, timeout=240)
+    retry_s = time.monotonic() - t0
+    assert done.state.type == StateType.COMPLETED, f"{done.state!r}\n{stack.worker_log()}"
+    assert retry_s <= 1.5 * clean_s, f"retry took {retry_s:.1f} s, a clean build {clean_s:.1f} s"
+    assert not [t for t in _task_run_states(run_id) if t[1] in ("RUNNING", "PENDING")]
+    assert _active_slots(limit) == 0
+    assert_same_pyramid(str(tmp_path / "p.zarr"), str(tmp_path / "clean.zarr"))
+    print(f"slots free {freed_after:.1f} s after the kill; retry {retry_s:.1f} s, clean build {clean_s:.1f} s")
+
+
+HOLD_SLOT = """
+import sys, time
+from flows.slots import hold_slot
+with hold_slot(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_holders_slot_comes_back_by_itself_within_its_short_lease(stack):
+    """With nothing left to run a crash hook or a retry (the whole machine gone): the slot's lease is 60 s
+    (the server's minimum, renewed while held) and infra/prefect-server.sh's repossessor runs every 5 s,
+    so it is back within ~65 s. Prefect's own ``concurrency()`` would keep it 300 s."""
+    from prefect.client.orchestration import get_client
+
+    from flows.slots import LEASE_SECONDS
+
+    limit = f"lease-{uuid4().hex[:6]}"
+    env = {**stack.env, "PYTHONPATH": str(REPO)}
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(limit, 1)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_SLOT, limit], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout.readline().strip() == "held", proc.stdout.read()
+    assert _active_slots(limit) == 1
+    proc.kill()
+    proc.wait()
+    killed = time.monotonic()
+    while _active_slots(limit):
+        waited = time.monotonic() - killed
+        assert waited < LEASE_SECONDS + 15, f"the killed holder's slot is still taken after {waited:.0f} s"
+        time.sleep(1)
+    assert time.monotonic() - killed <= LEASE_SECONDS + 5 + 2  # lease + one repossessor pass + polling
+
+
+def test_watch_prints_the_failure_line(stack, source, tmp_path):
+    """`prefect deployment run --watch` ends with only "Flow run finished in state 'Failed'";
+    `topozarr-flows run ... --watch` ends with the run's state message: the batch and the root cause."""
+    import json
+
+    faults = {"TOPOZARR_FAULTS": "batch=L0-B00002@always", "TOPOZARR_FAULT_DIR": str(tmp_path / "faults")}
+    out = _sh([f"{sys.prefix}/bin/topozarr-flows", "run", ADHOC, "--watch", "--timeout", "200",
+               "--params", json.dumps({"params": _params(source, str(tmp_path / "w.zarr"))}),
+               "--job-variable", f"env={json.dumps(faults)}"], stack.env, timeout=240, check=False)
+    assert out.returncode == 1, f"{out.stdout}\n{out.stderr}"
+    first, last = out.stdout.strip().splitlines()[0], out.stdout.strip().splitlines()[-1]
+    run_id = first.split()[2]
+    assert first.startswith(f"flow run {run_id} (") and first.endswith(f") of {ADHOC}"), first
+    assert last.startswith(f"flow run {run_id} (") and "): Failed: " in last, last
+    assert ("level 0: 1 of 4 batches failed after their retries; write-L0-B00002: InjectedFault: injected "
+            "failure in L0-B00002 (attempt 4); retry the run to redo only the failed batches") in last, last
+
+    # `watch` on the ended run prints the same line at once
+    again = _sh([f"{sys.prefix}/bin/topozarr-flows", "watch", run_id], stack.env, timeout=60, check=False)
+    assert again.returncode == 1 and again.stdout.strip() == last, again.stdout
 
 
 def test_server_log_has_no_scheduler_failure_after_all_the_runs(stack):

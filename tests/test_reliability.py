@@ -19,6 +19,7 @@ import icechunk
 import pytest
 import xarray as xr
 
+from flows import slot_ledger
 from flows.build import build_pyramid
 from flows.params import BuildParams
 from flows.retry import retry_here
@@ -219,6 +220,10 @@ def _flow_run_state(harness, run_id: str):
         return c.read_flow_run(uuid.UUID(run_id)).state
 
 
+def _unfinished_task_runs(harness, run_id: str) -> list:
+    return [t for t in _task_runs(harness, run_id, "%", completed_only=False) if not t.state.is_final()]
+
+
 def _completed_batches(harness, run_id: str) -> set[str]:
     return {r.name.removeprefix("write-") for r in _task_runs(harness, run_id, "write-L")}
 
@@ -250,10 +255,15 @@ def test_sigkill_mid_run_then_retry_same_run(prefect_harness, source, clean, tmp
 
     # the killed run is still RUNNING as far as the API knows: nothing reported the crash
     assert _flow_run_state(prefect_harness, run_id).is_running()
-    # ... and the slots its in-flight batches held stay taken until their leases (300 s) expire
+    # ... and the slots its in-flight batches held stay taken (no worker ran the crash hook), each one
+    # written down in the slot ledger with its lease
     with prefect_harness.client() as c:
         leaked = c.read_global_concurrency_limit_by_name(limit).active_slots
-    assert 1 <= leaked <= 3  # at most max_workers; the retry below runs on the remaining slots
+    assert 1 <= leaked <= 3  # at most max_workers
+    # (a batch killed while the server granted its slot never learned the lease id: it left a pending entry)
+    recorded, pending = len(slot_ledger.held_by(run_id)), len(slot_ledger.pending_of(run_id))
+    assert recorded <= leaked <= recorded + pending, (recorded, leaked, pending)
+    assert _unfinished_task_runs(prefect_harness, run_id), "the dead attempt's in-flight task runs look Running"
     done_before = _completed_batches(prefect_harness, run_id)
     assert 4 <= len(done_before) < len(BATCH_KEYS)
     started_before = _attempts(tmp_path / "faults")
@@ -273,6 +283,15 @@ def test_sigkill_mid_run_then_retry_same_run(prefect_harness, source, clean, tmp
     assert state.is_completed(), state.message
     assert str(state.state_details.flow_run_id) == run_id
 
+    # the retry gave the dead attempt's slots back first and ended its task runs: nothing is left Running
+    with prefect_harness.client() as c:
+        assert c.read_global_concurrency_limit_by_name(limit).active_slots == 0
+    assert slot_ledger.held_by(run_id) == [] and slot_ledger.pending_of(run_id) == []
+    assert _unfinished_task_runs(prefect_harness, run_id) == []
+    crashed = [t for t in _task_runs(prefect_harness, run_id, "write-L", completed_only=False)
+               if t.state.type.value == "CRASHED"]
+    assert 1 <= len(crashed) <= 3 and all("attempt 1 died" in t.state.message for t in crashed)
+
     after = _attempts(tmp_path / "faults")
     assert sorted(after) == sorted(BATCH_KEYS)
     # batches the killed run had completed were resumed from their persisted results, not redone
@@ -291,3 +310,4 @@ def test_sigkill_mid_run_then_retry_same_run(prefect_harness, source, clean, tmp
         assert repo.lookup_branch("main") == state.result()["snapshot"]
         assert repo.list_branches() == {"main"}
         assert_same_pyramid(repo.readonly_session("main").store, clean)
+

@@ -1,0 +1,108 @@
+"""One slot of a Prefect global concurrency limit, held with a short lease that a crash cannot keep.
+
+Prefect's ``concurrency()`` leases slots for 300 s and hides the lease id, so after a SIGKILL the
+slots stay taken for up to five minutes and nobody can give them back. Here the lease is the
+shortest the server accepts (60 s), renewed every :data:`RENEW_SECONDS` while the batch runs, and
+recorded in :mod:`flows.slot_ledger` so that the worker's crash hook or the run's retry releases it
+at once. Waiting for a busy limit polls at most every :data:`MAX_POLL_SECONDS` (the server's
+``Retry-After`` grows with the average occupancy, up to 30 s, and would leave freed slots idle).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from uuid import UUID
+
+import httpx
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+
+from . import slot_ledger
+
+#: The shortest lease Prefect 3.8's server grants: a dead holder's slot is free at most this long after
+#: its last renewal (plus one pass of the server's repossessor, PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS).
+LEASE_SECONDS = 60.0
+RENEW_SECONDS = 15.0
+MAX_POLL_SECONDS = 0.5
+#: Prefect 3.8 keeps leases in the server's memory by default: a server restart (and every ad hoc run,
+#: which starts its own ephemeral server) forgets them while the slots they hold stay counted, so a
+#: killed holder's slots would never come back. On disk (under PREFECT_HOME) they survive; importing
+#: ``flows`` and infra/prefect-server.sh select this (env PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE).
+LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"
+
+logger = logging.getLogger("topozarr.slots")
+
+
+class LimitMissing(RuntimeError):
+    """The global concurrency limit does not exist (or is inactive): acquiring it would limit nothing."""
+
+
+@contextmanager
+def hold_slot(limit: str, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> Iterator[UUID]:
+    """Hold one slot of ``limit`` for the block (waiting for one if all are taken)."""
+    holder = ConcurrencyLeaseHolder(type="task_run", id=UUID(task_run_id)) if task_run_id else None
+    with get_client(sync_client=True) as client:
+        pending = slot_ledger.record_pending(flow_run_id, limit, task_run_id) if flow_run_id else None
+        lease_id = _acquire(client, limit, holder)
+        path = slot_ledger.record(flow_run_id, lease_id, limit, task_run_id) if flow_run_id else None
+        if pending is not None:
+            pending.unlink(missing_ok=True)
+        stop = threading.Event()
+        renewer = threading.Thread(target=_renew_until, args=(lease_id, stop), daemon=True,
+                                   name=f"topozarr-slot-{lease_id}")
+        renewer.start()
+        try:
+            yield lease_id
+        finally:
+            stop.set()
+            renewer.join()
+            release(client, lease_id)
+            if path is not None:
+                slot_ledger.forget(path)
+
+
+def release(client, lease_id: UUID) -> bool:
+    """Give the lease's slots back; False when the server no longer knows it (expired, released)."""
+    try:
+        client.release_concurrency_slots_with_lease(lease_id)
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 404:
+            return False
+        raise
+    return True
+
+
+def _acquire(client, limit: str, holder: ConcurrencyLeaseHolder | None) -> UUID:
+    while True:
+        try:
+            response = client.increment_concurrency_slots_with_lease(
+                names=[limit], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS, holder=holder)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 423:
+                raise
+            advised = float(exc.response.headers.get("Retry-After", MAX_POLL_SECONDS))
+            time.sleep(min(advised, MAX_POLL_SECONDS) * random.uniform(0.5, 1.0))
+            continue
+        body = response.json()
+        if not body.get("limits"):
+            if body.get("lease_id"):
+                release(client, UUID(body["lease_id"]))
+            raise LimitMissing(f"global concurrency limit {limit!r} does not exist or is inactive: "
+                               "create it (infra/setup-prefect.sh) so that it limits something")
+        return UUID(body["lease_id"])
+
+
+def _renew_until(lease_id: UUID, stop: threading.Event) -> None:
+    """Renew the lease every RENEW_SECONDS; a failed renewal is logged and retried at the next tick
+    (the lease still has LEASE_SECONDS - RENEW_SECONDS to go)."""
+    with get_client(sync_client=True) as client:
+        while not stop.wait(RENEW_SECONDS):
+            try:
+                client.renew_concurrency_lease(lease_id, lease_duration=LEASE_SECONDS)
+            except Exception as exc:  # noqa: BLE001 -- the batch goes on; the next tick tries again
+                logger.warning("could not renew concurrency lease %s: %s", lease_id, type(exc).__name__)
