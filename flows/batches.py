@@ -13,7 +13,9 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run, task_run
 from prefect.futures import PrefectFuture, wait
 
+from topozarr_core.executor import write_shared_batch
 from topozarr_core.io_select import open_array_for
+from topozarr_core.level_cache import LevelCache
 from topozarr_core.plan import RegionPlan
 from topozarr_core.regions import WriteContext, write_region_batch
 from topozarr_core.targets import error_summary
@@ -27,11 +29,13 @@ class BatchesFailed(RuntimeError):
 
 
 def write_one_batch(plan: RegionPlan, source: xr.Dataset, level: int, index: int, *, io: str, limit: str,
-                    fork: Any = None, store: Callable[[], Any]) -> dict:
+                    fork: Any = None, store: Callable[[], Any], cache: LevelCache | None = None) -> dict:
     """Write batch ``index`` of ``level`` holding one slot of the global limit ``limit``.
 
     With an Icechunk ``fork`` the batch writes into its own copy of it (exactly as a remote worker
-    would) and returns that copy for merging; otherwise into ``store()``.
+    would) and returns that copy for merging; otherwise into ``store()``. With ``cache`` (the one
+    the run's batch tasks share in this process) regions reduce into and read from memory where
+    it holds their data, see :func:`topozarr_core.executor.write_shared_batch`.
     """
     batch = next(lp for lp in plan.levels if lp.level == level).batches[index]
     if fork is not None:
@@ -42,8 +46,9 @@ def write_one_batch(plan: RegionPlan, source: xr.Dataset, level: int, index: int
     with hold_slot(limit, flow_run_id=_current(flow_run.id), task_run_id=_current(task_run.id)):
         started = time.time()
         faults.maybe_fail(batch.key)
-        ctx = WriteContext(plan=plan, source=source, store=target, open_array=open_array_for(io, target))
-        result = write_region_batch(ctx, batch)
+        ctx = WriteContext(plan=plan, source=source, store=target, open_array=open_array_for(io, target),
+                           cache=cache)
+        result = write_region_batch(ctx, batch) if cache is None else write_shared_batch(ctx, batch)
         finished = time.time()
     get_run_logger().info("wrote %s: %d regions, %.1f MB in %.2f s", batch.key, result.regions,
                           result.bytes_written / 1e6, result.seconds)
@@ -96,6 +101,16 @@ def run_levels(
                     level, len(fresh), sum(r["bytes"] for r in fresh) / 1e6, reused, seconds)
         rows.append({**lv, "written": len(fresh), "reused": reused, "seconds": round(seconds, 2)})
     return rows
+
+
+def runs_in_this_process() -> bool:
+    """Whether the current flow's task runner runs tasks in this process's threads: then its batch
+    tasks can share one level cache (a Dask or process runner's tasks each compute from the store)."""
+    from prefect.context import FlowRunContext
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    ctx = FlowRunContext.get()
+    return ctx is not None and isinstance(ctx.task_runner, ThreadPoolTaskRunner)
 
 
 def failure_line(level: int, failed: list[tuple[int, PrefectFuture]], total: int) -> str:

@@ -9,9 +9,11 @@ from prefect.artifacts import create_table_artifact
 
 from topozarr_core.targets import redact
 
-from .batches import BatchesFailed, run_levels  # noqa: F401  (BatchesFailed: what a failed run raises)
 from .recovery import before_attempt, on_crashed
-from .job import target_lease
+from .artifacts import quicklook_artifact
+from .batches import BatchesFailed  # noqa: F401  (what a failed run raises)
+from .batches import run_levels, runs_in_this_process
+from .job import drop_run_cache, target_lease
 from .limits import ensure_limit_task
 from .params import BuildParams
 from .tasks import (
@@ -36,17 +38,22 @@ def build_pyramid(params: BuildParams) -> dict[str, Any]:
     with target_lease(params):
         init = initialise_target(params)
         staging = init["staging"]
-        rows = run_levels(
-            plan["levels"],
-            lambda level, i, fork: write_batch.submit(params, level, i, fork, key=f"L{level}-B{i:05d}",
-                                                     fingerprint=plan["fingerprint"]),
-            fork=(lambda level: fork_level(params, staging, key=f"L{level}")) if staging else None,
-            commit=(lambda level, forks: commit_level(params, staging, forks, key=f"level-{level}")) if staging
-            else None,
-        )
+        shared = runs_in_this_process()  # then the batch tasks share one level cache (see write_batch)
+        try:
+            rows = run_levels(
+                plan["levels"],
+                lambda level, i, fork: write_batch.submit(params, level, i, fork, key=f"L{level}-B{i:05d}",
+                                                         fingerprint=plan["fingerprint"], shared=shared),
+                fork=(lambda level: fork_level(params, staging, key=f"L{level}")) if staging else None,
+                commit=(lambda level, forks: commit_level(params, staging, forks, key=f"level-{level}")) if staging
+                else None,
+            )
+        finally:
+            drop_run_cache(params)
         checked = validate(params, staging)
         publish_metadata(params, staging)
         snapshot = publish_branch(params, staging, init["base"]) if staging else None
+        quicklook_artifact(params)
     create_table_artifact(rows, key="pyramid-levels", description=redact(f"{params.source} -> {params.target}"))
     logger.info("pyramid complete: %d levels, %d spot checks passed", len(rows), checked["spot_checks"])
     return {"levels": rows, "snapshot": snapshot, "spot_checks": checked["spot_checks"],

@@ -48,7 +48,37 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--watch", action="store_true", help="wait for the retried run's end and print its final "
                    "state and message")
     cli_runs.add_parsers(sub)
+    v = sub.add_parser("preview", help="serve a web map of PYRAMID (maplibre + zarr-layer) on 127.0.0.1")
+    v.add_argument("pyramid", help="a local path, an s3:// URL (AWS_* environment) or an Icechunk repository")
+    v.add_argument("--icechunk", action="store_true", help="PYRAMID is an Icechunk repository (found by itself "
+                   "for a local folder)")
+    v.add_argument("--branch", default="main", help="the Icechunk branch to show")
+    v.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     return p
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from .preview.pyramid_store import PreviewError, open_pyramid
+    from .preview.server import PreviewServer
+
+    try:
+        pyramid = open_pyramid(args.pyramid, icechunk=args.icechunk, branch=args.branch)
+        server = PreviewServer(pyramid, port=args.port)
+    except (PreviewError, FileNotFoundError) as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"preview: cannot listen on 127.0.0.1:{args.port}: {err.strerror} (choose another --port; 0 picks "
+              "a free one)", file=sys.stderr)
+        return 2
+    print(f"previewing {server.pyramid.label} at {server.url}  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         return _retry(args.flow_run_id, args.here, args.unfinished, args.watch)
     if args.command in ("run", "watch"):
         return cli_runs.main(args)
+    if args.command == "preview":
+        return _preview(args)
     try:
         if args.command == "demo":
             from .demo import write_demo_source

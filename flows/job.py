@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from topozarr_core import Pyramid, RegionPlan, create_pyramid, icechunk_txn
+from topozarr_core.executor import shared_cache_for
+from topozarr_core.level_cache import LevelCache
 from topozarr_core.plan import cap_batches
 from topozarr_core.icechunk_txn import IcechunkTarget
 from topozarr_core.lease import lease_for
@@ -29,6 +31,8 @@ class Job:
     plan: RegionPlan
     #: batches the plan had before ``max_task_runs`` capped it
     asked_batches: int = 0
+    #: (flow run id, the level cache its batch tasks share here), see :meth:`run_cache`
+    _run_cache: tuple[str, LevelCache | None] | None = None
 
     @property
     def icechunk(self) -> IcechunkTarget | None:
@@ -38,6 +42,19 @@ class Job:
 
     def zarr_store(self) -> Any:
         return resolve_store(self.params.target)
+
+    def run_cache(self, run_id: str) -> LevelCache | None:
+        """The level cache the batch tasks of flow run ``run_id`` share in this process (None when it
+        might not fit in RAM). Only the latest run's is kept: a new run (or a rerun's fresh process)
+        starts empty and its tasks compute whatever they find incomplete from the store."""
+        with _lock:
+            if self._run_cache is None or self._run_cache[0] != run_id:
+                self._run_cache = (run_id, shared_cache_for(self.plan))
+            return self._run_cache[1]
+
+    def drop_run_cache(self) -> None:
+        with _lock:
+            self._run_cache = None
 
     def check_target(self) -> None:
         """Read-only check that the target can take this pyramid in this mode (creates nothing)."""
@@ -79,6 +96,14 @@ def load_job(params: BuildParams) -> Job:
         if job is None:
             job = _jobs[key] = _build(params)
         return job
+
+
+def drop_run_cache(params: BuildParams) -> None:
+    """Free the level cache of the run that used ``params`` in this process (if it loaded a job)."""
+    with _lock:
+        job = _jobs.get(params.model_dump_json())
+    if job is not None:
+        job.drop_run_cache()
 
 
 def _build(params: BuildParams) -> Job:

@@ -10,6 +10,7 @@ at once. Waiting for a busy limit polls at most every :data:`MAX_POLL_SECONDS` (
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
 import threading
@@ -53,7 +54,10 @@ def hold_slot(limit: str, *, flow_run_id: str | None = None, task_run_id: str | 
         if pending is not None:
             pending.unlink(missing_ok=True)
         stop = threading.Event()
-        renewer = threading.Thread(target=_renew_until, args=(lease_id, stop), daemon=True,
+        # the renewal thread talks to the same API as this one: Prefect's settings (temporary_settings,
+        # the harness) live in context variables, which a new thread does not inherit by itself
+        context = contextvars.copy_context()
+        renewer = threading.Thread(target=context.run, args=(_renew_until, lease_id, stop), daemon=True,
                                    name=f"topozarr-slot-{lease_id}")
         renewer.start()
         try:
@@ -78,31 +82,74 @@ def release(client, lease_id: UUID) -> bool:
 
 
 def _acquire(client, limit: str, holder: ConcurrencyLeaseHolder | None) -> UUID:
-    while True:
-        try:
-            response = client.increment_concurrency_slots_with_lease(
-                names=[limit], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS, holder=holder)
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code != 423:
+    """Ask until granted. One thread of this process asks at a time per limit (as Prefect's own
+    acquisition service does): a crowd of threads polling at once makes the SQLite server answer 503
+    ("database is locked"), which Prefect's client would retry after 2 s, 4 s, ... sleeps. Here the
+    client does not retry; a 503/502/429 is asked again after 20 ms, doubling up to MAX_POLL_SECONDS."""
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    busy_since = None
+    with _asking(limit), temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+        backoff = 0.02
+        while True:
+            try:
+                response = client.increment_concurrency_slots_with_lease(
+                    names=[limit], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS, holder=holder)
+            except httpx.HTTPStatusError as exc:
+                code = exc.response.status_code
+                if code == 423:  # all slots taken
+                    advised = float(exc.response.headers.get("Retry-After", MAX_POLL_SECONDS))
+                    time.sleep(min(advised, MAX_POLL_SECONDS) * random.uniform(0.5, 1.0))
+                    continue
+                if code in TRANSIENT:
+                    busy_since = busy_since or time.monotonic()
+                    if time.monotonic() - busy_since > UNAVAILABLE_SECONDS:
+                        raise
+                    time.sleep(backoff * random.uniform(0.5, 1.0))
+                    backoff = min(backoff * 2, MAX_POLL_SECONDS)
+                    continue
                 raise
-            advised = float(exc.response.headers.get("Retry-After", MAX_POLL_SECONDS))
-            time.sleep(min(advised, MAX_POLL_SECONDS) * random.uniform(0.5, 1.0))
-            continue
-        body = response.json()
-        if not body.get("limits"):
-            if body.get("lease_id"):
-                release(client, UUID(body["lease_id"]))
-            raise LimitMissing(f"global concurrency limit {limit!r} does not exist or is inactive: "
-                               "create it (infra/setup-prefect.sh) so that it limits something")
-        return UUID(body["lease_id"])
+            break
+    body = response.json()
+    if not body.get("limits"):
+        if body.get("lease_id"):
+            release(client, UUID(body["lease_id"]))
+        raise LimitMissing(f"global concurrency limit {limit!r} does not exist or is inactive: "
+                           "create it (infra/setup-prefect.sh) so that it limits something")
+    return UUID(body["lease_id"])
+
+
+#: Answers that mean "ask again shortly" (the server is busy), and for how long to keep asking.
+TRANSIENT = (429, 502, 503)
+UNAVAILABLE_SECONDS = 120.0
+_ASKING: dict[str, threading.Lock] = {}
+_ASKING_GUARD = threading.Lock()
+
+
+def _asking(limit: str) -> threading.Lock:
+    with _ASKING_GUARD:
+        return _ASKING.setdefault(limit, threading.Lock())
 
 
 def _renew_until(lease_id: UUID, stop: threading.Event) -> None:
     """Renew the lease every RENEW_SECONDS; a failed renewal is logged and retried at the next tick
     (the lease still has LEASE_SECONDS - RENEW_SECONDS to go)."""
-    with get_client(sync_client=True) as client:
+    try:
+        client_cm = get_client(sync_client=True)
+        client = client_cm.__enter__()
+    except Exception as exc:  # noqa: BLE001 -- the batch goes on; the lease then lasts LEASE_SECONDS
+        logger.warning("could not renew concurrency lease %s: %s", lease_id, type(exc).__name__)
+        return
+    try:
         while not stop.wait(RENEW_SECONDS):
             try:
-                client.renew_concurrency_lease(lease_id, lease_duration=LEASE_SECONDS)
+                _renew_once(client, lease_id)
             except Exception as exc:  # noqa: BLE001 -- the batch goes on; the next tick tries again
                 logger.warning("could not renew concurrency lease %s: %s", lease_id, type(exc).__name__)
+    finally:
+        client_cm.__exit__(None, None, None)
+
+
+def _renew_once(client, lease_id: UUID) -> bool:
+    client.renew_concurrency_lease(lease_id, lease_duration=LEASE_SECONDS)
+    return True

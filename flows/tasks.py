@@ -98,14 +98,22 @@ def fork_level(params: BuildParams, staging: str, key: str) -> Any:
 
 @task(name="write-batch", task_run_name="write-{key}", **RUN_CACHED, **RETRYING)
 def write_batch(params: BuildParams, level: int, index: int, fork: Any = None, key: str = "",
-                fingerprint: str = "") -> dict:
-    """Write one batch of shard-aligned regions while holding one slot of the global limit."""
+                fingerprint: str = "", shared: bool = False) -> dict:
+    """Write one batch of shard-aligned regions while holding one slot of the global limit.
+
+    ``shared``: the run's batch tasks run in this process and share its level cache (coarse regions
+    reduced in memory, as ``Pyramid.write`` does, instead of re-read from the store)."""
     job = load_job(params)
     if fingerprint and job.plan.fingerprint() != fingerprint:
         raise SourceChanged("the source changed since this run was planned (its region plan differs); "
                             "start a new run instead of retrying this one")
+    cache = None
+    if shared:
+        from prefect.runtime import flow_run
+
+        cache = job.run_cache(str(flow_run.id))
     return write_one_batch(job.plan, job.pyramid.ds, level, index, io=params.io, limit=params.concurrency_limit,
-                           fork=fork, store=job.zarr_store)
+                           fork=fork, store=job.zarr_store, cache=cache)
 
 
 @task(name="commit-level", **RUN_CACHED, **RETRYING)

@@ -38,8 +38,9 @@ from topozarr_core.targets import resolve_store
 from topozarr_core.update import DEFAULT_VERIFY_SAMPLES, PyramidUpdate, UpdateInfo, plan_update
 from topozarr_core.validate import validate_pyramid
 
-from .batches import BatchesFailed, run_levels, write_one_batch  # noqa: F401  (BatchesFailed: what a failed run raises)
 from .recovery import before_attempt, on_crashed
+from .artifacts import quicklook_artifact
+from .batches import BatchesFailed, run_levels, write_one_batch  # noqa: F401  (BatchesFailed: what a failed run raises)
 from .job import target_lease
 from .limits import ensure_limit_task
 from .params import RunParams
@@ -272,6 +273,7 @@ def update_pyramid(params: UpdateParams) -> dict[str, Any]:
         checked = validate_update(params, info, staging)
         publish_update_metadata(params, info, staging)
         snapshot = publish_branch(params, staging, prep["base"]) if staging else None
+        quicklook_artifact(params)
     create_table_artifact(rows, key="pyramid-update", description=f"{params.source} -> {params.target}")
     logger.info("update complete: %r %d -> %d, %d regions", info["append_dim"], info["old_length"],
                 info["new_length"], sum(r["regions"] for r in rows))

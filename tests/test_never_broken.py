@@ -308,19 +308,19 @@ HOLD = {"local": 0.1, "s3": 0.4}
 def _hold_writer_at_the_edges(monkeypatch, seconds: float) -> None:
     import topozarr_core.pyramid as pyramid_module
 
-    prepare_target, publish = pyramid_module.prepare_target, pyramid_module.publish
+    prepare_target, publish_root = pyramid_module.prepare_target, pyramid_module.publish_root
 
     def held_prepare_target(*args: Any, **kw: Any) -> Any:
         time.sleep(seconds)
         return prepare_target(*args, **kw)
 
     def held_publish(*args: Any, **kw: Any) -> Any:
-        out = publish(*args, **kw)
+        out = publish_root(*args, **kw)
         time.sleep(seconds)
         return out
 
     monkeypatch.setattr(pyramid_module, "prepare_target", held_prepare_target)
-    monkeypatch.setattr(pyramid_module, "publish", held_publish)
+    monkeypatch.setattr(pyramid_module, "publish_root", held_publish)
 
 
 def _wait_for_samples(reader: Reader, after: float, n: int, timeout: float = 60) -> None:

@@ -79,3 +79,42 @@ def test_recover_releases_recorded_and_unrecorded_slots_and_crashes_the_task_run
     # a second pass finds nothing left
     again = recovery.recover(flow_run_id, "again")
     assert (again.slots_released, again.task_runs_crashed) == (0, 0)
+
+
+RENEW_IN_CONTEXT = """
+import sys, time
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from flows import slots
+
+urls = []
+real = slots._renew_once
+slots._renew_once = lambda client, lease_id: urls.append((str(client.api_url), real(client, lease_id)))
+slots.RENEW_SECONDS = 0.1
+with temporary_settings(updates={PREFECT_API_URL: sys.argv[1]}):
+    with slots.hold_slot(sys.argv[2]):
+        time.sleep(0.6)
+print(urls)
+"""
+
+
+def test_the_lease_is_renewed_against_the_api_of_the_holders_context(prefect_harness, tmp_path):
+    """The renewal thread uses the holder's Prefect settings, also when they exist only in context
+    variables (``temporary_settings``: a new thread does not inherit them by itself)."""
+    import ast
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    limit = f"slots-{uuid.uuid4().hex[:6]}"
+    prefect_harness.ensure_concurrency_limit(limit, 1)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="false", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", RENEW_IN_CONTEXT, prefect_harness.api_url, limit], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    renewed = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert renewed and all(url.rstrip("/") == prefect_harness.api_url.rstrip("/") and ok for url, ok in renewed), (
+        renewed, out.stderr[-2000:])
+    assert "could not renew" not in out.stderr
+    assert _active(prefect_harness, limit) == 0

@@ -7,6 +7,7 @@ from .chunking import VarEncoding
 from .flat import attach_geozarr_metadata, recommend_encoding
 from .metadata import ZarrLayerVarConfig
 from .plan import Region, RegionBatch, RegionPlan
+from .planning import CoarseningMethod
 from .pyramid import Pyramid, WriteReport, create_pyramid
 from .regions import BatchResult, WriteContext, write_region_batch
 from .update import PyramidUpdate, UpdateRefused, UpdateReport, plan_update, update_pyramid
@@ -14,6 +15,7 @@ from .validate import ValidationReport, validate_pyramid
 
 __all__ = [
     "create_pyramid",
+    "CoarseningMethod",
     "Pyramid",
     "WriteReport",
     "ZarrLayerVarConfig",

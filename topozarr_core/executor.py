@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import heapq
 import math
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -15,8 +17,10 @@ import numpy as np
 import psutil
 
 from .dependencies import region_graph
-from .plan import RegionPlan
-from .regions import WriteContext, write_region
+from .level_cache import LevelCache
+from .paths import missing_dtype
+from .plan import RegionBatch, RegionPlan
+from .regions import BatchResult, WriteContext, write_region
 
 #: Fraction of available RAM the in-flight regions may use.
 RAM_FRACTION = 0.5
@@ -206,3 +210,50 @@ def _feeding_order(graph) -> list[tuple]:
         parents = graph.unblocks[i]
         key[i] = (min(key[p] for p in parents) if parents else ()) + (i,)
     return key
+
+
+# -- batches run as separate tasks (the flows) ------------------------------------------------------
+
+def shared_cache_bytes(plan: RegionPlan) -> int:
+    """Memory a cache shared by batch tasks may hold at worst: every block level whole. The flows run
+    a level's batches after the whole previous level (a per-level barrier), so when level 0 ends
+    every coarser level it reduced into is alive: about a third of level 0."""
+    cache = LevelCache.for_plan(plan, keep_whole=False)
+    total = 0
+    for lvl, var in cache.block_index:
+        spec = plan.var(var)
+        item = np.dtype(spec.out_dtype).itemsize
+        item += np.dtype(missing_dtype(plan.factors[lvl])).itemsize if spec.track_missing else 0
+        total += int(np.prod(spec.shapes[lvl])) * item
+    return total
+
+
+def shared_cache_for(plan: RegionPlan) -> LevelCache | None:
+    """A cache for batch tasks of one run in one process, or None when it might not fit in RAM."""
+    fits = shared_cache_bytes(plan) <= psutil.virtual_memory().available * RAM_FRACTION / 2
+    return LevelCache.for_plan(plan, keep_whole=False) if fits else None
+
+
+def write_shared_batch(ctx: WriteContext, batch: RegionBatch) -> BatchResult:
+    """Write a batch with a cache shared by the batch tasks of one run in this process.
+
+    Like :func:`.regions.write_region_batch`, region by region with the one region writer; a
+    region whose block here is complete (every producer under it ran in this process) is only
+    encoded, as in ``Pyramid.write``; any other is computed from the previous level in the store,
+    as a task on another worker would. Each written region records the windows it reduced into.
+    """
+    cache = ctx.cache
+    if cache is None:
+        raise ValueError("write_shared_batch needs ctx.cache (a LevelCache.for_plan(plan, keep_whole=False))")
+    from_store = dataclasses.replace(ctx, cache=None)  # same open arrays, no cache
+    t0 = time.perf_counter()
+    written = 0
+    for region in batch.regions:
+        if region.level in cache.precomputed and not cache.complete(region.level, region.var, region.box):
+            cache.discard(region.level, region.var, region.box)
+            written += write_region(from_store, region)  # reduces into nothing: its coarser blocks stay incomplete
+            continue
+        written += write_region(ctx, region)
+        for level, window in cache.fed_windows(region.level, region.var, region.box):
+            cache.mark_fed(level, region.var, window)
+    return BatchResult(batch.key, batch.level, len(batch.regions), written, time.perf_counter() - t0)

@@ -8,7 +8,7 @@ import xarray as xr
 
 from .chunking import DEFAULT_TARGET_CHUNK_BYTES
 from .metadata import ZarrLayerVarConfig, flat_attributes, validate_layer_hints
-from .planning import build_spec
+from .planning import build_spec, recommend_encodings
 
 
 def recommend_encoding(
@@ -18,10 +18,10 @@ def recommend_encoding(
     chunks_per_shard: int | None = 4,
     target_chunk_bytes: int = DEFAULT_TARGET_CHUNK_BYTES,
 ) -> dict[str, dict[str, Any]]:
-    """``{var: {"chunks", "shards"}}`` for ``ds.to_zarr(zarr_format=3, encoding=...)``."""
-    spec = build_spec(ds, levels=1, factors=None, x_dim=x_dim, y_dim=y_dim, method="mean", crs="EPSG:4326",
-                      layer_hints=None, chunks_per_shard=chunks_per_shard, target_chunk_bytes=target_chunk_bytes)
-    return {v.name: v.encodings[0].to_xarray() for v in spec.variables}
+    """``{var: {"chunks", "shards"}}`` for ``ds.to_zarr(zarr_format=3, encoding=...)``. Needs no CRS and no
+    uniform grid (1-pixel and irregular axes are fine): only the sizes and dtypes matter."""
+    layouts = recommend_encodings(ds, x_dim, y_dim, chunks_per_shard, target_chunk_bytes)
+    return {name: enc.to_xarray() for name, enc in layouts.items()}
 
 
 def attach_geozarr_metadata(

@@ -23,6 +23,8 @@ class Axis:
     size: int
     start: float
     step: float
+    #: the source has no coordinate variable for this dim: centres are the indices 0..n-1
+    implicit: bool = False
 
     @property
     def origin(self) -> float:
@@ -33,6 +35,20 @@ class Axis:
         """Window means of the centres, as xarray.coarsen(...).mean() gives for coordinates."""
         n = self.size // factor
         return self.start + self.step * (np.arange(n) * factor + (factor - 1) / 2)
+
+
+def level_centres(ds: xr.Dataset, axis: Axis, factor: int) -> np.ndarray:
+    """A level's x or y coordinate values, in a float dtype.
+
+    Level 0 is the source's own coordinate, copied bit for bit (regenerating it from start and step
+    is up to a few ulps off); coarser levels are window means of the centres, as
+    ``xarray.coarsen(...).mean()`` gives. A dim without coordinate gets its indices as float64.
+    """
+    dtype = np.dtype("f8") if axis.implicit else ds[axis.name].dtype
+    dtype = dtype if dtype.kind == "f" else np.dtype("f8")
+    if factor == 1 and not axis.implicit:
+        return np.array(ds[axis.name].values, dtype=dtype)
+    return axis.coarse_centres(factor).astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -64,7 +80,11 @@ def _axis(ds: xr.Dataset, dim: str, role: str) -> Axis:
             f"{role}={dim!r} is not a dimension of the dataset; dimensions are {sorted(map(str, ds.dims))}"
         )
     if dim not in ds.coords:
-        raise ValueError(f"spatial dimension {dim!r} has no 1-D coordinate; assign one (pixel centres) first")
+        # like xarray (``ds[dim]`` is 0..n-1): pixel centres at the array indices, 1 pixel apart
+        size = int(ds.sizes[dim])
+        if size < 2:
+            raise ValueError(f"spatial dimension {dim!r} needs at least 2 pixels, got {size}")
+        return Axis(name=dim, size=size, start=0.0, step=1.0, implicit=True)
     coord = ds.coords[dim]
     if coord.ndim != 1:
         raise ValueError(f"coordinate {dim!r} must be 1-D, got {coord.ndim}-D")

@@ -23,11 +23,14 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["METHODS", "block_reduce", "missing_mask", "output_dtype"]
+__all__ = ["METHODS", "SUPPORTED_DTYPES", "block_reduce", "missing_mask", "output_dtype"]
 
 METHODS = ("mean", "max", "min", "sum", "nearest", "mode", "majority")
 
-_SUPPORTED = tuple(np.dtype(c) for c in ("u1", "u2", "i2", "i4", "i8", "f4", "f8"))
+#: Dtypes the kernels accept (topozarr's set). float16 is reduced through float32 (numba has no
+#: CPU float16 arithmetic): every float16 value is exact in float32, so only the result is rounded.
+SUPPORTED_DTYPES = tuple(np.dtype(c) for c in ("i1", "u1", "u2", "i2", "u4", "i4", "u8", "i8", "f2", "f4", "f8"))
+_HALF = np.dtype(np.float16)
 _UINT32_MAX = np.iinfo(np.uint32).max
 #: Dtypes the ``mean`` kernels read and write missing counts in without conversion.
 _MISSING_DTYPES = tuple(np.dtype(c) for c in ("u1", "u2", "u4"))
@@ -343,9 +346,9 @@ def _check_dtype(dtype) -> np.dtype:
     except TypeError as exc:
         raise TypeError(f"unsupported dtype {dtype!r}") from exc
     native = dt.newbyteorder("=") if dt.byteorder not in ("=", "|") else dt
-    if native not in _SUPPORTED:
+    if native not in SUPPORTED_DTYPES:
         raise TypeError(
-            f"unsupported dtype {dt}; expected one of {[str(d) for d in _SUPPORTED]}"
+            f"unsupported dtype {dt}; expected one of {[str(d) for d in SUPPORTED_DTYPES]}"
         )
     return native
 
@@ -439,10 +442,37 @@ def _finish(triple: tuple[np.ndarray, np.ndarray, bool]) -> np.ndarray:
     return result
 
 
+def _half_fill(fill_value: float | int | None) -> float | None:
+    """A float16 variable's fill value as float32 data compares with it (rounded to float16 first)."""
+    if fill_value is None:
+        return None
+    _, fill = _fill_scalar(fill_value, _HALF)
+    return float(fill)
+
+
+def _reduce_half(data: np.ndarray, factor: int, method: str, fill_value: float | int | None,
+                 missing: np.ndarray | None, weight: int, out: np.ndarray | None,
+                 out_missing: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`block_reduce` of float16 data: reduced in float32 (exact for every float16 value,
+    float64 accumulation for means), the result rounded once to float16."""
+    result, counts = block_reduce(data.astype(np.float32), factor, method, _half_fill(fill_value), missing=missing,
+                                  weight=weight, out_missing=out_missing)
+    if out is None:
+        return result.astype(_HALF), counts
+    if out.shape != result.shape:
+        raise ValueError(f"out has shape {out.shape}, expected {result.shape}")
+    if out.dtype != _HALF:
+        raise TypeError(f"out has dtype {out.dtype}, expected {_HALF}")
+    out[...] = result
+    return out, counts
+
+
 def missing_mask(data: np.ndarray, fill_value: float | int | None) -> np.ndarray:
     """Boolean mask of missing pixels: NaN, or equal to ``fill_value`` when given."""
     data = np.asarray(data)
     dt = _check_dtype(data.dtype)
+    if dt == _HALF:
+        return missing_mask(data.astype(np.float32), _half_fill(fill_value))
     has_fill, fill = _fill_scalar(fill_value, dt)
     d3 = np.ascontiguousarray(data, dtype=dt).reshape(1, 1, -1)
     out = np.empty(d3.shape, dtype=np.bool_)
@@ -466,7 +496,7 @@ def block_reduce(
     ----------
     data
         Array with ``ndim >= 2``; the last two axes are (y, x).  dtype one of
-        u1 u2 i2 i4 i8 f4 f8 (any byte order; output is native).
+        i1 u1 u2 i2 u4 i4 u8 i8 f2 f4 f8 (any byte order; output is native).
     factor
         Integer factor along y and x (>= 1).  Trailing rows/columns that do not
         fill a whole window are dropped (``coarsen(boundary="trim")``).
@@ -524,6 +554,8 @@ def block_reduce(
     if isinstance(weight, (bool, np.bool_)) or not isinstance(weight, (int, np.integer)) or weight < 1:
         raise ValueError(f"weight must be an integer >= 1 (got {weight!r})")
     weight = int(weight)
+    if dt == _HALF:
+        return _reduce_half(data, factor, method, fill_value, missing, weight, out, out_missing)
     has_fill, fill = _fill_scalar(fill_value, dt)
     is_int = dt.kind in "iu"
     if method == "majority" and is_int and not has_fill:

@@ -15,15 +15,17 @@ import os
 from typing import Any
 
 import xarray as xr
+import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
-from .level_docs import LevelDocuments
-from .metadata import multiscale_attributes
+from .level_docs import LevelDocuments, create_missing
+from .metadata import dataset_attributes, multiscale_attributes, stored_attributes
 from .lease import LEASE_KEY
-from .paths import MISSING_GROUP, missing_path
+from .paths import MISSING_GROUP, keeps_scratch_counts, missing_path
 from .planning import PyramidSpec
+from .root_coords import publish_copies
 from .root_doc import (INCOMPLETE, OPTIONS_KEY, OWNED_KEY, ROOT_DOC, creation_options, owned_nodes, unpublished_attrs,
                        write_root)
 from .target_contract import TargetState, check_target, ignorable
@@ -89,9 +91,28 @@ def initialise_level(store: Any, ds: xr.Dataset, spec: PyramidSpec, level: int,
     create level ``L + 1`` while level ``L``'s regions are being written.
     """
     staging = (docs or LevelDocuments(ds, spec)).staged(level)
-    prefixes = [f"{level}/"] + [f"{missing_path(level, v.name)}/" for v in spec.variables
-                                if v.track_missing and level >= 1]
-    sync(_replace(staging, store, prefixes))
+    sync(_replace(staging, store, [f"{level}/"] + _scratch_prefixes(spec, [level])))
+
+
+def _scratch_prefixes(spec: PyramidSpec, levels: Any) -> list[str]:
+    return [f"{missing_path(lvl, v.name)}/" for lvl in levels for v in spec.variables
+            if v.track_missing and keeps_scratch_counts(len(spec.factors), lvl)]
+
+
+def create_scratch_counts(store: Any, spec: PyramidSpec, levels: Any) -> None:
+    """(Re)create the empty scratch missing-count arrays of ``levels`` (an update's, at its grown shapes)."""
+    levels = list(levels)
+    keys: dict = {}
+    for lvl in levels:
+        keys.update(create_missing(spec, lvl))
+    prefixes = _scratch_prefixes(spec, levels)
+    if prefixes:
+        sync(_replace(zarr.storage.MemoryStore(keys), store, prefixes))
+
+
+def drop_scratch(store: Any) -> None:
+    """Delete the scratch group (missing counts): a published pyramid holds only what readers expect."""
+    sync(store.delete_dir(MISSING_GROUP))
 
 
 async def _replace(staging: Any, store: Any, prefixes: list[str]) -> None:
@@ -118,13 +139,22 @@ async def _replace(staging: Any, store: Any, prefixes: list[str]) -> None:
 
 def publish(store: Any, spec: PyramidSpec) -> dict:
     """Write the root ``multiscales``/``spatial:``/``proj:`` metadata: the last step of a write."""
-    attrs = published_attrs(spec)
+    return publish_root(store, published_attrs(spec))
+
+
+def publish_root(store: Any, attrs: dict) -> dict:
+    """The last step of every write: the scratch data goes, the root copies of level 0's non-spatial
+    coordinates are brought up to date (:mod:`.root_coords`), then the published root (one atomic write)."""
+    drop_scratch(store)  # before the root: a published root never sits over scratch data
+    attrs = publish_copies(store, attrs)  # before the root too: never a published root over a stale copy
     write_root(store, attrs)
     return attrs
 
 
 def published_attrs(spec: PyramidSpec) -> dict:
-    """The root attributes of the finished pyramid."""
-    attrs = multiscale_attributes(spec.grid, spec.crs, list(spec.factors), spec.method, spec.layer_hints)
+    """The root attributes of the finished pyramid: the dataset's global attributes under the
+    convention keys (which always win, see ``metadata.dataset_attributes``)."""
+    attrs = {**stored_attributes(dataset_attributes(spec.source_attrs)),
+             **multiscale_attributes(spec.grid, spec.crs, list(spec.factors), spec.method, spec.layer_hints)}
     attrs[OPTIONS_KEY] = creation_options(spec)
     return attrs

@@ -6,6 +6,7 @@ import numpy as np
 import xarray as xr
 
 from .kernels import block_reduce
+from .packing import stored_values
 from .plan import VarSpec
 from .planning import PyramidSpec
 
@@ -18,6 +19,8 @@ def coarsened(src: xr.Dataset, spec: PyramidSpec, v: VarSpec, level: int):
     """Level-``level`` values of variable ``v`` as a lazy dask array (coarsen of level 0)."""
     f = spec.factors[level]
     da = src[v.name].variable
+    if v.packing is not None:  # reduced on the packed integers, as write() does (see packing)
+        da = da.copy(data=da.data.map_blocks(lambda block: stored_values(v, block), dtype=np.dtype(v.dtype)))
     if f == 1:
         return da.data.astype(v.dtype)
     windows = {spec.x_dim: f, spec.y_dim: f}

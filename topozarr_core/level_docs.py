@@ -26,8 +26,8 @@ from zarr.core.group import GroupMetadata
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from .levels import axis_centres, level_dataset, template_data
-from .metadata import level_attributes
-from .paths import MISSING_GROUP, missing_dtype, missing_path
+from .metadata import level_attributes, stored_attributes
+from .paths import MISSING_GROUP, keeps_scratch_counts, missing_dtype, missing_path
 from .planning import PyramidSpec
 
 ZARR_JSON = "zarr.json"
@@ -94,7 +94,7 @@ def derive_level(ref_keys: dict[str, Buffer], ds: xr.Dataset, spec: PyramidSpec,
     copied: set[str] = set()  # arrays along no spatial dim: documents and chunks copied as they are
     for rel, doc in docs.items():
         if rel == ZARR_JSON:
-            attrs = level_attributes(spec.grid, spec.crs, spec.factors[level])
+            attrs = stored_attributes(level_attributes(spec.grid, spec.crs, spec.factors[level], spec.source_attrs))
             out[dst_prefix + rel] = GroupMetadata.from_dict({**doc, "attributes": attrs}).to_buffer_dict(proto)[ZARR_JSON]
             continue
         name, _, tail = rel.partition("/")
@@ -149,7 +149,7 @@ def _rechunked(doc: dict[str, Any], shape: tuple[int, ...], chunks: tuple[int, .
 
 def create_missing(spec: PyramidSpec, level: int) -> dict[str, Buffer]:
     """The hidden per-pixel missing-count arrays of a mean level (see ``paths.MISSING_GROUP``)."""
-    if level < 1:
+    if not keeps_scratch_counts(len(spec.factors), level):
         return {}
     store = zarr.storage.MemoryStore()
     for v in spec.variables:
@@ -174,7 +174,7 @@ def create_missing(spec: PyramidSpec, level: int) -> dict[str, Buffer]:
 def derive_missing(ref_keys: dict[str, Buffer], spec: PyramidSpec, ref: int, level: int) -> dict[str, Buffer] | None:
     """Level ``level``'s missing-count documents edited from level ``ref``'s (None: not derivable)."""
     tracked = [v for v in spec.variables if v.track_missing]
-    if level < 1 or not tracked:
+    if not keeps_scratch_counts(len(spec.factors), level) or not tracked:
         return {}
     if missing_dtype(spec.factors[ref]) != missing_dtype(spec.factors[level]):
         return None  # another dtype can mean other codec options (a byte order): zarr decides

@@ -13,8 +13,9 @@ import dask.array as dsa
 import numpy as np
 import xarray as xr
 
-from .grid import Axis
+from .grid import Axis, level_centres
 from .metadata import level_attributes
+from .packing import packing_attrs
 from .planning import PyramidSpec
 from .plan import VarSpec
 
@@ -61,9 +62,8 @@ def _carried(var: xr.Variable, spec: PyramidSpec, f: int) -> xr.Variable:
 
 
 def axis_centres(ds: xr.Dataset, axis: Axis, f: int) -> np.ndarray:
-    """A level's x or y coordinate: window means of the source centres, in a float dtype."""
-    dtype = ds[axis.name].dtype
-    return axis.coarse_centres(f).astype(dtype if dtype.kind == "f" else "f8")
+    """A level's x or y coordinate (level 0: the source's, bit for bit; see ``grid.level_centres``)."""
+    return level_centres(ds, axis, f)
 
 
 def gridded_encoding(spec_var: VarSpec, level: int) -> dict[str, Any]:
@@ -71,6 +71,7 @@ def gridded_encoding(spec_var: VarSpec, level: int) -> dict[str, Any]:
     dtype = np.dtype(spec_var.level_dtype(level))
     if spec_var.fill_value is not None:
         enc["_FillValue"] = np.asarray(spec_var.fill_value).astype(dtype).item()
+        enc["fill_value"] = enc["_FillValue"]  # the zarr fill_value is the nodata value (readers mask by it)
     elif dtype.kind == "f":
         enc["_FillValue"] = np.nan
     else:
@@ -101,7 +102,7 @@ def level_dataset(ds: xr.Dataset, spec: PyramidSpec, level: int, data: GriddedDa
     encoding: dict[str, dict] = {}
     for v in spec.variables:
         src = ds[v.name].variable
-        attrs = {k: val for k, val in src.attrs.items() if k not in DROP_ATTRS}
+        attrs = {**{k: val for k, val in src.attrs.items() if k not in DROP_ATTRS}, **packing_attrs(v)}
         if not v.is_coord:
             attrs["grid_mapping"] = crs_name
         var = xr.Variable(v.dims, data(v, level), attrs=attrs)
@@ -109,7 +110,7 @@ def level_dataset(ds: xr.Dataset, spec: PyramidSpec, level: int, data: GriddedDa
         encoding[v.name] = gridded_encoding(v, level)
     for name in spec.carried:
         data_vars[name] = _carried(ds[name].variable, spec, f)
-    out = xr.Dataset(data_vars, coords=coords, attrs=level_attributes(grid, spec.crs, f))
+    out = xr.Dataset(data_vars, coords=coords, attrs=level_attributes(grid, spec.crs, f, spec.source_attrs))
     return out, encoding
 
 

@@ -13,6 +13,7 @@ import pyproj
 
 from .crs import proj_attributes
 from .grid import SpatialGrid
+from .viewer_hints import multiscales_crs, viewer_attributes
 
 MULTISCALES_CONVENTION = {
     "schema_url": "https://raw.githubusercontent.com/zarr-conventions/multiscales/refs/tags/v1/schema.json",
@@ -43,10 +44,11 @@ RESAMPLING_NAMES = {"mean": "average", "max": "max", "min": "min", "sum": "sum",
 
 @dataclass(frozen=True)
 class ZarrLayerVarConfig:
-    """Per-variable display hints for zarr-layer; they change no data."""
+    """Per-variable display hints for zarr-layer; they change no data. Positional order
+    ``(clim, colormap)`` is topozarr's."""
 
-    colormap: str | None = None
     clim: list[float] | None = None
+    colormap: str | None = None
 
     def __post_init__(self) -> None:
         if self.colormap is not None and not isinstance(self.colormap, str):
@@ -94,9 +96,33 @@ def flat_attributes(grid: SpatialGrid, crs: pyproj.CRS,
     return attrs
 
 
-def level_attributes(grid: SpatialGrid, crs: pyproj.CRS, factor: int) -> dict[str, Any]:
-    """Attributes of one level group: its own geo attributes, so a level opens standalone."""
-    return {"zarr_conventions": [SPATIAL_CONVENTION, PROJ_CONVENTION], **geo_attributes(grid, crs, factor)}
+#: Group attributes owned by the conventions, zarr-layer and this project: a dataset attribute of
+#: one of these names is never copied (it would contradict what the pyramid says about itself).
+RESERVED_ATTRS = ("multiscales", "zarr_conventions", "zarr-layer")
+RESERVED_PREFIXES = ("spatial:", "proj:", "topozarr:")
+
+
+def dataset_attributes(attrs: dict[str, Any] | None) -> dict[str, Any]:
+    """The dataset's global attributes that level groups and the root carry (topozarr copies them
+    to every level): all but the reserved convention keys."""
+    return {k: v for k, v in (attrs or {}).items()
+            if k not in RESERVED_ATTRS and not str(k).startswith(RESERVED_PREFIXES)}
+
+
+def stored_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
+    """``attrs`` as xarray stores them in a Zarr document (numpy arrays and scalars as JSON values),
+    for documents written without xarray (derived levels, refreshed level groups)."""
+    from xarray.backends.zarr import encode_zarr_attr_value
+
+    return {k: encode_zarr_attr_value(v) for k, v in attrs.items()}
+
+
+def level_attributes(grid: SpatialGrid, crs: pyproj.CRS, factor: int,
+                     source_attrs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Attributes of one level group: the dataset's global attributes and its own geo attributes
+    (so a level opens standalone); the convention keys always win."""
+    return {**dataset_attributes(source_attrs), "zarr_conventions": [SPATIAL_CONVENTION, PROJ_CONVENTION],
+            **geo_attributes(grid, crs, factor)}
 
 
 def multiscale_attributes(
@@ -123,8 +149,9 @@ def multiscale_attributes(
         layout.append(entry)
     attrs = {
         "zarr_conventions": [MULTISCALES_CONVENTION, SPATIAL_CONVENTION, PROJ_CONVENTION],
-        "multiscales": {"layout": layout, "resampling_method": resampling},
+        "multiscales": {"layout": layout, "resampling_method": resampling, **multiscales_crs(crs)},
         **geo_attributes(grid, crs),
+        **viewer_attributes(grid, crs),  # what zarr-layer needs from the page (see viewer_hints)
     }
     if layer_hints:
         attrs["zarr-layer"] = {k: v.to_json() for k, v in layer_hints.items()}

@@ -1,6 +1,7 @@
 """Where things live inside a pyramid store."""
 
-#: Hidden group holding per-pixel missing counts for ``mean`` levels >= 1 (exact NaN-aware means).
+#: Scratch group holding per-pixel missing counts of ``mean`` levels while a pyramid is written
+#: (exact NaN-aware means). It never stays in a published pyramid: ``layout.publish`` deletes it.
 MISSING_GROUP = "_topozarr_missing"
 
 
@@ -10,6 +11,12 @@ def data_path(level: int, var: str) -> str:
 
 def missing_path(level: int, var: str) -> str:
     return f"{MISSING_GROUP}/{level}/{var}"
+
+
+def keeps_scratch_counts(n_levels: int, level: int) -> bool:
+    """Whether a level's missing counts are written as scratch: only when a next level may read
+    them back from the store (level 0 has none, the coarsest level feeds no level)."""
+    return 1 <= level < n_levels - 1
 
 
 def missing_dtype(factor: int) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .chunking import VarEncoding
+from .packing import Packing
 
 Box = tuple[tuple[int, int], ...]  # (start, stop) per dim, in the variable's dim order
 
@@ -35,6 +36,8 @@ class VarSpec:
     encodings: tuple[VarEncoding, ...]  # per level
     track_missing: bool  # mean over data that can be missing: keep per-pixel missing counts
     is_coord: bool = False
+    #: CF packing kept from the source (``dtype`` is then the packed integer dtype; see packing)
+    packing: Packing | None = None
 
     def level_dtype(self, level: int) -> str:
         """Level 0 keeps the source dtype; coarser levels use the method's output dtype."""

@@ -5,8 +5,8 @@ Every rule about bad input lives here, so errors surface at planning time, befor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import pyproj
@@ -21,12 +21,17 @@ from .chunking import (
 )
 from .crs import resolve_crs
 from .grid import SpatialGrid, spatial_grid
-from .kernels import METHODS, output_dtype
+from .kernels import METHODS, SUPPORTED_DTYPES, output_dtype
 from .metadata import ZarrLayerVarConfig, validate_layer_hints
+from .packing import source_packing
 from .plan import VarSpec
 from .storable import check_storable, short
 
-SUPPORTED_DTYPES = tuple(np.dtype(d) for d in ("u1", "u2", "i2", "i4", "i8", "f4", "f8"))
+#: The ``method`` values ``create_pyramid`` accepts (topozarr exports the same name; a test keeps it
+#: equal to :data:`.kernels.METHODS`, the kernel's own list).
+CoarseningMethod = Literal["mean", "max", "min", "sum", "nearest", "mode", "majority"]
+#: ``levels="auto"`` keeps coarsening while the smaller spatial side stays at least this many pixels.
+DEFAULT_MIN_DIM = 256
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,10 @@ class PyramidSpec:
     chunks_per_shard: int | None
     target_chunk_bytes: int
     layer_hints: dict[str, ZarrLayerVarConfig]
+    #: the dataset's global attributes (copied to every level group and the root, see metadata)
+    source_attrs: dict[str, Any] = field(default_factory=dict)
+    #: CF-packed integer variables stay packed (``create_pyramid(pack=...)``, see packing)
+    pack: bool = True
 
     @property
     def x_dim(self) -> str:
@@ -76,8 +85,8 @@ def resolve_factors(levels: int | None, factors: list[int] | None) -> tuple[int,
     if not fs:
         raise ValueError("factors must not be empty")
     for f in fs:
-        if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
-            raise TypeError(f"factors must be ints, got {short(f)}")
+        if isinstance(f, bool) or not isinstance(f, (int, np.integer)):  # a ValueError, as in topozarr
+            raise ValueError(f"factors must be ints, got {short(f)} ({type(f).__name__}) in {short(fs)}")
     if fs[0] != 1:
         raise ValueError(f"factors must start at 1 (level 0 is the source), got {short(fs)}")
     for a, b in zip(fs, fs[1:]):
@@ -86,6 +95,22 @@ def resolve_factors(levels: int | None, factors: list[int] | None) -> tuple[int,
         if b % a:
             raise ValueError(f"each factor must divide the next, but {a} does not divide {b} in {short(fs)}")
     return tuple(int(f) for f in fs)
+
+
+def check_min_dim(min_dim: Any) -> int:
+    """``min_dim`` of ``levels="auto"``: a positive int."""
+    if isinstance(min_dim, bool) or not isinstance(min_dim, (int, np.integer)) or min_dim < 1:
+        raise ValueError(f"min_dim must be a positive int, got {short(min_dim)}")
+    return int(min_dim)
+
+
+def auto_levels(ny: int, nx: int, min_dim: int = DEFAULT_MIN_DIM) -> int:
+    """Levels of ``levels="auto"``, as topozarr counts them: one more while
+    ``min(nx, ny) // 2**levels >= min_dim`` (20000 px -> 7, 512 -> 2, 511 -> 1)."""
+    side, levels = min(int(ny), int(nx)), 1
+    while levels < MAX_LEVELS and side // 2**levels >= min_dim:
+        levels += 1
+    return levels
 
 
 def _fill_value(da: xr.DataArray) -> float | int | None:
@@ -121,6 +146,64 @@ def _source_chunks(da: xr.DataArray) -> tuple[int, ...] | None:
     return None
 
 
+def level_layouts(da: xr.DataArray, x_dim: str, y_dim: str, factors: tuple[int, ...],
+                  chunks_per_shard: int | None, target_chunk_bytes: int, itemsize: int | None = None
+                  ) -> tuple[list[tuple[int, ...]], list[VarEncoding]]:
+    """Shape and chunk/shard layout of one gridded variable at every factor. Needs only the sizes (and
+    the source chunks), not a uniform grid: :func:`recommend_encodings` uses it on any raster."""
+    chunks = _source_chunks(da)
+    yi, xi = da.get_axis_num(y_dim), da.get_axis_num(x_dim)
+    src_spatial = min(chunks[yi], chunks[xi]) if chunks else None
+    if src_spatial is not None and src_spatial >= min(da.shape[yi], da.shape[xi]):
+        src_spatial = None  # one chunk over the whole grid: nothing to snap to
+    itemsize = itemsize or da.dtype.itemsize  # a packed variable's stored dtype (see packing)
+    edge = spatial_chunk_size(itemsize, target_chunk_bytes, src_spatial)
+    shapes, encodings = [], []
+    for f in factors:
+        shape = tuple((n // f if d in (x_dim, y_dim) else n) for d, n in zip(da.dims, da.shape))
+        shapes.append(shape)
+        encodings.append(variable_encoding(tuple(map(str, da.dims)), shape, itemsize, y_dim, x_dim, edge,
+                                           chunks_per_shard))
+    return shapes, encodings
+
+
+def check_dtype(da: xr.DataArray, name: str) -> None:
+    if da.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"variable {name!r} has unsupported dtype {da.dtype}; supported: "
+            f"{', '.join(str(d) for d in SUPPORTED_DTYPES)} (cast it first, e.g. ds[{name!r}].astype('float32'))"
+        )
+
+
+def recommend_encodings(ds: xr.Dataset, x_dim: str, y_dim: str, chunks_per_shard: int | None,
+                        target_chunk_bytes: int) -> dict[str, VarEncoding]:
+    """Level-0 layout of every gridded variable of a flat dataset. Only the dims are checked: an encoding
+    needs no CRS and no uniform (or even 2-pixel) grid."""
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"recommend_encoding needs an xarray Dataset, got {type(ds).__name__}")
+    if x_dim == y_dim:
+        raise ValueError(f"x_dim and y_dim must differ, both are {x_dim!r}")
+    for role, dim in (("x_dim", x_dim), ("y_dim", y_dim)):
+        if dim not in ds.dims:
+            raise ValueError(f"{role}={dim!r} is not a dimension of the dataset; "
+                             f"dimensions are {sorted(map(str, ds.dims))}")
+    validate_chunks_per_shard(chunks_per_shard)
+    if isinstance(target_chunk_bytes, bool) or not isinstance(target_chunk_bytes, int) or target_chunk_bytes <= 0:
+        raise ValueError(f"target_chunk_bytes must be a positive int, got {target_chunk_bytes!r}")
+    gridded, grid_coords, _ = _gridded_names(ds, x_dim, y_dim)
+    if not gridded:
+        raise ValueError(f"no data variable has both {y_dim!r} and {x_dim!r}; nothing to recommend an encoding for")
+    out = {}
+    for name in gridded + grid_coords:
+        da = ds[name]
+        check_dtype(da, name)
+        empty = [dim for dim, n in da.sizes.items() if n == 0]
+        if empty:
+            raise ValueError(f"variable {name!r} has a zero-length {empty[0]!r} dimension: nothing to encode")
+        out[name] = level_layouts(da, x_dim, y_dim, (1,), chunks_per_shard, target_chunk_bytes)[1][0]
+    return out
+
+
 def _gridded_names(ds: xr.Dataset, x_dim: str, y_dim: str) -> tuple[list[str], list[str], list[str]]:
     """(gridded data vars, gridded non-index coords, carried data vars)."""
     gridded, coords, carried = [], [], []
@@ -135,7 +218,7 @@ def _gridded_names(ds: xr.Dataset, x_dim: str, y_dim: str) -> tuple[list[str], l
 def build_spec(
     ds: xr.Dataset | xr.DataArray,
     *,
-    levels: int | None,
+    levels: int | Literal["auto"] | None,
     factors: list[int] | None,
     x_dim: str,
     y_dim: str,
@@ -144,6 +227,8 @@ def build_spec(
     layer_hints: dict[str, ZarrLayerVarConfig] | None,
     chunks_per_shard: int | None,
     target_chunk_bytes: int,
+    min_dim: int = DEFAULT_MIN_DIM,
+    pack: bool = True,
 ) -> PyramidSpec:
     if isinstance(ds, xr.DataArray):
         ds = ds.to_dataset(name=ds.name or "data")
@@ -152,13 +237,23 @@ def build_spec(
     check_storable(ds)
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    fs = resolve_factors(levels, factors)
+    auto = isinstance(levels, str) and levels == "auto"
+    if isinstance(levels, str) and not auto:
+        raise ValueError(f"levels must be an int or 'auto', got {short(levels)}")
+    if auto and factors is not None:
+        raise ValueError("pass exactly one of levels=N, levels='auto' or factors=[1, ...]")
+    min_dim = check_min_dim(min_dim)
+    fs = None if auto else resolve_factors(levels, factors)
     validate_chunks_per_shard(chunks_per_shard)
     if isinstance(target_chunk_bytes, bool) or not isinstance(target_chunk_bytes, int) or target_chunk_bytes <= 0:
         raise ValueError(f"target_chunk_bytes must be a positive int, got {target_chunk_bytes!r}")
+    if not isinstance(pack, (bool, np.bool_)):
+        raise TypeError(f"pack must be True or False, got {short(pack)}")
     if not ds.data_vars:
         raise ValueError("the dataset has no data variables: nothing to build a pyramid from")
     grid = spatial_grid(ds, x_dim, y_dim)
+    if fs is None:
+        fs = resolve_factors(auto_levels(grid.y.size, grid.x.size, min_dim), None)
     ny, nx = grid.shape(fs[-1])
     if ny < 1 or nx < 1:
         max_f = 1
@@ -183,48 +278,33 @@ def build_spec(
     source_chunks: dict[str, tuple[int, ...] | None] = {}
     for name in gridded + grid_coords:
         da = ds[name]
-        if da.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(
-                f"variable {name!r} has unsupported dtype {da.dtype}; supported: "
-                f"{', '.join(str(d) for d in SUPPORTED_DTYPES)} (cast it first, e.g. ds[{name!r}].astype('float32'))"
-            )
+        check_dtype(da, name)
         is_coord = name in grid_coords
         var_method = method if not is_coord else ("mean" if da.dtype.kind == "f" else "nearest")
-        fill = _fill_value(da)
-        if var_method == "majority" and da.dtype.kind in "iu" and fill is None:
+        packing = None if is_coord else source_packing(da, var_method, pack)
+        dtype = np.dtype(packing.dtype) if packing else da.dtype  # what level 0 stores
+        fill = packing.fill_value if packing else _fill_value(da)
+        if var_method == "majority" and dtype.kind in "iu" and fill is None:
             raise ValueError(
                 f"method='majority' on integer variable {name!r} needs a _FillValue attribute to mark "
                 f"windows without a majority; set ds[{name!r}].attrs['_FillValue'] or use method='mode'"
             )
-        chunks = _source_chunks(da)
-        source_chunks[name] = chunks
-        yi, xi = da.get_axis_num(y_dim), da.get_axis_num(x_dim)
-        src_spatial = min(chunks[yi], chunks[xi]) if chunks else None
-        if src_spatial is not None and src_spatial >= min(da.shape[yi], da.shape[xi]):
-            src_spatial = None  # one chunk over the whole grid: nothing to snap to
-        edge = spatial_chunk_size(da.dtype.itemsize, target_chunk_bytes, src_spatial)
-        shapes, encodings = [], []
-        for f in fs:
-            shape = tuple(
-                (n // f if d in (x_dim, y_dim) else n) for d, n in zip(da.dims, da.shape)
-            )
-            shapes.append(shape)
-            encodings.append(
-                variable_encoding(tuple(map(str, da.dims)), shape, da.dtype.itemsize, y_dim, x_dim, edge,
-                                  chunks_per_shard)
-            )
+        source_chunks[name] = _source_chunks(da)
+        shapes, encodings = level_layouts(da, x_dim, y_dim, fs, chunks_per_shard, target_chunk_bytes,
+                                          itemsize=dtype.itemsize)
         specs.append(
             VarSpec(
                 name=name,
                 dims=tuple(map(str, da.dims)),
-                dtype=da.dtype.str,
-                out_dtype=np.dtype(output_dtype(var_method, da.dtype)).str,
+                dtype=dtype.str,
+                out_dtype=np.dtype(output_dtype(var_method, dtype)).str,
                 method=var_method,
                 fill_value=fill,
                 shapes=tuple(shapes),
                 encodings=tuple(encodings),
-                track_missing=var_method == "mean" and (da.dtype.kind == "f" or fill is not None),
+                track_missing=var_method == "mean" and (dtype.kind == "f" or fill is not None),
                 is_coord=is_coord,
+                packing=packing,
             )
         )
     return PyramidSpec(
@@ -238,7 +318,10 @@ def build_spec(
         chunks_per_shard=chunks_per_shard,
         target_chunk_bytes=target_chunk_bytes,
         layer_hints=dict(layer_hints or {}),
+        source_attrs=dict(ds.attrs),
+        pack=bool(pack),
     )
 
 
-__all__ = ["PyramidSpec", "build_spec", "resolve_factors", "DEFAULT_TARGET_CHUNK_BYTES", "VarEncoding"]
+__all__ = ["PyramidSpec", "build_spec", "resolve_factors", "auto_levels", "recommend_encodings", "CoarseningMethod",
+           "DEFAULT_MIN_DIM", "DEFAULT_TARGET_CHUNK_BYTES", "VarEncoding"]

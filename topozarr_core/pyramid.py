@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -9,17 +10,23 @@ import psutil
 import xarray as xr
 
 from .chunking import DEFAULT_TARGET_CHUNK_BYTES
+from .edits import apply_encoding, encoding_key, planned_encoding
 from .executor import auto_workers, run_plan
 from .init_ahead import LevelInitialiser
-from .layout import initialise_target, prepare_target, publish
+from .layout import initialise_target, prepare_target, publish_root
 from .lease import lease_for
 from .level_cache import LevelCache
 from .level_docs import LevelDocuments
-from .levels import level_dataset
-from .metadata import ZarrLayerVarConfig, multiscale_attributes
+from .levels import gridded_encoding, level_dataset, template_data
+from .metadata import ZarrLayerVarConfig, dataset_attributes, multiscale_attributes, stored_attributes
+from .partial import check_kept_levels, finish_partial
+from .paths import MISSING_GROUP
 from .plan import RegionPlan, build_region_plan
-from .planning import PyramidSpec, build_spec
+from .planning import DEFAULT_MIN_DIM, CoarseningMethod, PyramidSpec, build_spec
 from .regions import WriteContext
+from .root_doc import OPTIONS_KEY, creation_options
+from .stats import RegionTimer
+from .storable import short
 from .target_contract import check_target
 from .targets import resolve_store
 
@@ -41,6 +48,22 @@ class WriteReport:
     workers: int
     kept_in_memory: bool
     io: str
+    #: ``write(stats=True)``: per-level timings keyed "0", "1", ... (see :mod:`.stats`), else None
+    stats: dict[str, dict[str, Any]] | None = None
+    #: whether the root was published (False after a write that left levels unwritten)
+    published: bool = True
+
+    def __getitem__(self, level: str) -> dict[str, Any]:
+        """``report["0"]["write_s"]``: topozarr's ``write(stats=True)`` returns the stats dict itself."""
+        if self.stats is None:
+            raise KeyError(f"{level!r}: no stats were collected; call write(..., stats=True)")
+        return self.stats[level]
+
+    def keys(self):
+        return (self.stats or {}).keys()
+
+    def items(self):
+        return (self.stats or {}).items()
 
 
 class Pyramid:
@@ -48,16 +71,62 @@ class Pyramid:
 
     def __init__(self, ds: xr.Dataset, spec: PyramidSpec):
         self.ds = ds
-        self.spec = spec
+        self._planned = spec
+        #: The chunk/shard plan, computed once and editable (as topozarr documents): every write path
+        #: (``write``, ``as_datatree``, ``initialise``/``publish``, ``region_plan``, the flows) uses it.
+        self.encoding: dict[str, dict[str, dict]] = planned_encoding(spec)
+        #: The root metadata (multiscales, spatial:, proj:, zarr-layer), computed once and editable.
+        self.attrs: dict[str, Any] = {**stored_attributes(dataset_attributes(spec.source_attrs)),  # conventions win
+                                      **multiscale_attributes(spec.grid, spec.crs, list(spec.factors), spec.method,
+                                                              spec.layer_hints)}
+        self._applied: tuple[str, PyramidSpec] = (encoding_key(self.encoding), spec)
+
+    @property
+    def spec(self) -> PyramidSpec:
+        """The plan with the current ``encoding`` applied; raises a one-line error on a bad edit."""
+        key = encoding_key(self.encoding)
+        if key != self._applied[0]:
+            self._applied = (key, apply_encoding(self._planned, self.encoding))
+        return self._applied[1]
+
+    @property
+    def source(self) -> xr.Dataset:
+        """The level-0 dataset (topozarr's name for it)."""
+        return self.ds
+
+    @property
+    def x_dim(self) -> str:
+        return self._planned.x_dim
+
+    @property
+    def y_dim(self) -> str:
+        return self._planned.y_dim
+
+    @property
+    def method(self) -> CoarseningMethod:
+        return self._planned.method  # type: ignore[return-value]
+
+    @property
+    def fill_values(self) -> dict[str, float | int | None]:
+        """Per gridded data variable, the ``_FillValue`` its arrays are written with (NaN for floats
+        without one, None for integers without one)."""
+        return {v.name: gridded_encoding(v, 0)["_FillValue"] for v in self._planned.variables if not v.is_coord}
+
+    @property
+    def level_templates(self) -> dict[int, xr.Dataset]:
+        """Level -> lazy Dataset of that level as written: shapes, dtypes, coordinates, attributes, and
+        dask placeholders chunked by the write unit (nothing is computed)."""
+        spec = self.spec
+        return {lvl: level_dataset(self.ds, spec, lvl, template_data)[0] for lvl in range(self.levels)}
 
     # -- description ---------------------------------------------------------------------------
     @property
     def factors(self) -> list[int]:
-        return list(self.spec.factors)
+        return list(self._planned.factors)
 
     @property
     def levels(self) -> int:
-        return len(self.spec.factors)
+        return len(self._planned.factors)
 
     @property
     def level_names(self) -> list[str]:
@@ -65,24 +134,22 @@ class Pyramid:
 
     @property
     def crs(self):
-        return self.spec.crs
+        return self._planned.crs
 
-    @property
-    def encoding(self) -> dict[str, dict[str, dict]]:
-        """Per level group ("/0", "/1", ...), per variable chunks and shards, for DataTree.to_zarr."""
-        out: dict[str, dict[str, dict]] = {}
-        for lvl in range(self.levels):
-            out[f"/{lvl}"] = {v.name: v.encodings[lvl].to_xarray() for v in self.spec.variables}
-        return out
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        """Root metadata (multiscales, spatial:, proj:, zarr-layer)."""
-        s = self.spec
-        return multiscale_attributes(s.grid, s.crs, list(s.factors), s.method, s.layer_hints)
+    def root_attributes(self) -> dict[str, Any]:
+        """The published root: ``attrs`` (as edited) plus the build options ``update_pyramid`` reads."""
+        if not isinstance(self.attrs, dict):
+            raise TypeError(f"pyramid.attrs must be a dict, got {type(self.attrs).__name__}")
+        for key, value in self.attrs.items():
+            try:
+                json.dumps({key: value})
+            except (TypeError, ValueError):
+                raise ValueError(f"pyramid.attrs[{short(key)}] cannot be stored in the root zarr.json (not JSON): "
+                                 f"{short(value)}") from None
+        return {**self.attrs, OPTIONS_KEY: creation_options(self.spec)}
 
     def level_shape(self, level: int) -> tuple[int, int]:
-        return self.spec.grid.shape(self.spec.factors[level])
+        return self._planned.grid.shape(self._planned.factors[level])
 
     def region_plan(
         self,
@@ -121,14 +188,15 @@ class Pyramid:
                    overwrite_foreign: bool = False, sources: tuple[str, ...] = ()) -> Any:
         """Check the target, unpublish it and create groups/arrays/coordinates (step 1 of a write).
         Returns the store. The caller holds the target's lease (:mod:`.lease`) where it needs one."""
+        self.root_attributes()  # the edited attrs are checked now, not at publish time
         zstore = resolve_store(store)
         initialise_target(zstore, self.ds, self.spec, mode, self._check_levels(levels),
                           overwrite_foreign=overwrite_foreign, sources=sources)
         return zstore
 
     def publish(self, store: Any) -> dict:
-        """Write the root multiscales metadata (last step of a write)."""
-        return publish(resolve_store(store), self.spec)
+        """Write the root multiscales metadata, ``attrs`` as edited (last step of a write)."""
+        return publish_root(resolve_store(store), self.root_attributes())
 
     def write(
         self,
@@ -141,46 +209,80 @@ class Pyramid:
         levels: list[int] | None = None,
         io: IO = "python",
         overwrite_foreign: bool = False,
+        stats: bool = False,
     ) -> WriteReport:
         """Compute and write the levels through a local thread pool.
 
-        Every check runs before the target changes: the target contract (:mod:`.target_contract`;
-        ``overwrite_foreign=True`` lets ``mode="w"`` replace data this project did not write), the
-        first level staged in memory, the lease of plain Zarr targets (:mod:`.lease`). Then the root
-        is unpublished, replaced nodes are deleted, levels written, and the root published last."""
+        Every check runs before the target changes: the edited ``encoding`` and ``attrs``, the target
+        contract (:mod:`.target_contract`; ``overwrite_foreign=True`` lets ``mode="w"`` replace data
+        this project did not write), the first level staged in memory, the lease of plain Zarr
+        targets (:mod:`.lease`). Then the root is unpublished, replaced nodes are deleted, levels
+        written, and the root published last.
+
+        ``levels=[0, ...]`` with ``mode="w"`` into a missing or empty target creates the whole layout,
+        writes those levels and leaves the root unpublished (:mod:`.partial`); ``mode="a"`` writes the
+        rest and publishes once every level holds data. ``stats=True`` adds per-level timings
+        (:mod:`.stats`) to the report, which ``report["0"]`` indexes as topozarr's returned dict."""
         from .io_select import open_array_for, check_io
 
+        spec = self.spec  # applies (and checks) the edited encoding first
+        root = self.root_attributes()
         plan = self.region_plan(levels=levels, max_region_bytes=max_region_bytes)
         zstore = resolve_store(store)
         check_io(io, zstore)
         workers = auto_workers(plan, max_workers)
         keep = self._keep_in_memory(plan, keep_levels_in_memory)
         planned = [lp.level for lp in plan.levels]
-        state = check_target(zstore, self.spec, mode, planned, ds=self.ds, overwrite_foreign=overwrite_foreign)
-        docs = LevelDocuments(self.ds, self.spec)
+        every = list(range(self.levels))
+        new_partial = mode in ("w", "w-") and planned != every
+        state = check_target(zstore, spec, mode, every if new_partial else planned, ds=self.ds,
+                             overwrite_foreign=overwrite_foreign)
+        if new_partial and state.kind != "empty":
+            raise ValueError(f"levels={planned} with mode='w' would replace what the target holds ({state.what}) "
+                             "and leave the other levels missing; pass mode='a' to rewrite some levels of a "
+                             "pyramid of ours, or write every level")
+        before = check_kept_levels(state.attrs, planned, self.levels) if mode == "a" else None
+        docs = LevelDocuments(self.ds, spec)
         docs.staged(planned[0])
+        timer = RegionTimer() if stats else None
         with lease_for(zstore) as lease:
-            prepare_target(zstore, self.spec, mode, planned, state)
+            prepare_target(zstore, spec, mode, planned, state)
             ctx = WriteContext(
                 plan=plan,
                 source=self.ds,
                 store=zstore,
                 cache=LevelCache.for_plan(plan) if keep else None,
                 open_array=open_array_for(io, zstore),
+                timer=timer,
             )
-            init = LevelInitialiser(zstore, self.ds, self.spec, planned, docs)
+            init = LevelInitialiser(zstore, self.ds, spec, every if new_partial else planned, docs)
             init.ready(planned[0])
             written = run_plan(ctx, workers, progress=progress, level_ready=init.ready, idle_step=init.step)
+            for lvl in every if new_partial else ():
+                init.ready(lvl)  # the whole layout exists, the levels not written stay empty
             if lease is not None:
                 lease.check()  # never publish over a writer that took a lease we failed to renew
-            publish(zstore, self.spec)
+            if new_partial:
+                has_data = set(planned)
+            elif before is not None:  # mode="a" onto a partial write
+                has_data = set(planned) | before
+            else:
+                has_data = set(every)
+            complete = has_data >= set(every)
+            if complete:
+                publish_root(zstore, root)  # the scratch missing counts go first
+            else:
+                owned = {str(lvl) for lvl in every} | {MISSING_GROUP}
+                finish_partial(zstore, root, has_data, owned)
         return WriteReport(
-            levels=[lp.level for lp in plan.levels],
+            levels=planned,
             regions=sum(lp.n_regions for lp in plan.levels),
             bytes_written=written,
             workers=workers,
             kept_in_memory=keep,
             io=io,
+            stats=None if timer is None else timer.as_dict(workers, _region_shapes(plan)),
+            published=complete,
         )
 
     def _keep_in_memory(self, plan: RegionPlan, requested: bool | None) -> bool:
@@ -191,35 +293,68 @@ class Pyramid:
 
     # -- lazy / Dask path ----------------------------------------------------------------------
     def as_datatree(self) -> xr.DataTree:
-        """A lazy DataTree, each level ``xarray.coarsen`` of the source; write with ``encoding=pyramid.encoding``."""
+        """A lazy DataTree, each level ``xarray.coarsen`` of the source; write with ``encoding=pyramid.encoding``.
+
+        Each level's dask chunks are its shards (the unit ``encoding`` writes), so ``DataTree.to_zarr``
+        accepts them and no two dask tasks write into one shard, whatever the source's own chunks. A
+        lazily opened (not dask) source is chunked by level-0 shards: each task reads one shard's window.
+        """
+        import dask.array as dsa
+
         from .lazy import coarsened
 
-        src = self.ds if any(self.ds[v.name].chunks for v in self.spec.variables) else self.ds.chunk()
+        def write_unit(v, level: int) -> tuple[int, ...]:
+            enc = v.encodings[level]
+            return tuple(enc.shards if enc.shards is not None else enc.chunks)
+
+        src = self.ds.copy()
+        for v in self.spec.variables:
+            if src[v.name].chunks is None:
+                src[v.name] = src[v.name].chunk(dict(zip(v.dims, write_unit(v, 0))))
         tree: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=self.attrs)}
         for lvl in range(self.levels):
-            level_ds, _ = level_dataset(self.ds, self.spec, lvl, lambda v, L: coarsened(src, self.spec, v, L))
+            level_ds, _ = level_dataset(self.ds, self.spec, lvl, lambda v, L: dsa.asarray(
+                coarsened(src, self.spec, v, L)).rechunk(write_unit(v, L)))
             tree[f"/{lvl}"] = level_ds
         return xr.DataTree.from_dict(tree)
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{i}:{self.level_shape(i)[0]}x{self.level_shape(i)[1]}" for i in range(self.levels))
-        return f"<Pyramid factors={self.factors} method={self.spec.method!r} levels=[{shapes}]>"
+        return f"<Pyramid factors={self.factors} method={self.method!r} levels=[{shapes}]>"
+
+
+def _region_shapes(plan: RegionPlan) -> dict[int, dict[str, tuple[int, ...]]]:
+    """Per level, the shape of each variable's first region (the unit its regions tile the level by)."""
+    out: dict[int, dict[str, tuple[int, ...]]] = {}
+    for lp in plan.levels:
+        shapes = out.setdefault(lp.level, {})
+        for batch in lp.batches:
+            for region in batch.regions:
+                shapes.setdefault(region.var, region.shape())
+    return out
 
 
 def create_pyramid(
     ds: xr.Dataset,
-    levels: int | None = None,
+    levels: int | Literal["auto"] | None = None,
     factors: list[int] | None = None,
     *,
     x_dim: str = "x",
     y_dim: str = "y",
-    method: str = "mean",
+    method: CoarseningMethod = "mean",
     crs: Any = None,
     layer_hints: dict[str, ZarrLayerVarConfig] | None = None,
     chunks_per_shard: int | None = 4,
     target_chunk_bytes: int = DEFAULT_TARGET_CHUNK_BYTES,
+    min_dim: int = DEFAULT_MIN_DIM,
+    pack: bool = True,
 ) -> Pyramid:
-    """Plan a multiscale pyramid; raises ValueError/TypeError on bad input before anything is written."""
+    """Plan a multiscale pyramid; raises ValueError/TypeError on bad input before anything is written.
+
+    ``levels="auto"`` adds levels while the smaller spatial side stays at least ``min_dim`` pixels
+    (``min(nx, ny) // 2**levels >= min_dim``). ``pack=False`` stores CF-packed integer variables
+    (``scale_factor``/``add_offset`` in their encoding) as the decoded floats instead of packed
+    (see :mod:`.packing`)."""
     spec = build_spec(
         ds,
         levels=levels,
@@ -231,6 +366,8 @@ def create_pyramid(
         layer_hints=layer_hints,
         chunks_per_shard=chunks_per_shard,
         target_chunk_bytes=target_chunk_bytes,
+        min_dim=min_dim,
+        pack=pack,
     )
     if isinstance(ds, xr.DataArray):
         ds = ds.to_dataset(name=ds.name or "data")

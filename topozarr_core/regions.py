@@ -17,6 +17,8 @@ import zarr
 
 from .kernels import block_reduce, output_dtype
 from .level_cache import LevelCache
+from .missing_counts import previous_counts, store_counts
+from .packing import stored_values
 from .paths import data_path, missing_path
 from .plan import Region, RegionBatch, RegionPlan, VarSpec
 
@@ -30,6 +32,7 @@ class WriteContext:
     store: Any  # anything zarr can open
     cache: LevelCache | None = None
     open_array: Any = None  # callable(store, path, mode) -> zarr.Array; lets io="rust" scope its pipeline
+    timer: Any = None  # a stats.RegionTimer when the caller asked for per-level timings
     _arrays: dict[tuple[str, str], zarr.Array] = field(default_factory=dict)
 
     def array(self, path: str, mode: str = "r+") -> zarr.Array:
@@ -69,8 +72,7 @@ def _read_source(ctx: WriteContext, spec: VarSpec, region: Region) -> np.ndarray
         raise RuntimeError("level 0 regions need the source dataset")
     da = ctx.source[spec.name]
     window = da.isel({d: s for d, s in zip(spec.dims, region.slices())})
-    values = np.asarray(window.transpose(*spec.dims).values)
-    return values.astype(spec.dtype, copy=False)
+    return stored_values(spec, np.asarray(window.transpose(*spec.dims).values))
 
 
 def _prev_box(plan: RegionPlan, spec: VarSpec, region: Region, step: int) -> tuple[slice, ...]:
@@ -97,7 +99,9 @@ def _reduce(plan: RegionPlan, spec: VarSpec, data: np.ndarray, missing: np.ndarr
         _to_spatial_last(data, yi, xi),
         step,
         spec.method,
-        spec.fill_value,
+        # a coarse sum marks no pixel missing (an empty window sums to 0): a sum that happens to equal
+        # the fill value is data
+        spec.fill_value if spec.method != "sum" or prev_factor == 1 else None,
         missing=None if missing is None else _to_spatial_last(missing, yi, xi),
         weight=prev_factor * prev_factor,
         out=out,
@@ -134,11 +138,16 @@ def _reduce_to_cache(ctx: WriteContext, spec: VarSpec, level: int, slices: tuple
 def _compute(ctx: WriteContext, spec: VarSpec, region: Region) -> tuple[np.ndarray, np.ndarray | None]:
     """The values (and missing counts) of one region."""
     plan, lvl = ctx.plan, region.level
+    t0 = time.perf_counter()
     if lvl == 0:
-        return _read_source(ctx, spec, region), None
+        values = _read_source(ctx, spec, region)
+        _timed(ctx, lvl, read_s=time.perf_counter() - t0)
+        return values, None
     cache = ctx.cache
     if cache is not None and lvl in cache.precomputed:
-        return cache.get(lvl, spec.name, region.slices())
+        kept = cache.get(lvl, spec.name, region.slices())
+        _timed(ctx, lvl, read_s=time.perf_counter() - t0)
+        return kept
     step = plan.factors[lvl] // plan.factors[lvl - 1]
     prev = _prev_box(plan, spec, region, step)
     if cache is not None and cache.has(lvl - 1, spec.name):
@@ -147,8 +156,17 @@ def _compute(ctx: WriteContext, spec: VarSpec, region: Region) -> tuple[np.ndarr
         data = ctx.array(data_path(lvl - 1, spec.name), "r")[prev]
         missing = None
         if spec.track_missing and lvl - 1 >= 1:
-            missing = ctx.array(missing_path(lvl - 1, spec.name), "r")[prev]
-    return _reduce_to_cache(ctx, spec, lvl, region.slices(), np.asarray(data), missing)
+            missing = previous_counts(ctx.array, plan, spec, lvl - 1, prev)
+    data = np.asarray(data)
+    t1 = time.perf_counter()
+    reduced = _reduce_to_cache(ctx, spec, lvl, region.slices(), data, missing)
+    _timed(ctx, lvl, read_s=t1 - t0, reduce_s=time.perf_counter() - t1)
+    return reduced
+
+
+def _timed(ctx: WriteContext, level: int, **seconds: float) -> None:
+    if ctx.timer is not None:
+        ctx.timer.add(level, **seconds)
 
 
 def _coarser_window(plan: RegionPlan, spec: VarSpec, box: tuple[tuple[int, int], ...], shape: tuple[int, ...],
@@ -165,10 +183,13 @@ def write_region(ctx: WriteContext, region: Region) -> int:
     """Compute, write and (when cached) pre-reduce one region. Returns bytes written."""
     spec = ctx.plan.var(region.var)
     out, out_missing = _compute(ctx, spec, region)
+    nbytes = int(out.nbytes)
     slices = region.slices()
+    t0 = time.perf_counter()
     ctx.array(data_path(region.level, spec.name))[slices] = out
-    if out_missing is not None and region.level >= 1:
+    if out_missing is not None and store_counts(ctx.plan, ctx.cache, region.level, spec.name):
         ctx.array(missing_path(region.level, spec.name))[slices] = out_missing
+    t1 = time.perf_counter()
     if ctx.cache is not None:
         # reduce this region on down into every level it precomputes (see LevelCache.chain)
         data, missing, box = out, out_missing, region.box
@@ -179,7 +200,9 @@ def write_region(ctx: WriteContext, region: Region) -> int:
             box = tuple((s.start, s.stop) for s in window)
         if ctx.cache.is_block(region.level, spec.name):
             ctx.cache.recycle(out, out_missing)  # written and reduced: the buffers serve the next block
-    return int(out.nbytes)
+    if ctx.timer is not None:  # the reductions ahead into cached levels count at this level, as in topozarr
+        ctx.timer.add(region.level, regions=1, nbytes=nbytes, write_s=t1 - t0, reduce_s=time.perf_counter() - t1)
+    return nbytes
 
 
 def write_region_batch(ctx: WriteContext, batch: RegionBatch) -> BatchResult:

@@ -5,7 +5,8 @@ readers rely on it. Before the first byte of a level is deleted or written, the 
 (one atomic write: a rename on local disk, one PUT on object storage) by an *unpublished* root:
 no ``multiscales`` (stashed under ``topozarr:multiscales`` for resuming), a ``topozarr:status``
 marker, and ``topozarr:owned``, the top-level nodes this project may have written there. The
-published root (``multiscales``, ``spatial:``, ``proj:``, ``topozarr:options``) is written last.
+published root (``multiscales``, ``spatial:``, ``proj:``, ``topozarr:options``, and ``topozarr:owned``
+naming the levels and the root copies of the coordinates, see :mod:`.root_coords`) is written last.
 So at any instant, even after a kill, the root is the previous complete pyramid, the new complete
 one, or plainly unpublished.
 """
@@ -27,7 +28,8 @@ INCOMPLETE = "incomplete"
 UPDATING = "updating"
 #: Root attribute recording the options a pyramid was built with (``update_pyramid`` reuses them).
 OPTIONS_KEY = "topozarr:options"
-#: Unpublished roots: the top-level nodes written by this project (deleted by the next rebuild).
+#: The top-level nodes written by this project (deleted by the next rebuild): on unpublished roots, and on
+#: published ones since they hold root copies of the coordinates (``/time``, see ``root_coords``).
 OWNED_KEY = "topozarr:owned"
 #: Unpublished roots: the ``multiscales`` of the pyramid being rewritten (what a resumed update reads).
 STASH_KEY = "topozarr:multiscales"
@@ -120,6 +122,7 @@ def creation_options(spec: Any) -> dict[str, Any]:
         "method": spec.method,
         "chunks_per_shard": spec.chunks_per_shard,
         "target_chunk_bytes": int(spec.target_chunk_bytes),
+        **({} if getattr(spec, "pack", True) else {"pack": False}),  # recorded only when not the default
     }
 
 

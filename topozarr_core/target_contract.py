@@ -35,9 +35,12 @@ from .root_doc import (
     creation_options,
     is_pyramid_root,
     multiscales_of,
+    owned_nodes,
     read_root,
     root_attrs,
 )
+from .root_coords import foreign_nodes, planned_names
+from .storable import short
 from .targets import TargetError, check_local_target, describe_store, error_summary, store_errors
 
 WRITE_MODES = ("w", "w-", "a")
@@ -199,9 +202,23 @@ def check_target(store: Any, spec: Any, mode: str, levels: list[int], *, ds: Any
             raise ForeignTarget(f"the target holds {state.what}; refusing to replace data topozarr-flows did not "
                                 "write. Choose an empty target, or pass overwrite_foreign=True "
                                 "(CLI --overwrite-foreign) to delete everything there")
+        _check_root_copies(store, state, spec, ds, overwrite_foreign)
         return state
     _check_append(state, spec, levels, all_levels)
+    _check_root_copies(store, state, spec, ds, overwrite_foreign)
     return state
+
+
+def _check_root_copies(store: Any, state: TargetState, spec: Any, ds: Any, overwrite_foreign: bool) -> None:
+    """The root copies of the coordinates (:mod:`.root_coords`, e.g. ``/time``) replace only nodes we wrote."""
+    if state.kind != "pyramid" or overwrite_foreign:
+        return
+    foreign = foreign_nodes(_read_only(store), planned_names(ds, spec.x_dim, spec.y_dim), owned_nodes(state.attrs))
+    if foreign:
+        raise ForeignTarget(f"the target's root holds a node {short(foreign[0])} that topozarr-flows did not write, "
+                            "where this pyramid writes its root copy of that coordinate (for zarr-layer's value "
+                            "selectors); move it away, or pass overwrite_foreign=True (CLI --overwrite-foreign) "
+                            "to replace it")
 
 
 def _check_append(state: TargetState, spec: Any, levels: list[int], all_levels: list[int]) -> None:

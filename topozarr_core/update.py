@@ -31,8 +31,9 @@ values):
    from the store (with the hidden missing counts of ``mean``).
 4. *Finish* (:meth:`PyramidUpdate.finish`): replace the coordinates and carried variables along the
    append dimension (encoded by xarray exactly as a build does). The root stays unpublished.
-5. *Publish* (:meth:`PyramidUpdate.publish`): write the published root (drops the marks). The
-   flow validates the pyramid (against the root it is about to write) before this step.
+5. *Publish* (:meth:`PyramidUpdate.publish`): refresh the root copies of the level-0 coordinates
+   (``/time`` grows with ``/0/time``, :mod:`.root_coords`), then write the published root (drops the
+   marks). The flow validates the pyramid (against the root it is about to write) before this step.
 
 :meth:`PyramidUpdate.write` runs 2-5 holding the lease of plain Zarr targets (:mod:`.lease`): a
 second writer is refused with ``TargetBusy``. Prepare also re-reads what the plan read and refuses
@@ -53,6 +54,7 @@ import xarray as xr
 import zarr
 
 from .executor import auto_workers, run_plan
+from .layout import create_scratch_counts, published_attrs
 from .layout import publish as publish_root
 from .lease import lease_for
 from .metadata import ZarrLayerVarConfig, comparable
@@ -61,7 +63,9 @@ from .plan import RegionPlan, restrict_plan
 from .planning import PyramidSpec
 from .pyramid import DEFAULT_MAX_REGION_BYTES, IO, KEEP_IN_MEMORY_RAM_FRACTION, Pyramid, create_pyramid
 from .regions import WriteContext
-from .root_doc import OPTIONS_KEY, UPDATING, creation_options, read_root, root_attrs, unpublished_attrs, write_root
+from .root_coords import foreign_nodes, planned_names, stale_names
+from .root_doc import OWNED_KEY, UPDATING, owned_nodes, read_root, root_attrs, unpublished_attrs, write_root
+from .storable import short
 from .targets import resolve_store
 from .update_checks import (
     DEFAULT_VERIFY_SAMPLES,
@@ -87,6 +91,7 @@ from .update_store import (
     grown_doc,
     level_variables,
     read_docs,
+    refresh_level_attributes,
     replace_array,
     shard_unit,
     state_digest,
@@ -234,6 +239,8 @@ class PyramidUpdate:
             new_docs[path] = grown_doc(doc, v.shapes[level], shard_unit(v, level))
         clear_chunks(zstore, emptied)
         write_docs(zstore, new_docs)
+        # fresh scratch counts at the grown shapes: this update's regions fill those it reads back
+        create_scratch_counts(zstore, spec, range(len(spec.factors)))
 
     def finish(self, store: Any) -> dict:
         """Replace the coordinates / carried variables along the append dim. The root stays
@@ -244,7 +251,8 @@ class PyramidUpdate:
         mem, copies = appended_variables(self.pyramid.ds, self.spec, self.info.append_dim)
         for src_path, dst_path in copies:
             replace_array(mem, zstore, src_path, dst_path)
-        return {"replaced": [dst for _, dst in copies]}
+        regrouped = refresh_level_attributes(zstore, self.spec)
+        return {"replaced": [dst for _, dst in copies], "group_attributes": regrouped}
 
     def publish(self, store: Any) -> dict:
         """Write the published root (``multiscales``, ``spatial:``, ``proj:``, options): the last write."""
@@ -385,8 +393,16 @@ def plan_update(
     skip = {v for lvl, v in relayout if lvl == 0} if marker is not None else set()
     verified = check_history(zstore, ds, spec, append_dim, n_old, int(verify_samples), skip)
 
-    want_root = {**pyramid.attrs, OPTIONS_KEY: creation_options(spec)}
-    changed = marker is not None or n_new != n_old or bool(relayout) or comparable(attrs) != comparable(want_root)
+    copies = planned_names(ds, spec.x_dim, spec.y_dim)
+    foreign = foreign_nodes(zstore, copies, owned_nodes(attrs))
+    if foreign:
+        raise UpdateRefused(f"the pyramid's root holds a node {short(foreign[0])} that topozarr-flows did not write, "
+                            "where an update writes its root copy of that coordinate (for zarr-layer's value "
+                            "selectors); nothing was written: move it away, or rebuild with overwrite_foreign=True")
+    want_root = published_attrs(spec)
+    published = {k: v for k, v in attrs.items() if k != OWNED_KEY}  # the owned list is publish_root's own
+    changed = (marker is not None or n_new != n_old or bool(relayout) or comparable(published) != comparable(want_root)
+               or bool(stale_names(zstore, attrs)))  # an older pyramid gains its root copies
     state = state_digest(root, {p: docs.get(p) for p in state_paths(spec, append_dim)})
     info = UpdateInfo(append_dim=append_dim, old_length=n_old, new_length=n_new, relayout=tuple(sorted(relayout)),
                       options=options, changed=changed, resumed=marker is not None, state=state,

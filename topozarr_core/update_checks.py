@@ -29,7 +29,8 @@ import xarray as xr
 import zarr
 
 from .levels import DROP_ATTRS
-from .metadata import comparable, level_attributes
+from .metadata import comparable, dataset_attributes, level_attributes
+from .packing import packing_attrs, stored_values
 from .paths import data_path, missing_dtype
 from .root_doc import STATUS_KEY, UPDATING, RootUnreadable, multiscales_of, read_root, root_attrs
 from .update_store import chunk_grid_of, gridded_arrays, shard_unit
@@ -226,7 +227,9 @@ def check_docs(docs: dict[str, dict], pyramid: "Pyramid", spec_old: Any, kinds: 
     for lvl, f in enumerate(spec.factors):
         group = docs[str(lvl)]
         got = {k: v for k, v in (group.get("attributes") or {}).items() if k != "coordinates"}
-        if comparable(got) != comparable(level_attributes(spec.grid, spec.crs, f)):
+        # the dataset's global attributes may change (``finish`` rewrites them); the geo ones may not
+        conventions = {k: v for k, v in got.items() if k not in dataset_attributes(got)}
+        if comparable(conventions) != comparable(level_attributes(spec.grid, spec.crs, f)):
             raise UpdateRefused(f"the metadata of level {lvl} differ from a build of the source (spatial grid or "
                                 "CRS); rebuild the pyramid")
         for name, kind in kinds.items():
@@ -314,7 +317,7 @@ def check_gridded(path: str, doc: dict, v: Any, v_old: Any, lvl: int, is_missing
         want_fill = math.nan
     if not (have_fill == want_fill or _eq(have_fill, want_fill)):
         refuse("the _FillValues", have_fill, want_fill, "the source's _FillValue changed")
-    _check_attrs(path, doc, src_attrs)
+    _check_attrs(path, doc, {**src_attrs, **packing_attrs(v)})
     return relayout
 
 
@@ -411,7 +414,7 @@ def check_history(store: Any, ds: xr.Dataset, spec: Any, dim: str, n_old: int, s
         v, arr, axis, window = job
         have = np.asarray(arr[window])
         src = ds[v.name].isel({d: s for d, s in zip(v.dims, window)}).transpose(*v.dims)
-        want = np.asarray(src.values).astype(v.dtype, copy=False)
+        want = stored_values(v, np.asarray(src.values))
         differ = ~((have == want) | _both_nan(have, want))
         if not differ.any():
             return None

@@ -24,9 +24,9 @@ from .update_checks import UpdateRefused
 #: pyramid was built with.
 AS_BUILT = "as-built"
 
-_OPTION_KEYS = ("x_dim", "y_dim", "factors", "method", "chunks_per_shard", "target_chunk_bytes")
+_OPTION_KEYS = ("x_dim", "y_dim", "factors", "method", "chunks_per_shard", "target_chunk_bytes", "pack")
 _DEFAULTS = {"chunks_per_shard": 4, "target_chunk_bytes": DEFAULT_TARGET_CHUNK_BYTES, "method": "mean",
-             "x_dim": "x", "y_dim": "y"}
+             "x_dim": "x", "y_dim": "y", "pack": True}
 
 
 def stored_options(attrs: dict) -> dict[str, Any]:
@@ -94,6 +94,7 @@ def create_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         "layer_hints": {k: ZarrLayerVarConfig(**v) for k, v in hints.items()} if hints else None,
         "chunks_per_shard": options["chunks_per_shard"],
         "target_chunk_bytes": int(options["target_chunk_bytes"]),
+        "pack": bool(options.get("pack", True)),
     }
 
 

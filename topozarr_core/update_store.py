@@ -21,20 +21,22 @@ from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from .levels import crs_coord_name, level_dataset
-from .paths import data_path, missing_path
+from .metadata import comparable, level_attributes, stored_attributes
+from .paths import data_path
 
 # -- the nodes of a pyramid ----------------------------------------------------------------------
 
 
 def gridded_arrays(spec: Any) -> dict[str, tuple[Any, int, bool]]:
-    """{path: (variable, level, is missing-count array)} of every array written region by region."""
+    """{path: (variable, level, is missing-count array)} of every published array written region by
+    region. The missing counts are scratch of one write (never published): an update makes its own
+    (``layout.create_scratch_counts``)."""
     out: dict[str, tuple[Any, int, bool]] = {}
     for v in spec.variables:
         for lvl in range(len(spec.factors)):
             out[data_path(lvl, v.name)] = (v, lvl, False)
-            if v.track_missing and lvl >= 1:
-                out[missing_path(lvl, v.name)] = (v, lvl, True)
     return out
+
 
 
 def grown_arrays(spec: Any, dim: str) -> dict[str, tuple[Any, int, bool]]:
@@ -145,6 +147,25 @@ def write_docs(store: Any, docs: dict[str, dict]) -> None:
     sync(run())
 
 
+def refresh_level_attributes(store: Any, spec: Any) -> list[str]:
+    """Give every level group the attributes a build of the source writes (the dataset's global
+    attributes may have changed, e.g. a ``history``); returns the groups rewritten."""
+    groups = [str(lvl) for lvl in range(len(spec.factors))]
+    docs = read_docs(store, groups)
+    changed = {}
+    for lvl, path in enumerate(groups):
+        doc = docs[path]
+        if doc is None:
+            continue
+        old = doc.get("attributes") or {}
+        want = {**{k: v for k, v in old.items() if k == "coordinates"},
+                **stored_attributes(level_attributes(spec.grid, spec.crs, spec.factors[lvl], spec.source_attrs))}
+        if comparable(old) != comparable(want):
+            changed[path] = {**doc, "attributes": want}
+    write_docs(store, changed)
+    return sorted(changed)
+
+
 def grown_doc(doc: dict, shape: tuple[int, ...], unit: list[int]) -> dict:
     """``doc`` with another shape and chunk grid (codecs, attributes and fill value kept)."""
     out = json.loads(json.dumps(doc))
@@ -194,4 +215,5 @@ def replace_array(src: Any, dst: Any, src_path: str, dst_path: str) -> None:
 
 __all__ = ["gridded_arrays", "grown_arrays", "state_paths", "state_digest", "level_variables", "placeholder",
            "shard_unit", "chunk_grid_of", "appended_variables", "children", "read_docs", "write_docs", "grown_doc",
+           "refresh_level_attributes",
            "clear_chunks", "replace_array"]
