@@ -413,13 +413,15 @@ def test_window_larger_than_array_gives_empty_output():
 
 
 def test_threads_give_same_result_and_kernels_release_gil():
+    from topozarr_core import numba_kernels as nk
+
     data = float_data((8, 64, 64), "f4", seed=9)
     ref = block_reduce(data, 2, "mean", None)[0]
     with ThreadPoolExecutor(2) as pool:
         parts = list(pool.map(lambda a: block_reduce(a, 2, "mean", None)[0], list(data)))
     np.testing.assert_array_equal(np.stack(parts), ref)
-    for fn in (kernels._mean_plain, kernels._mean_weighted, kernels._sum, kernels._max,
-               kernels._min, kernels._nearest, kernels._mode, kernels._mode_f2):
+    for fn in (nk.mean_plain, nk.mean_weighted, nk.sum_kernel, nk.max_kernel,
+               nk.min_kernel, nk.nearest_kernel, nk.mode_kernel, nk.mode_f2_kernel):
         assert fn.targetoptions["nogil"] is True
         assert fn._cache.__class__.__name__ == "FunctionCache"  # cache=True
 
