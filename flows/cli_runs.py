@@ -39,13 +39,25 @@ def job_variables(pairs: list[str]) -> dict:
 
 def follow(flow_run_id: str, timeout: float | None, start_after=None) -> int:
     """Wait for the run's end, print its line; 0 when it completed."""
+    from uuid import UUID
+
+    from prefect.exceptions import ObjectNotFound
+
     from .watching import WatchTimeout, end_line, wait_for_end
 
+    try:
+        UUID(flow_run_id)
+    except ValueError:
+        print(f"not a flow run id: {flow_run_id[:60]!r}", file=sys.stderr)
+        return 2
     try:
         run = wait_for_end(flow_run_id, timeout=timeout, start_after=start_after)
     except WatchTimeout as err:
         print(str(err), file=sys.stderr)
         return EXIT_FAILED
+    except ObjectNotFound:
+        print(f"no flow run {flow_run_id} on the Prefect API", file=sys.stderr)
+        return 2
     print(end_line(run), flush=True)
     return 0 if run.state.is_completed() else EXIT_FAILED
 

@@ -85,3 +85,23 @@ def test_missing_source_fails_once_in_planning_without_cache_key_noise(prefect_h
     tracebacks = [m for _, m in logs if "does not exist" in m and "Traceback" in m]
     assert len(tracebacks) <= 2, tracebacks
     assert not Path(tmp_path / "p.zarr").exists()
+
+
+def test_watch_refuses_a_bad_or_unknown_run_id_in_one_line(prefect_harness, capsys):
+    from flows.cli import main
+
+    assert main(["watch", "not-a-uuid"]) == 2
+    assert capsys.readouterr().err.strip() == "not a flow run id: 'not-a-uuid'"
+    unknown = "00000000-0000-4000-8000-000000000000"
+    assert main(["watch", unknown]) == 2
+    assert capsys.readouterr().err.strip() == f"no flow run {unknown} on the Prefect API"
+
+
+def test_watch_prints_the_state_message_of_an_ended_run(prefect_harness, tmp_path, capsys):
+    from flows.cli import main
+
+    state = build_pyramid(_params(str(tmp_path / "none.nc"), str(tmp_path / "p.zarr")), return_state=True)
+    run_id = str(state.state_details.flow_run_id)
+    assert main(["watch", run_id]) == 1
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"flow run {run_id} (") and "): Failed: " in line and "does not exist" in line, line
