@@ -129,17 +129,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _retry(flow_run_id: str, here: bool, unfinished: bool = False, watch: bool = False) -> int:
-    from uuid import UUID
-
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     from .retry import RetryRefused, mark_for_retry, retry_here
 
-    try:
-        UUID(flow_run_id)
-    except ValueError:
-        print(f"not a flow run id: {flow_run_id!r}", file=sys.stderr)
+    if not cli_runs.is_run_id(flow_run_id):
         return 2
     try:
         if here:

@@ -37,18 +37,25 @@ def job_variables(pairs: list[str]) -> dict:
     return out
 
 
-def follow(flow_run_id: str, timeout: float | None, start_after=None) -> int:
-    """Wait for the run's end, print its line; 0 when it completed."""
+def is_run_id(text: str) -> bool:
+    """Whether ``text`` is a flow run id; if not, says so on stderr in one line (the value cut)."""
     from uuid import UUID
 
+    try:
+        UUID(text)
+    except ValueError:
+        print(f"not a flow run id: {text[:60]!r}", file=sys.stderr)
+        return False
+    return True
+
+
+def follow(flow_run_id: str, timeout: float | None, start_after=None) -> int:
+    """Wait for the run's end, print its line; 0 when it completed."""
     from prefect.exceptions import ObjectNotFound
 
     from .watching import WatchTimeout, end_line, wait_for_end
 
-    try:
-        UUID(flow_run_id)
-    except ValueError:
-        print(f"not a flow run id: {flow_run_id[:60]!r}", file=sys.stderr)
+    if not is_run_id(flow_run_id):
         return 2
     try:
         run = wait_for_end(flow_run_id, timeout=timeout, start_after=start_after)

@@ -135,19 +135,14 @@ def _renew_until(lease_id: UUID, stop: threading.Event) -> None:
     """Renew the lease every RENEW_SECONDS; a failed renewal is logged and retried at the next tick
     (the lease still has LEASE_SECONDS - RENEW_SECONDS to go)."""
     try:
-        client_cm = get_client(sync_client=True)
-        client = client_cm.__enter__()
-    except Exception as exc:  # noqa: BLE001 -- the batch goes on; the lease then lasts LEASE_SECONDS
+        with get_client(sync_client=True) as client:
+            while not stop.wait(RENEW_SECONDS):
+                try:
+                    _renew_once(client, lease_id)
+                except Exception as exc:  # noqa: BLE001 -- the batch goes on; the next tick tries again
+                    logger.warning("could not renew concurrency lease %s: %s", lease_id, type(exc).__name__)
+    except Exception as exc:  # noqa: BLE001 -- no client: the batch goes on, the lease lasts LEASE_SECONDS
         logger.warning("could not renew concurrency lease %s: %s", lease_id, type(exc).__name__)
-        return
-    try:
-        while not stop.wait(RENEW_SECONDS):
-            try:
-                _renew_once(client, lease_id)
-            except Exception as exc:  # noqa: BLE001 -- the batch goes on; the next tick tries again
-                logger.warning("could not renew concurrency lease %s: %s", lease_id, type(exc).__name__)
-    finally:
-        client_cm.__exit__(None, None, None)
 
 
 def _renew_once(client, lease_id: UUID) -> bool:
