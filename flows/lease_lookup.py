@@ -18,6 +18,15 @@ from .slots import LEASES_ON_DISK
 def leases_held_by(client, limit: str, holder_ids: set[str]) -> list[UUID] | None:
     """Lease ids on ``limit`` held by any of ``holder_ids`` (task run ids); None when the server's lease
     storage is not readable here (another storage, or another machine)."""
+    holders = active_leases(client, limit)
+    if holders is None:
+        return None
+    return [lease_id for lease_id, holder in holders if holder in holder_ids]
+
+
+def active_leases(client, limit: str) -> list[tuple[UUID, str | None]] | None:
+    """Every lease the server holds on ``limit``, with its holder's id (a task run id, or None); None
+    when the server's lease storage is not readable here."""
     if os.environ.get("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASES_ON_DISK) != LEASES_ON_DISK:
         return None
     from prefect.exceptions import ObjectNotFound
@@ -32,4 +41,4 @@ def leases_held_by(client, limit: str, holder_ids: set[str]) -> list[UUID] | Non
     except ObjectNotFound:
         return []
     holders = run_coro_as_sync(storage.list_holders_for_limit(limit_id)) or []
-    return [lease_id for lease_id, holder in holders if str(holder.id) in holder_ids]
+    return [(lease_id, str(holder.id) if holder is not None else None) for lease_id, holder in holders]

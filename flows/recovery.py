@@ -31,7 +31,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import Crashed
 
 from . import lease_lookup, slot_ledger
-from .slots import LEASE_SECONDS, release
+from .slots import LEASE_SECONDS, release_if_held
 
 logger = logging.getLogger("topozarr.recovery")
 UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED]
@@ -56,7 +56,7 @@ def recover(flow_run_id: str | UUID, why: str) -> Recovered:
     released = 0
     with get_client(sync_client=True) as client:
         for held in slot_ledger.held_by(flow_run_id):
-            released += release(client, held.lease_id)
+            released += release_if_held(client, held.lease_id)
             slot_ledger.forget(held.path)
         stale = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])),
@@ -79,7 +79,7 @@ def _release_unrecorded(client: Any, flow_run_id: str, dead_task_runs: set[str])
             logger.warning("a slot of %r asked for by task run %s may stay taken until its lease expires (%.0f s)",
                            pending.limit, pending.task_run_id, LEASE_SECONDS)
         else:
-            released += sum(release(client, lease_id) for lease_id in found)
+            released += sum(release_if_held(client, lease_id) for lease_id in found)
         slot_ledger.forget(pending.path)
     return released
 

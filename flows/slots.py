@@ -70,14 +70,23 @@ def hold_slot(limit: str, *, flow_run_id: str | None = None, task_run_id: str | 
                 slot_ledger.forget(path)
 
 
-def release(client, lease_id: UUID) -> bool:
-    """Give the lease's slots back; False when the server no longer knows it (expired, released)."""
+def release(client, lease_id: UUID) -> None:
+    """Give the lease's slots back (a lease the server no longer knows is a no-op there)."""
+    client.release_concurrency_slots_with_lease(lease_id)
+
+
+def release_if_held(client, lease_id: UUID) -> bool:
+    """Give the lease's slots back; False when the server no longer holds it (expired, released).
+
+    Prefect 3.8 answers the release of an unknown lease with success too, so the lease is renewed
+    first (410 Gone when it is not held): a recovery counts only the slots it really gave back."""
     try:
-        client.release_concurrency_slots_with_lease(lease_id)
+        client.renew_concurrency_lease(lease_id, lease_duration=LEASE_SECONDS)
     except httpx.HTTPStatusError as exc:
-        if exc.response.status_code == 404:
+        if exc.response.status_code in (404, 410):
             return False
         raise
+    release(client, lease_id)
     return True
 
 

@@ -67,6 +67,12 @@ def test_recover_releases_recorded_and_unrecorded_slots_and_crashes_the_task_run
                    for _ in range(2)]
     slot_ledger.record(flow_run_id, uuid.UUID(granted[0]["lease_id"]), limit, task_run_id)
     slot_ledger.record_pending(flow_run_id, limit, task_run_id)  # the second grant's answer was lost
+    # a third lease was given back, but its holder died before it removed its record: a stale entry
+    with prefect_harness.client() as c:
+        released = uuid.UUID(c.increment_concurrency_slots_with_lease(
+            names=[limit], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS, holder=holder).json()["lease_id"])
+        c.release_concurrency_slots_with_lease(released)
+    slot_ledger.record(flow_run_id, released, limit, task_run_id)
     assert _active(prefect_harness, limit) == 2
 
     found = recovery.recover(flow_run_id, "its process died (test)")
