@@ -11,7 +11,10 @@ Everything runs in ONE process (this one), against baselines measured in the sam
 * ``dask``            ``pyramid.as_datatree().to_zarr(<local zarr>, zarr_format=3, consolidated=False,
   encoding=pyramid.encoding)`` inside a ``dask.distributed`` LocalCluster (threads of this process by
   default, ``--dask-processes`` for worker processes, whose CPU this process does not see);
-  compared with ``core zarr``.
+  compared with ``core zarr``;
+* ``flow dask``       the same flow with ``task_runner=DaskTaskRunner(address=<that cluster>)``: its
+  batch tasks run on the cluster's workers (each reads the level below from the target: no shared
+  level cache); compared with ``core zarr``.
 
 The source is a synthetic float32 raster (``--size`` squared, default 16384: 1 GB) written once as a
 local Zarr with ``--source-chunk`` chunks under ``--cache-dir`` and reused by later runs; every phase
@@ -165,6 +168,22 @@ class Phases:
             pyramid.as_datatree().to_zarr(target, zarr_format=3, consolidated=False, encoding=pyramid.encoding)
         return {}
 
+    def flow_dask(self) -> dict:
+        """The flow with its batch tasks on the same LocalCluster (prefect-dask's DaskTaskRunner)."""
+        from prefect_dask import DaskTaskRunner
+
+        from flows.build import build_pyramid
+        from flows.params import BuildParams
+
+        runner = DaskTaskRunner(address=self.cluster().scheduler.address)
+        params = BuildParams(source=str(self.src), levels=self.levels, crs=CRS, target=str(self._fresh("flow-dask.zarr")),
+                             **self.flow_options)
+        state = build_pyramid.with_options(task_runner=runner)(params, return_state=True)
+        if not state.is_completed():
+            raise RuntimeError(f"flow on dask: flow run ended {state.name}: {state.message}")
+        self.flow_runs.append(("flow dask", str(state.state_details.flow_run_id)))
+        return {"flow_run_id": str(state.state_details.flow_run_id)}
+
     def cluster(self):
         """One LocalCluster for the whole run (its start is not timed): 2 workers of 1 thread."""
         if self._cluster is None:
@@ -261,9 +280,9 @@ def run_suite(name: str, phases: Phases, order: list[str], repeat: int) -> dict[
     return results
 
 
-BASELINE = {"flow_zarr": "core_zarr", "flow_icechunk": "core_icechunk", "dask": "core_zarr"}
+BASELINE = {"flow_zarr": "core_zarr", "flow_icechunk": "core_icechunk", "dask": "core_zarr", "flow_dask": "core_zarr"}
 LABEL = {"core_zarr": "core zarr (Pyramid.write)", "flow_zarr": "flow zarr", "core_icechunk": "core icechunk + commit",
-         "flow_icechunk": "flow icechunk", "dask": "dask as_datatree.to_zarr"}
+         "flow_icechunk": "flow icechunk", "dask": "dask as_datatree.to_zarr", "flow_dask": "flow zarr, DaskTaskRunner"}
 
 
 def report(name: str, results: dict[str, list[dict]], tasks: dict[str, int]) -> str:

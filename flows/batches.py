@@ -13,6 +13,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run, task_run
 from prefect.futures import PrefectFuture, wait
 
+from topozarr_core.dependencies import batch_dependencies
 from topozarr_core.executor import write_shared_batch
 from topozarr_core.io_select import open_array_for
 from topozarr_core.level_cache import LevelCache
@@ -21,6 +22,7 @@ from topozarr_core.regions import WriteContext, write_region_batch
 from topozarr_core.targets import error_summary
 
 from . import faults
+from .pipeline import run_pipelined
 from .slots import hold_slot
 
 
@@ -29,7 +31,8 @@ class BatchesFailed(RuntimeError):
 
 
 def write_one_batch(plan: RegionPlan, source: xr.Dataset, level: int, index: int, *, io: str, limit: str,
-                    fork: Any = None, store: Callable[[], Any], cache: LevelCache | None = None) -> dict:
+                    fork: Any = None, store: Callable[[], Any], cache: LevelCache | None = None,
+                    cache_only: bool = False) -> dict:
     """Write batch ``index`` of ``level`` holding one slot of the global limit ``limit``.
 
     With an Icechunk ``fork`` the batch writes into its own copy of it (exactly as a remote worker
@@ -48,7 +51,7 @@ def write_one_batch(plan: RegionPlan, source: xr.Dataset, level: int, index: int
         faults.maybe_fail(batch.key)
         ctx = WriteContext(plan=plan, source=source, store=target, open_array=open_array_for(io, target),
                            cache=cache)
-        result = write_region_batch(ctx, batch) if cache is None else write_shared_batch(ctx, batch)
+        result = write_region_batch(ctx, batch) if cache is None else write_shared_batch(ctx, batch, cache_only)
         finished = time.time()
     get_run_logger().info("wrote %s: %d regions, %.1f MB in %.2f s", batch.key, result.regions,
                           result.bytes_written / 1e6, result.seconds)
@@ -69,38 +72,89 @@ def run_levels(
     submit: Callable[[int, int, Any], PrefectFuture],
     *,
     fork: Callable[[int], Any] | None = None,
-    commit: Callable[[int, list[Any]], Any] | None = None,
+    commit: Callable[[int, list[Any], bool], Any] | None = None,
     description: str = "region batches written",
+    depends: list[list] | None = None,
+    in_flight: int = 4,
 ) -> list[dict]:
-    """Level by level: submit every batch, wait, fail clearly, commit (Icechunk), report progress.
+    """Run every level's batches, fail clearly, commit (Icechunk), report progress.
 
-    Returns one row per level (the planned level fields plus ``seconds``) for the table artifact.
+    With ``depends`` (:func:`plan_depends`) and no Icechunk ``fork``, a batch starts as soon as the batches under it are
+    written (:mod:`flows.pipeline`); otherwise level by level: submit every batch, wait, commit. With
+    Icechunk, ``fork(level)`` gives the first level's fork and ``commit(level, forks, last)`` merges a
+    level's forks, commits them and returns the next level's fork (of that commit; None when ``last``),
+    so each level's writers see the levels under it. Returns one row per level (the planned
+    level fields plus ``written``, ``reused`` and ``seconds``) for the table artifact.
     """
     logger = get_run_logger()
     total = sum(lv["batches"] for lv in levels)
     progress = create_progress_artifact(0.0, description=f"{description} ({total} in all)")
-    done, rows = 0, []
-    for lv in levels:
-        level = lv["level"]
-        t0 = time.perf_counter()
-        level_fork = fork(level) if fork else None
-        futures = [submit(level, i, level_fork) for i in range(lv["batches"])]
-        wait(futures)
-        failed = [(i, f) for i, f in enumerate(futures) if not f.state.is_completed()]
-        if failed:
-            raise BatchesFailed(failure_line(level, failed, len(futures)))
+    by_level = {lv["level"]: lv for lv in levels}
+    rows: dict[int, dict] = {}
+
+    def level_done(level: int, futures: list[PrefectFuture], seconds: float) -> None:
         results = [f.result() for f in futures]
-        if commit:
-            commit(level, [r["fork"] for r in results])
-        done += len(results)
-        update_progress_artifact(progress, 100.0 * done / max(total, 1))
-        seconds = time.perf_counter() - t0
         fresh = [r for f, r in zip(futures, results) if f.state.name != "Cached"]  # Cached: an earlier attempt's
         reused = len(results) - len(fresh)
         logger.info("level %d: %d batches written by this attempt (%.1f MB), %d reused from an earlier attempt, %.1f s",
                     level, len(fresh), sum(r["bytes"] for r in fresh) / 1e6, reused, seconds)
-        rows.append({**lv, "written": len(fresh), "reused": reused, "seconds": round(seconds, 2)})
-    return rows
+        rows[level] = {**by_level[level], "written": len(fresh), "reused": reused, "seconds": round(seconds, 2)}
+
+    if depends is not None and fork is None:
+        def finished_level(level: int, tally) -> None:
+            futures = [tally.futures[i] for i in sorted(tally.futures)]
+            if all(f.state.is_completed() for f in futures):
+                level_done(level, futures, tally.seconds)
+
+        def batch_done(n: int) -> None:
+            if n == total or n % max(1, total // 20) == 0:  # every 5 %: each update is an API call
+                update_progress_artifact(progress, 100.0 * n / max(total, 1))
+
+        edges = {(lvl, i): [tuple(k) for k in keys] for lvl, i, keys in depends}
+        tallies, failed, not_started = run_pipelined(levels, edges, lambda level, i: submit(level, i, None),
+                                                     in_flight=in_flight, on_level_done=finished_level,
+                                                     on_batch_done=batch_done)
+        if failed:
+            level = failed[0][0]
+            here = [(i, tallies[level].futures[i]) for lvl, i in failed if lvl == level]
+            raise BatchesFailed(failure_line(level, here, by_level[level]["batches"], not_started=not_started))
+        return [rows[lv["level"]] for lv in levels]
+
+    done = 0
+    level_fork = fork(levels[0]["level"]) if fork and levels else None
+    for n, lv in enumerate(levels):
+        level = lv["level"]
+        t0 = time.perf_counter()
+        futures = [submit(level, i, level_fork) for i in range(lv["batches"])]
+        wait(futures)
+        failed_here = [(i, f) for i, f in enumerate(futures) if not f.state.is_completed()]
+        if failed_here:
+            raise BatchesFailed(failure_line(level, failed_here, len(futures)))
+        if commit:
+            level_fork = commit(level, [f.result()["fork"] for f in futures], n == len(levels) - 1)
+        done += len(futures)
+        update_progress_artifact(progress, 100.0 * done / max(total, 1))
+        level_done(level, futures, time.perf_counter() - t0)
+    return [rows[lv["level"]] for lv in levels]
+
+
+def plan_depends(plan: RegionPlan, sources: dict[int, int] | None = None) -> list[list]:
+    """The plan's batch dependencies as plain data (a task result): ``[level, index, [[level, index], ...]]``."""
+    return [[lvl, i, [list(k) for k in keys]] for (lvl, i), keys in batch_dependencies(plan, sources).items()]
+
+
+def run_depends(planned: list[list] | None, plan: RegionPlan, cache: LevelCache | None,
+                run_count: int) -> tuple[list[list] | None, bool]:
+    """What this attempt's batches wait for, and whether they write from the shared cache only.
+
+    The first attempt of a run whose batches share one level cache in this process (``cache``) runs
+    every batch here, so a precomputed level's batch needs only its producers written (the levels
+    in between need not be: levels 2..6 of a 1 GB run no longer wait for each other). Any other
+    attempt (a retry reuses batches that never fed this process's cache) waits for the level below
+    in the store (``planned``, the plan task's edges)."""
+    if planned is None or cache is None or run_count != 1 or not cache.precomputed:
+        return planned, False
+    return plan_depends(plan, cache.sources()), True
 
 
 def runs_in_this_process() -> bool:
@@ -113,7 +167,7 @@ def runs_in_this_process() -> bool:
     return ctx is not None and isinstance(ctx.task_runner, ThreadPoolTaskRunner)
 
 
-def failure_line(level: int, failed: list[tuple[int, PrefectFuture]], total: int) -> str:
+def failure_line(level: int, failed: list[tuple[int, PrefectFuture]], total: int, not_started: int = 0) -> str:
     """One line for the flow run's state: which batches failed, and the first one's root cause. It is
     also logged as the flow's last error, so ``prefect deployment run --watch`` (which prints only the
     final state's name) shows it in the log stream it follows."""
@@ -121,7 +175,8 @@ def failure_line(level: int, failed: list[tuple[int, PrefectFuture]], total: int
     cause = future.state.result(raise_on_failure=False)
     why = error_summary(cause, limit=240) if isinstance(cause, BaseException) else (future.state.message or "")
     more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    above = f"; {not_started} batches of coarser levels that read them were not started" if not_started else ""
     line = (f"level {level}: {len(failed)} of {total} batches failed after their retries; "
-            f"write-L{level}-B{index:05d}{more}: {why}; retry the run to redo only the failed batches")
+            f"write-L{level}-B{index:05d}{more}: {why}{above}; retry the run to redo only the failed batches")
     get_run_logger().error("%s", line)
     return line

@@ -13,7 +13,7 @@ from .recovery import before_attempt, on_crashed
 from .artifacts import quicklook_artifact
 from .batches import BatchesFailed  # noqa: F401  (what a failed run raises)
 from .batches import run_levels, runs_in_this_process
-from .job import drop_run_cache, target_lease
+from .job import attempt_depends, drop_run_cache, target_lease
 from .limits import ensure_limit_task
 from .params import BuildParams
 from .tasks import (
@@ -34,19 +34,23 @@ def build_pyramid(params: BuildParams) -> dict[str, Any]:
     logger = get_run_logger()
     before_attempt()
     plan = plan_pyramid(params)
-    ensure_limit_task(params.concurrency_limit, params.default_concurrency)
+    slots = ensure_limit_task(params.concurrency_limit, params.default_concurrency)
     with target_lease(params):
         init = initialise_target(params)
         staging = init["staging"]
         shared = runs_in_this_process()  # then the batch tasks share one level cache (see write_batch)
         try:
+            depends, cache_only = attempt_depends(params, plan.get("depends"), shared)
             rows = run_levels(
                 plan["levels"],
                 lambda level, i, fork: write_batch.submit(params, level, i, fork, key=f"L{level}-B{i:05d}",
-                                                         fingerprint=plan["fingerprint"], shared=shared),
+                                                         fingerprint=plan["fingerprint"], shared=shared,
+                                                         cache_only=cache_only),
                 fork=(lambda level: fork_level(params, staging, key=f"L{level}")) if staging else None,
-                commit=(lambda level, forks: commit_level(params, staging, forks, key=f"level-{level}")) if staging
-                else None,
+                commit=(lambda level, forks, last: commit_level(params, staging, forks, key=f"level-{level}",
+                                                                last=last)["fork"]) if staging else None,
+                depends=depends,  # (a run planned by an older version has none: level by level)
+                in_flight=slots,  # (one more would only poll the server for a slot)
             )
         finally:
             drop_run_cache(params)

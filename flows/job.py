@@ -21,6 +21,7 @@ from topozarr_core.sources import open_source
 from topozarr_core.target_contract import check_target
 from topozarr_core.targets import resolve_store
 
+from .batches import run_depends
 from .params import BuildParams
 
 
@@ -98,6 +99,17 @@ def load_job(params: BuildParams) -> Job:
         return job
 
 
+def attempt_depends(params: BuildParams, depends: list[list] | None, shared: bool) -> tuple[list[list] | None, bool]:
+    """The batch edges this attempt of the flow run follows, and whether its batches write from the
+    shared level cache only (:func:`flows.batches.run_depends`)."""
+    if not shared or depends is None or params.target_format == "icechunk":
+        return depends, False
+    from prefect.runtime import flow_run
+
+    job = load_job(params)
+    return run_depends(depends, job.plan, job.run_cache(str(flow_run.id)), flow_run.run_count)
+
+
 def drop_run_cache(params: BuildParams) -> None:
     """Free the level cache of the run that used ``params`` in this process (if it loaded a job)."""
     with _lock:
@@ -123,6 +135,7 @@ def _build(params: BuildParams) -> Job:
         max_region_bytes=params.max_region_bytes,
         regions_per_batch=params.regions_per_batch,
         target_batches_per_level=max(1, params.max_task_runs // n_levels),
+        min_batch_bytes=params.min_batch_bytes,
     )
     asked = sum(len(lp.batches) for lp in plan.levels)
     plan = cap_batches(plan, params.max_task_runs)  # a hard cap, even with an explicit regions_per_batch

@@ -27,6 +27,8 @@ class RunParams(BaseModel):
     regions_per_batch: int | None = Field(None, ge=1)
     max_task_runs: int = Field(200, ge=1, description="Batches are sized so a run has at most about this many write tasks")
     max_region_bytes: int = Field(256_000_000, ge=1_000_000)
+    min_batch_bytes: int = Field(64 * 2**20, ge=0, description="Without regions_per_batch, a write task gets at "
+                                 "least this much output (its fixed cost stays small against its work)")
     concurrency_limit: str = REGION_LIMIT
     default_concurrency: int = Field(4, ge=1, description="Slots of the limit when the flow has to create it")
     validate_samples: int = Field(4, ge=0)

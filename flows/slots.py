@@ -20,10 +20,11 @@ from contextlib import contextmanager
 from uuid import UUID
 
 import httpx
-from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
 from . import slot_ledger
+from .api_client import shared_client
+from .api_once import post_patiently
 
 #: The shortest lease Prefect 3.8's server grants: a dead holder's slot is free at most this long after
 #: its last renewal (plus one pass of the server's repossessor, PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS).
@@ -47,32 +48,32 @@ class LimitMissing(RuntimeError):
 def hold_slot(limit: str, *, flow_run_id: str | None = None, task_run_id: str | None = None) -> Iterator[UUID]:
     """Hold one slot of ``limit`` for the block (waiting for one if all are taken)."""
     holder = ConcurrencyLeaseHolder(type="task_run", id=UUID(task_run_id)) if task_run_id else None
-    with get_client(sync_client=True) as client:
-        pending = slot_ledger.record_pending(flow_run_id, limit, task_run_id) if flow_run_id else None
-        lease_id = _acquire(client, limit, holder)
-        path = slot_ledger.record(flow_run_id, lease_id, limit, task_run_id) if flow_run_id else None
-        if pending is not None:
-            pending.unlink(missing_ok=True)
-        stop = threading.Event()
-        # the renewal thread talks to the same API as this one: Prefect's settings (temporary_settings,
-        # the harness) live in context variables, which a new thread does not inherit by itself
-        context = contextvars.copy_context()
-        renewer = threading.Thread(target=context.run, args=(_renew_until, lease_id, stop), daemon=True,
-                                   name=f"topozarr-slot-{lease_id}")
-        renewer.start()
-        try:
-            yield lease_id
-        finally:
-            stop.set()
-            renewer.join()
-            release(client, lease_id)
-            if path is not None:
-                slot_ledger.forget(path)
+    client = shared_client()  # one per process (flows.api_client)
+    pending = slot_ledger.record_pending(flow_run_id, limit, task_run_id) if flow_run_id else None
+    lease_id = _acquire(client, limit, holder)
+    path = slot_ledger.record(flow_run_id, lease_id, limit, task_run_id) if flow_run_id else None
+    if pending is not None:
+        pending.unlink(missing_ok=True)
+    stop = threading.Event()
+    # the renewal thread talks to the same API as this one: Prefect's settings (temporary_settings,
+    # the harness) live in context variables, which a new thread does not inherit by itself
+    context = contextvars.copy_context()
+    renewer = threading.Thread(target=context.run, args=(_renew_until, lease_id, stop), daemon=True,
+                               name=f"topozarr-slot-{lease_id}")
+    renewer.start()
+    try:
+        yield lease_id
+    finally:
+        stop.set()
+        renewer.join()
+        release(client, lease_id)
+        if path is not None:
+            slot_ledger.forget(path)
 
 
 def release(client, lease_id: UUID) -> None:
     """Give the lease's slots back (a lease the server no longer knows is a no-op there)."""
-    client.release_concurrency_slots_with_lease(lease_id)
+    post_patiently(client, "/v2/concurrency_limits/decrement-with-lease", {"lease_id": str(lease_id)})
 
 
 def release_if_held(client, lease_id: UUID) -> bool:
@@ -93,31 +94,22 @@ def release_if_held(client, lease_id: UUID) -> bool:
 def _acquire(client, limit: str, holder: ConcurrencyLeaseHolder | None) -> UUID:
     """Ask until granted. One thread of this process asks at a time per limit (as Prefect's own
     acquisition service does): a crowd of threads polling at once makes the SQLite server answer 503
-    ("database is locked"), which Prefect's client would retry after 2 s, 4 s, ... sleeps. Here the
-    client does not retry; a 503/502/429 is asked again after 20 ms, doubling up to MAX_POLL_SECONDS."""
-    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
-
-    busy_since = None
-    with _asking(limit), temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
-        backoff = 0.02
+    ("database is locked"). Each request is sent once (:mod:`flows.api_once`: Prefect's client would
+    sleep 2 s, 4 s, ... after a 503); a busy server is asked again after 20 ms, doubling up to 0.5 s;
+    all slots taken (423) is polled every :data:`MAX_POLL_SECONDS` at most."""
+    body: dict = {"names": [limit], "slots": 1, "mode": "concurrency", "lease_duration": LEASE_SECONDS}
+    if holder is not None:
+        body["holder"] = holder.model_dump(mode="json")
+    with _asking(limit):
         while True:
             try:
-                response = client.increment_concurrency_slots_with_lease(
-                    names=[limit], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS, holder=holder)
+                response = post_patiently(client, "/v2/concurrency_limits/increment-with-lease", body)
             except httpx.HTTPStatusError as exc:
-                code = exc.response.status_code
-                if code == 423:  # all slots taken
-                    advised = float(exc.response.headers.get("Retry-After", MAX_POLL_SECONDS))
-                    time.sleep(min(advised, MAX_POLL_SECONDS) * random.uniform(0.5, 1.0))
-                    continue
-                if code in TRANSIENT:
-                    busy_since = busy_since or time.monotonic()
-                    if time.monotonic() - busy_since > UNAVAILABLE_SECONDS:
-                        raise
-                    time.sleep(backoff * random.uniform(0.5, 1.0))
-                    backoff = min(backoff * 2, MAX_POLL_SECONDS)
-                    continue
-                raise
+                if exc.response.status_code != 423:  # 423: all slots taken
+                    raise
+                advised = float(exc.response.headers.get("Retry-After", MAX_POLL_SECONDS))
+                time.sleep(min(advised, MAX_POLL_SECONDS) * random.uniform(0.5, 1.0))
+                continue
             break
     body = response.json()
     if not body.get("limits"):
@@ -128,9 +120,6 @@ def _acquire(client, limit: str, holder: ConcurrencyLeaseHolder | None) -> UUID:
     return UUID(body["lease_id"])
 
 
-#: Answers that mean "ask again shortly" (the server is busy), and for how long to keep asking.
-TRANSIENT = (429, 502, 503)
-UNAVAILABLE_SECONDS = 120.0
 _ASKING: dict[str, threading.Lock] = {}
 _ASKING_GUARD = threading.Lock()
 
@@ -143,15 +132,11 @@ def _asking(limit: str) -> threading.Lock:
 def _renew_until(lease_id: UUID, stop: threading.Event) -> None:
     """Renew the lease every RENEW_SECONDS; a failed renewal is logged and retried at the next tick
     (the lease still has LEASE_SECONDS - RENEW_SECONDS to go)."""
-    try:
-        with get_client(sync_client=True) as client:
-            while not stop.wait(RENEW_SECONDS):
-                try:
-                    _renew_once(client, lease_id)
-                except Exception as exc:  # noqa: BLE001 -- the batch goes on; the next tick tries again
-                    logger.warning("could not renew concurrency lease %s: %s", lease_id, type(exc).__name__)
-    except Exception as exc:  # noqa: BLE001 -- no client: the batch goes on, the lease lasts LEASE_SECONDS
-        logger.warning("could not renew concurrency lease %s: %s", lease_id, type(exc).__name__)
+    while not stop.wait(RENEW_SECONDS):
+        try:
+            _renew_once(shared_client(), lease_id)
+        except Exception as exc:  # noqa: BLE001 -- the batch goes on; the next tick tries again
+            logger.warning("could not renew concurrency lease %s: %s", lease_id, type(exc).__name__)
 
 
 def _renew_once(client, lease_id: UUID) -> bool:

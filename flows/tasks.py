@@ -19,7 +19,7 @@ from topozarr_core.layout import published_attrs
 from topozarr_core.targets import redact
 from topozarr_core.validate import validate_pyramid
 
-from .batches import write_one_batch
+from .batches import plan_depends, write_one_batch
 from .job import load_job
 from .params import BuildParams
 
@@ -70,7 +70,7 @@ def plan_pyramid(params: BuildParams, key: str = "plan") -> dict:
         logger.warning("%d region batches would exceed max_task_runs=%d: batches coarsened to %d",
                        job.asked_batches, params.max_task_runs, planned)
     logger.info("planned %d levels, %d batches for %s", len(levels), planned, redact(params.source))
-    return {"fingerprint": job.plan.fingerprint(), "levels": levels}
+    return {"fingerprint": job.plan.fingerprint(), "levels": levels, "depends": plan_depends(job.plan)}
 
 
 @task(name="initialise-target", **RUN_CACHED, **RETRYING)
@@ -98,11 +98,12 @@ def fork_level(params: BuildParams, staging: str, key: str) -> Any:
 
 @task(name="write-batch", task_run_name="write-{key}", **RUN_CACHED, **RETRYING)
 def write_batch(params: BuildParams, level: int, index: int, fork: Any = None, key: str = "",
-                fingerprint: str = "", shared: bool = False) -> dict:
+                fingerprint: str = "", shared: bool = False, cache_only: bool = False) -> dict:
     """Write one batch of shard-aligned regions while holding one slot of the global limit.
 
     ``shared``: the run's batch tasks run in this process and share its level cache (coarse regions
-    reduced in memory, as ``Pyramid.write`` does, instead of re-read from the store)."""
+    reduced in memory, as ``Pyramid.write`` does, instead of re-read from the store); ``cache_only``:
+    started when its producers were written (:func:`flows.batches.run_depends`)."""
     job = load_job(params)
     if fingerprint and job.plan.fingerprint() != fingerprint:
         raise SourceChanged("the source changed since this run was planned (its region plan differs); "
@@ -113,15 +114,17 @@ def write_batch(params: BuildParams, level: int, index: int, fork: Any = None, k
 
         cache = job.run_cache(str(flow_run.id))
     return write_one_batch(job.plan, job.pyramid.ds, level, index, io=params.io, limit=params.concurrency_limit,
-                           fork=fork, store=job.zarr_store, cache=cache)
+                           fork=fork, store=job.zarr_store, cache=cache, cache_only=cache_only and cache is not None)
 
 
 @task(name="commit-level", **RUN_CACHED, **RETRYING)
-def commit_level(params: BuildParams, staging: str, forks: list[Any], key: str) -> str:
-    """Merge this level's forks and commit them to the staging branch."""
-    snap = icechunk_txn.merge_and_commit(load_job(params).icechunk, staging, forks, f"topozarr: {key}")
+def commit_level(params: BuildParams, staging: str, forks: list[Any], key: str, last: bool = False) -> dict:
+    """Merge this level's forks and commit them to the staging branch; unless ``last``, also fork that
+    commit for the next level's writers (one task less per level than a separate fork task)."""
+    target = load_job(params).icechunk
+    snap = icechunk_txn.merge_and_commit(target, staging, forks, f"topozarr: {key}")
     get_run_logger().info("committed %s to %s as %s", key, staging, snap)
-    return snap
+    return {"snapshot": snap, "fork": None if last else icechunk_txn.fork(target, staging)}
 
 
 @task(name="publish-metadata", **RUN_CACHED, **RETRYING)

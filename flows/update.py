@@ -34,13 +34,13 @@ from topozarr_core import icechunk_txn
 from topozarr_core.layout import published_attrs
 from topozarr_core.plan import RegionPlan
 from topozarr_core.sources import open_source
-from topozarr_core.targets import resolve_store
+from topozarr_core.targets import redact, resolve_store
 from topozarr_core.update import DEFAULT_VERIFY_SAMPLES, PyramidUpdate, UpdateInfo, plan_update
 from topozarr_core.validate import validate_pyramid
 
 from .recovery import before_attempt, on_crashed
 from .artifacts import quicklook_artifact
-from .batches import BatchesFailed, run_levels, write_one_batch  # noqa: F401  (BatchesFailed: what a failed run raises)
+from .batches import BatchesFailed, plan_depends, run_levels, write_one_batch  # noqa: F401  (BatchesFailed: what a failed run raises)
 from .job import target_lease
 from .limits import ensure_limit_task
 from .params import RunParams
@@ -98,7 +98,8 @@ def load_update_job(params: UpdateParams, info: dict) -> UpdateJob:
 def _region_plan(params: UpdateParams, update: PyramidUpdate) -> RegionPlan:
     n_levels = len(update.spec.factors)
     return update.region_plan(max_region_bytes=params.max_region_bytes, regions_per_batch=params.regions_per_batch,
-                              target_batches_per_level=max(1, params.max_task_runs // n_levels))
+                              target_batches_per_level=max(1, params.max_task_runs // n_levels),
+                              min_batch_bytes=params.min_batch_bytes)
 
 
 def _zarr_store(params: UpdateParams) -> Any:
@@ -134,13 +135,13 @@ def plan_update_task(params: UpdateParams, key: str = "plan") -> dict:
     levels = [{"level": lp.level, "batches": len(lp.batches), "regions": lp.n_regions} for lp in plan.levels]
     get_run_logger().info(
         "planned update of %s along %r: %d -> %d entries%s, %d regions in %d batches%s; history: %d level-0 "
-        "chunks equal the source's", params.target, info.append_dim, info.old_length, info.new_length,
+        "chunks equal the source's", redact(params.target), info.append_dim, info.old_length, info.new_length,
         " (resuming an interrupted update)" if info.resumed else "", sum(lv["regions"] for lv in levels),
         sum(lv["batches"] for lv in levels),
         f", relaying out {[f'L{lvl}/{v}' for lvl, v in info.relayout]}" if info.relayout else "",
         info.verified_chunks)
     return {"info": info.to_dict(), "levels": levels, "changed": info.changed, "snapshot": snapshot,
-            "fingerprint": plan.fingerprint()}
+            "fingerprint": plan.fingerprint(), "depends": plan_depends(plan)}
 
 
 @task(name="prepare-update", **RUN_CACHED, **RETRYING)
@@ -180,12 +181,14 @@ def write_update_batch(params: UpdateParams, info: dict, level: int, index: int,
 
 
 @task(name="amend-level", **RUN_CACHED, **RETRYING)
-def amend_level(params: UpdateParams, info: dict, staging: str, forks: list[Any], key: str) -> str:
-    """Merge this level's forks into the staging branch, amending its single update commit."""
+def amend_level(params: UpdateParams, info: dict, staging: str, forks: list[Any], key: str, last: bool = False) -> dict:
+    """Merge this level's forks into the staging branch, amending its single update commit; unless
+    ``last``, also fork the result for the next level's writers."""
     session = icechunk_txn.writable(params.icechunk, staging)
     if forks:
         session.merge(*forks)
-    return session.amend(_message(UpdateInfo.from_dict(info)), allow_empty=True)
+    snap = session.amend(_message(UpdateInfo.from_dict(info)), allow_empty=True)
+    return {"snapshot": snap, "fork": None if last else icechunk_txn.fork(params.icechunk, staging)}
 
 
 @task(name="finish-update", **RUN_CACHED, **RETRYING)
@@ -257,7 +260,7 @@ def update_pyramid(params: UpdateParams) -> dict[str, Any]:
                     info["new_length"], info["append_dim"])
         return {**summary, "changed": False, "regions": 0, "levels": [], "snapshot": planned["snapshot"],
                 "spot_checks": 0}
-    ensure_limit_task(params.concurrency_limit, params.default_concurrency)
+    slots = ensure_limit_task(params.concurrency_limit, params.default_concurrency)
     with target_lease(params):
         prep = prepare_update(params, info, planned["snapshot"])
         staging = prep["staging"]
@@ -265,16 +268,18 @@ def update_pyramid(params: UpdateParams) -> dict[str, Any]:
             planned["levels"],
             lambda level, i, fork: write_update_batch.submit(params, info, level, i, fork, key=f"L{level}-B{i:05d}"),
             fork=(lambda level: fork_level(params, staging, key=f"L{level}")) if staging else None,
-            commit=(lambda level, forks: amend_level(params, info, staging, forks, key=f"level-{level}"))
-            if staging else None,
+            commit=(lambda level, forks, last: amend_level(params, info, staging, forks, key=f"level-{level}",
+                                                           last=last)["fork"]) if staging else None,
             description="update batches written",
+            depends=planned.get("depends"),  # (a run planned by an older version has none: level by level)
+            in_flight=slots,
         )
         finish_update(params, info, staging)
         checked = validate_update(params, info, staging)
         publish_update_metadata(params, info, staging)
         snapshot = publish_branch(params, staging, prep["base"]) if staging else None
         quicklook_artifact(params)
-    create_table_artifact(rows, key="pyramid-update", description=f"{params.source} -> {params.target}")
+    create_table_artifact(rows, key="pyramid-update", description=redact(f"{params.source} -> {params.target}"))
     logger.info("update complete: %r %d -> %d, %d regions", info["append_dim"], info["old_length"],
                 info["new_length"], sum(r["regions"] for r in rows))
     return {**summary, "changed": True, "regions": sum(r["regions"] for r in rows), "levels": rows,

@@ -666,7 +666,8 @@ def test_watch_prints_the_failure_line(stack, source, tmp_path):
     assert first.startswith(f"flow run {run_id} (") and first.endswith(f") of {ADHOC}"), first
     assert last.startswith(f"flow run {run_id} (") and "): Failed: " in last, last
     assert ("level 0: 1 of 4 batches failed after their retries; write-L0-B00002: InjectedFault: injected "
-            "failure in L0-B00002 (attempt 4); retry the run to redo only the failed batches") in last, last
+            "failure in L0-B00002 (attempt 4); 2 batches of coarser levels that read them were not started; "
+            "retry the run to redo only the failed batches") in last, last
 
     # `watch` on the ended run prints the same line at once
     again = _sh([f"{sys.prefix}/bin/topozarr-flows", "watch", run_id], stack.env, timeout=60, check=False)

@@ -11,7 +11,8 @@ import zarr
 
 from tests.conftest import make_raster
 from topozarr_core import create_pyramid
-from topozarr_core.executor import shared_cache_bytes, write_shared_batch
+from topozarr_core.dependencies import batch_dependencies
+from topozarr_core.executor import IncompleteBlock, shared_cache_bytes, write_shared_batch
 from topozarr_core.level_cache import LevelCache
 from topozarr_core.regions import WriteContext, write_region_batch
 
@@ -136,6 +137,31 @@ def test_a_rerun_producer_does_not_complete_a_block_twice(tmp_path):
     _assert_same(pyramid, tmp_path / "core.zarr", tmp_path / "tasks.zarr")
 
 
+def test_cache_only_batches_follow_their_producers_and_never_read_the_store(tmp_path):
+    """Started when their producers were written (coarsest first, the level below not yet written):
+    equal to Pyramid.write; one started too early fails instead of reading the store."""
+    pyramid = _pyramid(0.05)
+    pyramid.write(tmp_path / "core.zarr")
+    plan = _plan(pyramid)
+    store = pyramid.initialise(str(tmp_path / "tasks.zarr"))
+    cache = LevelCache.for_plan(plan, keep_whole=False)
+    deps = batch_dependencies(plan, cache.sources())
+    # the coarse levels wait for their producers, not for the level below them
+    assert {p[0] for key, parents in deps.items() if key[0] in (1, 2) for p in parents} == {0}
+    opener = CountingOpener()
+    ctx = WriteContext(plan=plan, source=pyramid.ds, store=store, cache=cache, open_array=opener)
+    with pytest.raises(IncompleteBlock, match=r"L2-B00000: the level-2 block of 'air' at .* is incomplete"):
+        write_shared_batch(ctx, _batch(plan, 2, 0), cache_only=True)
+    done: set = set()
+    while len(done) < len(deps):  # coarsest ready batch first, as the flow's scheduler does
+        key = max((k for k in deps if k not in done and set(deps[k]) <= done), key=lambda k: (k[0], -k[1]))
+        write_shared_batch(ctx, _batch(plan, *key), cache_only=True)
+        done.add(key)
+    pyramid.publish(store)
+    _assert_same(pyramid, tmp_path / "core.zarr", tmp_path / "tasks.zarr")
+    assert opener.read_levels == []
+
+
 def test_flow_on_threads_reduces_coarse_levels_in_memory(prefect_harness, tmp_path, monkeypatch):
     """The flow's default thread-pool runner: every batch goes through the shared cache, no coarse
     region falls back to the store, the output equals Pyramid.write and the cache is freed at the end."""
@@ -149,13 +175,16 @@ def test_flow_on_threads_reduces_coarse_levels_in_memory(prefect_harness, tmp_pa
     ds.to_zarr(src, zarr_format=3, consolidated=False)
     shared_batches, fallbacks = [], []
     real = batches.write_shared_batch
-    monkeypatch.setattr(batches, "write_shared_batch", lambda ctx, b: shared_batches.append(b.key) or real(ctx, b))
+    monkeypatch.setattr(batches, "write_shared_batch",
+                        lambda ctx, b, cache_only=False: shared_batches.append((b.key, cache_only)) or real(ctx, b, cache_only))
     real_discard = LevelCache.discard
     monkeypatch.setattr(LevelCache, "discard", lambda self, *a: fallbacks.append(a) or real_discard(self, *a))
     params = BuildParams(source=str(src), target=str(tmp_path / "flow.zarr"), levels=3, x_dim="lon", y_dim="lat",
                          crs="EPSG:4326", regions_per_batch=1, chunks_per_shard=1)
     result = build_pyramid(params)
     assert len(shared_batches) == sum(lv["batches"] for lv in result["levels"]) > 3
+    # a first attempt: every batch started once its producers were written, not the level below
+    assert all(cache_only for _, cache_only in shared_batches)
     assert fallbacks == []
     assert load_job(params)._run_cache is None  # freed when the levels were written
     import xarray as xr

@@ -10,11 +10,13 @@ import pytest
 import xarray as xr
 
 from flows.build import build_pyramid
+from flows.job import load_job
 from flows.params import BuildParams
 from flows.retry import retry_here
 from tests.compare import assert_same_pyramid
 from tests.conftest import make_raster
 from topozarr_core import create_pyramid
+from topozarr_core.dependencies import batch_dependencies
 
 
 @pytest.fixture
@@ -44,16 +46,29 @@ def test_retry_redoes_only_failed_batch_zarr(prefect_harness, source, tmp_path, 
     monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(fault_dir))
     # L0-B00003 fails its first 4 attempts: the task's 1 + 3 retries, so the run fails
     monkeypatch.setenv("TOPOZARR_FAULTS", "batch=L0-B00003@4")
-    state = build_pyramid(_params(source, str(tmp_path / "p.zarr")), return_state=True)
+    params = _params(source, str(tmp_path / "p.zarr"))
+    state = build_pyramid(params, return_state=True)
     assert state.is_failed()
+    # the batches reading the failed one (directly or through a level between) are never started
+    deps = batch_dependencies(load_job(params).plan)
+    above, frontier = set(), {(0, 3)}
+    while frontier:
+        frontier = {k for k, parents in deps.items() if set(parents) & frontier} - above
+        above |= frontier
+    above_keys = {f"L{lvl}-B{i:05d}" for lvl, i in above}
+    assert above and len(above) < len(deps) - 1
     # one line naming the level, the failing batch and its root cause
     message = state.message or ""
     assert "level 0: 1 of" in message and "write-L0-B00003: InjectedFault: injected failure in L0-B00003" in message
+    assert f"{len(above)} batches of coarser levels that read them were not started" in message
     assert "\n" not in message, message
     first = _attempts(fault_dir)
     assert first["L0-B00003"] == 4 and len(first) >= 8
     assert all(n == 1 for k, n in first.items() if k != "L0-B00003")
-    assert not any(k.startswith("L1") for k in first)  # level 1 never started
+    assert not above_keys & set(first)
+    # every other batch ran: a coarse batch starts as soon as what it reads is written (no level barrier)
+    assert set(first) | above_keys == {f"L{lvl}-B{i:05d}" for lvl, i in deps}
+    assert any(k.startswith("L1") for k in first)
 
     retried = retry_here(state.state_details.flow_run_id)
     assert retried.is_completed()
@@ -65,6 +80,7 @@ def test_retry_redoes_only_failed_batch_zarr(prefect_harness, source, tmp_path, 
     # only the failed batch and the levels that had not run yet
     assert {k for k in redone if k.startswith("L0")} == {"L0-B00003"}
     assert second["L0-B00003"] == 5
+    assert redone == {"L0-B00003"} | above_keys  # the coarse batches written before are reused too
     _clean_build(source, tmp_path / "clean.zarr")
     assert_same_pyramid(str(tmp_path / "p.zarr"), str(tmp_path / "clean.zarr"))
 

@@ -232,3 +232,26 @@ def test_credentials_in_the_url_never_leak(prefect_harness, s3_env, s3_prefix, t
         states[name] = state
     scanned = scan_everything(prefect_harness, states, caplog, user_parameters=True)
     assert scanned == {}, f"credentials leaked into: {json.dumps(scanned, indent=1)}"
+
+
+def test_credentials_in_the_url_never_leak_from_updates(prefect_harness, s3_env, s3_prefix, tmp_path, monkeypatch,
+                                                        caplog):
+    """The update flow too: its plan log line, batch logs and table artifact name the target redacted."""
+    from flows.update import UpdateParams, update_pyramid
+
+    caplog.set_level(logging.INFO)
+    whole = make_raster(ny=128, nx=128, nt=4, crs=None)
+    part, full = tmp_path / "part.nc", tmp_path / "whole.nc"
+    whole.isel(time=slice(0, 2)).to_netcdf(part, engine="h5netcdf")
+    whole.to_netcdf(full, engine="h5netcdf")
+    target = f"s3://{KEY_ID}:{SECRET}@{s3_env.bucket}/{s3_prefix}/up.zarr"
+    states = {"build": build_pyramid({**BASE, "source": str(part), "target": target}, return_state=True)}
+    assert states["build"].is_completed(), states["build"].message
+    monkeypatch.setenv("TOPOZARR_FAULTS", "batch=L0-B00000@1")  # one retried update batch
+    monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "faults"))
+    states["update"] = update_pyramid(UpdateParams(source=str(full), target=target, regions_per_batch=1,
+                                                   concurrency_limit=BASE["concurrency_limit"]), return_state=True)
+    assert states["update"].is_completed(), states["update"].message
+    assert states["update"].result()["new_length"] == 4
+    scanned = scan_everything(prefect_harness, states, caplog, user_parameters=True)
+    assert scanned == {}, f"credentials leaked into: {json.dumps(scanned, indent=1)}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import heapq
 import math
 import os
@@ -17,6 +16,7 @@ import numpy as np
 import psutil
 
 from .dependencies import region_graph
+from .gc_pause import old_objects_frozen
 from .level_cache import LevelCache
 from .paths import missing_dtype
 from .plan import RegionBatch, RegionPlan
@@ -53,24 +53,6 @@ def auto_workers(plan: RegionPlan, max_workers: int | None) -> int:
 
 
 @contextlib.contextmanager
-def _old_objects_frozen() -> Iterator[None]:
-    """Keep Python's cyclic GC off the objects that existed before the write.
-
-    A process that imported xarray, dask and zarr holds millions of tracked objects; the region
-    threads allocate enough for a full (generation 2) collection to start mid-write, which walks
-    all of them for ~0.1 s holding the GIL and stalls every worker. ``gc.freeze`` moves the
-    existing objects out of the collector's view (nothing is freed or kept differently: cycles
-    among them are found after ``gc.unfreeze``, when the write ends). Nested or concurrent writes
-    are harmless: the first to finish unfreezes, which only restores the usual GC cost.
-    """
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-@contextlib.contextmanager
 def _synchronous_dask() -> Iterator[None]:
     """Lazy dask-backed sources compute inside our threads: no nested thread pools."""
     try:
@@ -98,7 +80,7 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
     submissions and is re-raised once the regions in flight have finished.
     """
     cache = ctx.cache
-    sources = {} if cache is None else {lvl: cache.producer.get(lvl, lvl - 1) for lvl in cache.precomputed}
+    sources = {} if cache is None else cache.sources()
     graph = region_graph(ctx.plan, sources)
     waits = list(graph.waits_for)
     left_per_level = Counter(r.level for r in graph.regions)
@@ -118,7 +100,7 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
         bar = tqdm(total=len(graph.regions), unit="region", desc="pyramid")
     written = 0
     try:
-        with _old_objects_frozen(), _synchronous_dask(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="topozarr") as pool:
+        with old_objects_frozen(), _synchronous_dask(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="topozarr") as pool:
             running: dict[Future, int] = {}
             while ready or running:
                 while ready and len(running) < limit:
@@ -234,26 +216,43 @@ def shared_cache_for(plan: RegionPlan) -> LevelCache | None:
     return LevelCache.for_plan(plan, keep_whole=False) if fits else None
 
 
-def write_shared_batch(ctx: WriteContext, batch: RegionBatch) -> BatchResult:
+class IncompleteBlock(RuntimeError):
+    """A batch scheduled to write from the shared cache found a block there incomplete."""
+
+
+def write_shared_batch(ctx: WriteContext, batch: RegionBatch, cache_only: bool = False) -> BatchResult:
     """Write a batch with a cache shared by the batch tasks of one run in this process.
 
     Like :func:`.regions.write_region_batch`, region by region with the one region writer; a
     region whose block here is complete (every producer under it ran in this process) is only
     encoded, as in ``Pyramid.write``; any other is computed from the previous level in the store,
     as a task on another worker would. Each written region records the windows it reduced into.
+    ``cache_only``: the batch was started once its producers were written, not the level below it
+    (which may not be in the store yet): an incomplete block is then an error, never a read.
     """
     cache = ctx.cache
     if cache is None:
         raise ValueError("write_shared_batch needs ctx.cache (a LevelCache.for_plan(plan, keep_whole=False))")
     from_store = dataclasses.replace(ctx, cache=None)  # same open arrays, no cache
     t0 = time.perf_counter()
+    with old_objects_frozen():
+        written = _write_shared(ctx, from_store, batch, cache_only)
+    return BatchResult(batch.key, batch.level, len(batch.regions), written, time.perf_counter() - t0)
+
+
+def _write_shared(ctx: WriteContext, from_store: WriteContext, batch: RegionBatch, cache_only: bool) -> int:
+    cache = ctx.cache
     written = 0
     for region in batch.regions:
         if region.level in cache.precomputed and not cache.complete(region.level, region.var, region.box):
+            if cache_only:
+                raise IncompleteBlock(f"{batch.key}: the level-{region.level} block of {region.var!r} at "
+                                      f"{list(region.box)} is incomplete in the shared cache; retry the run "
+                                      "(a retry reads the level below from the store)")
             cache.discard(region.level, region.var, region.box)
             written += write_region(from_store, region)  # reduces into nothing: its coarser blocks stay incomplete
             continue
         written += write_region(ctx, region)
         for level, window in cache.fed_windows(region.level, region.var, region.box):
             cache.mark_fed(level, region.var, window)
-    return BatchResult(batch.key, batch.level, len(batch.regions), written, time.perf_counter() - t0)
+    return written

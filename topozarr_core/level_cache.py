@@ -197,6 +197,10 @@ class LevelCache:
                 part = tuple((max(a, lo), min(b, hi)) for (a, b), (lo, hi) in zip(window, box))
                 self._fed.setdefault((level, var, box), set()).add(part)
 
+    def sources(self) -> dict[int, int]:
+        """Precomputed level -> the level whose regions feed it (its inputs, for a dependency graph)."""
+        return {lvl: self.producer.get(lvl, lvl - 1) for lvl in self.precomputed}
+
     def complete(self, level: int, var: str, box: Box) -> bool:
         """Whether the block of the region ``box`` holds every pixel (all its producers were written
         here). Batch tasks in one process share a cache; a producer that ran elsewhere (another Dask

@@ -155,8 +155,23 @@ def _itemsize(dtype: str) -> int:
     return np.dtype(dtype).itemsize
 
 
-def auto_regions_per_batch(n_regions: int, target_batches: int) -> int:
-    return max(1, math.ceil(n_regions / max(1, target_batches)))
+def auto_regions_per_batch(n_regions: int, target_batches: int, region_bytes: int = 0, min_batch_bytes: int = 0) -> int:
+    """Regions per batch for about ``target_batches`` batches, but at least ``min_batch_bytes`` of output per
+    batch: a batch run as a task has a fixed cost (state changes, a concurrency slot), which must stay
+    small against its work."""
+    per = max(1, math.ceil(n_regions / max(1, target_batches)))
+    if min_batch_bytes > 0 and region_bytes > 0:
+        per = max(per, min(n_regions, math.ceil(min_batch_bytes / region_bytes)))
+    return per
+
+
+def mean_region_bytes(regions: list[Region], variables: list[VarSpec]) -> int:
+    """Average output bytes of ``regions`` (what one region writes, before compression)."""
+    if not regions:
+        return 0
+    by_name = {v.name: v for v in variables}
+    total = sum(math.prod(r.shape()) * _itemsize(by_name[r.var].level_dtype(r.level)) for r in regions)
+    return total // len(regions)
 
 
 def build_region_plan(
@@ -170,8 +185,10 @@ def build_region_plan(
     levels: list[int] | None = None,
     regions_per_batch: int | None = None,
     target_batches_per_level: int = 32,
+    min_batch_bytes: int = 0,
 ) -> RegionPlan:
-    """Shard-aligned regions for every variable at every requested level, grouped in batches."""
+    """Shard-aligned regions for every variable at every requested level, grouped in batches (of
+    ``regions_per_batch`` regions, or sized by ``target_batches_per_level`` and ``min_batch_bytes``)."""
     wanted = list(range(len(factors))) if levels is None else sorted(levels)
     level_plans = []
     for lvl in wanted:
@@ -183,7 +200,8 @@ def build_region_plan(
                 else _write_unit(spec.encodings[lvl])
             )
             regions.extend(Region(lvl, spec.name, box) for box in _shard_grid(spec.shapes[lvl], unit))
-        per = regions_per_batch or auto_regions_per_batch(len(regions), target_batches_per_level)
+        per = regions_per_batch or auto_regions_per_batch(len(regions), target_batches_per_level,
+                                                          mean_region_bytes(regions, variables), min_batch_bytes)
         batches = tuple(
             RegionBatch(lvl, i, tuple(regions[s : s + per]))
             for i, s in enumerate(range(0, len(regions), per))
@@ -228,6 +246,7 @@ def restrict_plan(
     regions_per_batch: int | None = None,
     target_batches_per_level: int = 32,
     clip: bool = True,
+    min_batch_bytes: int = 0,
 ) -> RegionPlan:
     """The part of ``plan`` to rewrite when entries ``start:stop`` along ``dim`` change.
 
@@ -259,7 +278,9 @@ def restrict_plan(
                         regions.append(region)
         if not regions:
             continue
-        per = regions_per_batch or auto_regions_per_batch(len(regions), target_batches_per_level)
+        per = regions_per_batch or auto_regions_per_batch(len(regions), target_batches_per_level,
+                                                          mean_region_bytes(regions, list(plan.variables)),
+                                                          min_batch_bytes)
         batches = tuple(
             RegionBatch(lp.level, i, tuple(regions[s : s + per]))
             for i, s in enumerate(range(0, len(regions), per))

@@ -157,8 +157,9 @@ class Pyramid:
         max_region_bytes: int = DEFAULT_MAX_REGION_BYTES,
         regions_per_batch: int | None = None,
         target_batches_per_level: int = 32,
+        min_batch_bytes: int = 0,
     ) -> RegionPlan:
-        """The plain-data plan every executor runs."""
+        """The plain-data plan every executor runs (batches matter to executors that run each as a task)."""
         if isinstance(max_region_bytes, bool) or not isinstance(max_region_bytes, int) or max_region_bytes <= 0:
             raise ValueError(f"max_region_bytes must be a positive int, got {max_region_bytes!r}")
         return build_region_plan(
@@ -171,6 +172,7 @@ class Pyramid:
             levels=self._check_levels(levels),
             regions_per_batch=regions_per_batch,
             target_batches_per_level=target_batches_per_level,
+            min_batch_bytes=min_batch_bytes,
         )
 
     def _check_levels(self, levels: list[int] | None) -> list[int]:

@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from .gc_pause import old_objects_frozen
 from .kernels import block_reduce, output_dtype
 from .level_cache import LevelCache
 from .missing_counts import previous_counts, store_counts
@@ -208,5 +209,6 @@ def write_region(ctx: WriteContext, region: Region) -> int:
 def write_region_batch(ctx: WriteContext, batch: RegionBatch) -> BatchResult:
     """Write every region of a batch, in order. Idempotent: rewriting a batch gives the same bytes."""
     t0 = time.perf_counter()
-    written = sum(write_region(ctx, region) for region in batch.regions)
+    with old_objects_frozen():
+        written = sum(write_region(ctx, region) for region in batch.regions)
     return BatchResult(batch.key, batch.level, len(batch.regions), written, time.perf_counter() - t0)

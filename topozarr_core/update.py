@@ -185,14 +185,15 @@ class PyramidUpdate:
         return self.pyramid.spec
 
     def region_plan(self, max_region_bytes: int = DEFAULT_MAX_REGION_BYTES, regions_per_batch: int | None = None,
-                    target_batches_per_level: int = 32) -> RegionPlan:
+                    target_batches_per_level: int = 32, min_batch_bytes: int = 0) -> RegionPlan:
         """The regions to (re)write: those reaching the old length along the append dim, and every
         region of relaid-out arrays. Empty (no levels) when nothing changes."""
         full = self.pyramid.region_plan(max_region_bytes=max_region_bytes, regions_per_batch=1)
         if not self.info.changed:
             return restrict_plan(full, self.info.append_dim, self.info.new_length, self.info.new_length)
         return restrict_plan(full, self.info.append_dim, self.info.old_length, None, whole=set(self.info.relayout),
-                             regions_per_batch=regions_per_batch, target_batches_per_level=target_batches_per_level)
+                             regions_per_batch=regions_per_batch, target_batches_per_level=target_batches_per_level,
+                             min_batch_bytes=min_batch_bytes)
 
     def window_cache(self, plan: RegionPlan) -> WindowCache | None:
         """In-memory levels for the update's window, when they fit the build's RAM budget."""
