@@ -197,9 +197,9 @@ def _feeding_order(graph) -> list[tuple]:
 # -- batches run as separate tasks (the flows) ------------------------------------------------------
 
 def shared_cache_bytes(plan: RegionPlan) -> int:
-    """Memory a cache shared by batch tasks may hold at worst: every block level whole. The flows run
-    a level's batches after the whole previous level (a per-level barrier), so when level 0 ends
-    every coarser level it reduced into is alive: about a third of level 0."""
+    """Memory a cache shared by batch tasks may hold at worst: every block level whole (a block
+    lives from its first producer's write until its own batch is written, and a failed or slow batch
+    can keep all of them alive): about a third of level 0."""
     cache = LevelCache.for_plan(plan, keep_whole=False)
     total = 0
     for lvl, var in cache.block_index:
