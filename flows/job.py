@@ -102,7 +102,7 @@ def load_job(params: BuildParams) -> Job:
 def attempt_depends(params: BuildParams, depends: list[list] | None, shared: bool) -> tuple[list[list] | None, bool]:
     """The batch edges this attempt of the flow run follows, and whether its batches write from the
     shared level cache only (:func:`flows.batches.run_depends`)."""
-    if not shared or depends is None or params.target_format == "icechunk":
+    if not shared or params.target_format == "icechunk":
         return depends, False
     from prefect.runtime import flow_run
 

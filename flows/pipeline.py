@@ -21,6 +21,7 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
 from prefect.futures import PrefectFuture
 
 Key = tuple[int, int]  # (level, batch index)
@@ -59,7 +60,8 @@ def run_pipelined(
     """
     tallies = {lv["level"]: LevelTally(lv["batches"]) for lv in levels}
     keys = [(lv["level"], i) for lv in levels for i in range(lv["batches"])]
-    waiting = {k: set(map(tuple, depends.get(k, ()))) & set(keys) for k in keys}
+    planned = set(keys)
+    waiting = {k: set(map(tuple, depends.get(k, ()))) & planned for k in keys}
     children: dict[Key, list[Key]] = {k: [] for k in keys}
     for k, parents in waiting.items():
         for p in parents:
@@ -129,4 +131,3 @@ def run_pipelined(
         if tally.done == tally.planned:
             on_level_done(level, tally)
     return tallies, sorted(failed), len(blocked)
-
