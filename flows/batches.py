@@ -23,7 +23,11 @@ from topozarr_core.targets import error_summary
 
 from . import faults
 from .pipeline import run_pipelined
-from .slots import hold_slot
+from .slots import hold_slot, release_idle, wind_down
+
+
+#: Seconds between updates of a run's progress artifact at least (the UI polls it; nobody reads faster).
+PROGRESS_SECONDS = 2.0
 
 
 class BatchesFailed(RuntimeError):
@@ -76,15 +80,46 @@ def run_levels(
     description: str = "region batches written",
     depends: list[list] | None = None,
     in_flight: int = 4,
+    level_written: Callable[[int], None] = lambda level: None,
+    reads_target: bool = True,
+) -> list[dict]:
+    """Run every level's batches (see :func:`_run_levels`); then give back the slots they left idle for
+    each other (:func:`flows.slots.release_idle`), so none waits for its hand-off timer.
+
+    ``level_written(level)`` is called (in this thread) once a level is complete in the target
+    (Icechunk: committed), e.g. to check it while coarser levels are written (:mod:`flows.level_checks`)."""
+    try:
+        return _run_levels(levels, submit, fork=fork, commit=commit, description=description,
+                           depends=depends, in_flight=in_flight, level_written=level_written,
+                           reads_target=reads_target)
+    finally:
+        release_idle(_current(flow_run.id))
+
+
+def _run_levels(
+    levels: list[dict],
+    submit: Callable[[int, int, Any], PrefectFuture],
+    *,
+    fork: Callable[[int], Any] | None,
+    commit: Callable[[int, list[Any], bool], Any] | None,
+    description: str,
+    depends: list[list] | None,
+    in_flight: int,
+    level_written: Callable[[int], None],
+    reads_target: bool,
 ) -> list[dict]:
     """Run every level's batches, fail clearly, commit (Icechunk), report progress.
 
-    With ``depends`` (:func:`plan_depends`) and no Icechunk ``fork``, a batch starts as soon as the batches under it are
-    written (:mod:`flows.pipeline`); otherwise level by level: submit every batch, wait, commit. With
-    Icechunk, ``fork(level)`` gives the first level's fork and ``commit(level, forks, last)`` merges a
-    level's forks, commits them and returns the next level's fork (of that commit; None when ``last``),
-    so each level's writers see the levels under it. Returns one row per level (the planned
-    level fields plus ``written``, ``reused`` and ``seconds``) for the table artifact.
+    With ``depends`` (:func:`plan_depends`), a batch starts as soon as the batches under it are written
+    (:mod:`flows.pipeline`); otherwise level by level: submit every batch, wait, commit. With Icechunk,
+    ``fork(level)`` gives the first level's fork and ``commit(level, forks, last)`` merges a level's
+    forks, commits them and returns the next level's fork (of that commit; None when ``last``), so
+    each level's writers see the levels under it: level by level, unless no batch reads the target
+    (``reads_target=False``: the first attempt with the shared cache, every coarse level reduced in
+    memory, :func:`reads_only_cache`); then every batch writes into a fork of the first commit and each
+    level is committed as soon as it is complete (forks of an older commit merge into the newer head:
+    levels are disjoint arrays). Returns one row per level (the planned level fields plus ``written``,
+    ``reused`` and ``seconds``) for the table artifact.
     """
     logger = get_run_logger()
     total = sum(lv["batches"] for lv in levels)
@@ -100,20 +135,33 @@ def run_levels(
                     level, len(fresh), sum(r["bytes"] for r in fresh) / 1e6, reused, seconds)
         rows[level] = {**by_level[level], "written": len(fresh), "reused": reused, "seconds": round(seconds, 2)}
 
-    if depends is not None and fork is None:
+    if depends is not None and (fork is None or not reads_target):
+        base = fork(levels[0]["level"]) if fork and levels else None
+        last_level = levels[-1]["level"] if levels else None
+
         def finished_level(level: int, tally) -> None:
             futures = [tally.futures[i] for i in sorted(tally.futures)]
             if all(f.state.is_completed() for f in futures):
+                if commit:  # (the same task, key and result as level by level: a retry reuses it)
+                    commit(level, [f.result()["fork"] for f in futures], level == last_level)
                 level_done(level, futures, tally.seconds)
+                level_written(level)
+
+        last_update = [time.perf_counter()]
 
         def batch_done(n: int) -> None:
-            if n == total or n % max(1, total // 20) == 0:  # every 5 %: each update is an API call
+            # each update is an API call and an event for the server to store: at most one per
+            # PROGRESS_SECONDS (a run of 25 batches made 25 of them), and the last
+            now = time.perf_counter()
+            if n == total or now - last_update[0] >= PROGRESS_SECONDS:
+                last_update[0] = now
                 update_progress_artifact(progress, 100.0 * n / max(total, 1))
 
         edges = {(lvl, i): [tuple(k) for k in keys] for lvl, i, keys in depends}
-        tallies, failed, not_started = run_pipelined(levels, edges, lambda level, i: submit(level, i, None),
+        tallies, failed, not_started = run_pipelined(levels, edges, lambda level, i: submit(level, i, base),
                                                      in_flight=in_flight, on_level_done=finished_level,
-                                                     on_batch_done=batch_done)
+                                                     on_batch_done=batch_done,
+                                                     on_all_submitted=lambda: wind_down(_current(flow_run.id)))
         if failed:
             level = failed[0][0]
             here = [(i, tallies[level].futures[i]) for lvl, i in failed if lvl == level]
@@ -126,6 +174,8 @@ def run_levels(
         level = lv["level"]
         t0 = time.perf_counter()
         futures = [submit(level, i, level_fork) for i in range(lv["batches"])]
+        if n == len(levels) - 1:
+            wind_down(_current(flow_run.id))  # no batch will ask for a slot after these
         wait(futures)
         failed_here = [(i, f) for i, f in enumerate(futures) if not f.state.is_completed()]
         if failed_here:
@@ -135,6 +185,7 @@ def run_levels(
         done += len(futures)
         update_progress_artifact(progress, 100.0 * done / max(total, 1))
         level_done(level, futures, time.perf_counter() - t0)
+        level_written(level)
     return [rows[lv["level"]] for lv in levels]
 
 
@@ -155,6 +206,15 @@ def run_depends(planned: list[list] | None, plan: RegionPlan, cache: LevelCache 
     if planned is None or cache is None or run_count != 1 or not cache.precomputed:
         return planned, False
     return plan_depends(plan, cache.sources()), True
+
+
+def reads_only_cache(plan: RegionPlan, cache: LevelCache | None) -> bool:
+    """Whether batches that write from the shared cache only read nothing from the target: every level
+    but the plan's first is precomputed (reduced in memory by the regions under it)."""
+    if cache is None or not plan.levels:
+        return False
+    first = plan.levels[0].level
+    return all(lp.level in cache.precomputed for lp in plan.levels if lp.level != first)
 
 
 def runs_in_this_process() -> bool:

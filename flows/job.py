@@ -21,7 +21,7 @@ from topozarr_core.sources import open_source
 from topozarr_core.target_contract import check_target
 from topozarr_core.targets import resolve_store
 
-from .batches import run_depends
+from .batches import reads_only_cache, run_depends
 from .params import BuildParams
 
 
@@ -101,13 +101,19 @@ def load_job(params: BuildParams) -> Job:
 
 def attempt_depends(params: BuildParams, depends: list[list] | None, shared: bool) -> tuple[list[list] | None, bool]:
     """The batch edges this attempt of the flow run follows, and whether its batches write from the
-    shared level cache only (:func:`flows.batches.run_depends`)."""
-    if not shared or params.target_format == "icechunk":
+    shared level cache only (:func:`flows.batches.run_depends`). On Icechunk only when then no batch
+    reads the target (:func:`flows.batches.reads_only_cache`): its levels need not be committed in
+    order; otherwise each level's writers read the commit of the level below."""
+    if not shared:
         return depends, False
     from prefect.runtime import flow_run
 
     job = load_job(params)
-    return run_depends(depends, job.plan, job.run_cache(str(flow_run.id)), flow_run.run_count)
+    cache = job.run_cache(str(flow_run.id))
+    edges, cache_only = run_depends(depends, job.plan, cache, flow_run.run_count)
+    if params.target_format == "icechunk" and not (cache_only and reads_only_cache(job.plan, cache)):
+        return depends, False
+    return edges, cache_only
 
 
 def drop_run_cache(params: BuildParams) -> None:

@@ -52,8 +52,10 @@ def run_pipelined(
     in_flight: int,
     on_level_done: Callable[[int, LevelTally], None],
     on_batch_done: Callable[[int], None] = lambda n: None,
+    on_all_submitted: Callable[[], None] = lambda: None,
 ) -> tuple[dict[int, LevelTally], list[Key], int]:
-    """Run every batch of ``levels`` as its inputs become ready.
+    """Run every batch of ``levels`` as its inputs become ready; ``on_all_submitted()`` is called once
+    no batch is left to submit (the slots the finished ones leave need not wait for another).
 
     Returns the tallies per level, the keys of the failed batches (plan order), and how many batches
     were never submitted because a batch under them failed.
@@ -81,6 +83,8 @@ def run_pipelined(
     failed: list[Key] = []
     blocked: set[Key] = set()
     completed = 0
+    submitted = 0
+    wound_down = False
 
     def start(key: Key) -> None:
         level, index = key
@@ -103,11 +107,15 @@ def run_pipelined(
                 continue
             start(key)
             running += 1
+            submitted += 1
             if key[0] == finest:
                 unsubmitted_finest -= 1
                 if unsubmitted_finest == 0:  # the tail: re-rank what is ready, largest first
                     ready = [priority(k[2:]) for k in ready]
                     heapq.heapify(ready)
+        if not wound_down and submitted + len(blocked) == len(keys):  # (a blocked batch is never submitted)
+            wound_down = True
+            on_all_submitted()
         if not running:
             break
         key = finished.get()

@@ -17,8 +17,9 @@ from prefect.tasks import exponential_backoff
 from topozarr_core import icechunk_txn
 from topozarr_core.layout import published_attrs
 from topozarr_core.targets import redact
-from topozarr_core.validate import validate_pyramid
+from topozarr_core.validate import LevelCheck, check_level, validate_pyramid
 
+from . import level_checks
 from .batches import plan_depends, write_one_batch
 from .job import load_job
 from .params import BuildParams
@@ -139,17 +140,30 @@ def publish_metadata(params: BuildParams, staging: str | None, key: str = "metad
     return attrs
 
 
+def _validation_store(job: Any, staging: str | None) -> Any:
+    """What validation reads: the Zarr target, or the Icechunk staging branch's head (read-only)."""
+    if staging is None:
+        return job.zarr_store()
+    return job.icechunk.open_repo(create=False).readonly_session(branch=staging).store
+
+
+def check_written_level(params: BuildParams, staging: str | None, level: int) -> LevelCheck:
+    """Check one complete level (run in the background by :mod:`flows.level_checks`, not a task)."""
+    job = load_job(params)
+    return check_level(job.pyramid, _validation_store(job, staging), level, samples_per_level=params.validate_samples)
+
+
 @task(name="validate-pyramid", **RUN_CACHED)
 def validate(params: BuildParams, staging: str | None, key: str = "validate") -> dict:
     """Shapes, chunking, convention schemas and value spot-checks against the source, before the root
-    is published (the root attributes checked are those ``publish-metadata`` will write)."""
+    is published (the root attributes checked are those ``publish-metadata`` will write). Levels the
+    flow already checked in the background once written (:mod:`flows.level_checks`) are not read again."""
+    from prefect.runtime import flow_run
+
     job = load_job(params)
-    if staging is None:
-        store = job.zarr_store()
-    else:
-        store = job.icechunk.open_repo(create=False).readonly_session(branch=staging).store
-    report = validate_pyramid(job.pyramid, store, samples_per_level=params.validate_samples,
-                              root_attrs=published_attrs(job.pyramid.spec))
+    report = validate_pyramid(job.pyramid, _validation_store(job, staging), samples_per_level=params.validate_samples,
+                              root_attrs=published_attrs(job.pyramid.spec),
+                              checked_levels=level_checks.take(str(flow_run.id)))
     report.raise_for_errors()
     return {"spot_checks": report.spot_checks, "levels": len(report.levels)}
 

@@ -39,6 +39,7 @@ from topozarr_core.update import DEFAULT_VERIFY_SAMPLES, PyramidUpdate, UpdateIn
 from topozarr_core.validate import validate_pyramid
 
 from .recovery import before_attempt, on_crashed
+from . import heartbeat_exit  # noqa: F401  (a run returns when it ends: see the module)
 from .artifacts import quicklook_artifact
 from .batches import BatchesFailed, plan_depends, run_levels, write_one_batch  # noqa: F401  (BatchesFailed: what a failed run raises)
 from .job import target_lease

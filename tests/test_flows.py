@@ -47,6 +47,51 @@ def test_flow_output_equals_direct_write(prefect_harness, source, tmp_path):
     assert_same_pyramid(str(tmp_path / "flow.zarr"), str(tmp_path / "direct.zarr"))
 
 
+def test_each_level_is_checked_in_the_background_once_written(prefect_harness, source, tmp_path, monkeypatch):
+    """validate-pyramid takes the checks the flow made of each level once it was complete, and reads
+    no level again; a level found wrong there fails the run before its root is published."""
+    import xarray as xr
+
+    import flows.build
+    import flows.level_checks
+    from topozarr_core.validate import validate_pyramid
+
+    _, src = source
+    checked, taken = [], []
+    real_check, real_take = flows.build.check_written_level, flows.level_checks.take
+
+    def check(params, staging, level):
+        checked.append(level)
+        return real_check(params, staging, level)
+
+    def take(run_id):
+        found = real_take(run_id)
+        taken.append(sorted(found))
+        return found
+
+    monkeypatch.setattr(flows.build, "check_written_level", check)
+    monkeypatch.setattr(flows.level_checks, "take", take)
+    params = _params(src, str(tmp_path / "bg.zarr"))
+    result = build_pyramid(params)
+    assert sorted(checked) == [0, 1, 2] and taken == [[0, 1, 2]]
+    planned = create_pyramid(xr.open_dataset(src, engine="h5netcdf"), levels=3, x_dim="lon", y_dim="lat",
+                             crs="EPSG:4326")
+    assert result["spot_checks"] == validate_pyramid(planned, tmp_path / "bg.zarr",
+                                                     samples_per_level=params.validate_samples).spot_checks
+
+    def corrupting_check(params, staging, level):
+        if level == 1:  # as a writer bug would leave it
+            arr = zarr.open_array(params.target, path="1/air", mode="r+")
+            arr[...] = np.zeros(arr.shape, arr.dtype)
+        return real_check(params, staging, level)
+
+    monkeypatch.setattr(flows.build, "check_written_level", corrupting_check)
+    bad = str(tmp_path / "bad.zarr")
+    state = build_pyramid(_params(src, bad), return_state=True)
+    assert state.is_failed() and "level 1 'air' window" in str(state.message), state.message
+    assert "multiscales" not in zarr.open_group(bad, mode="r").attrs
+
+
 def test_flow_artifacts_and_logs(prefect_harness, source, tmp_path, caplog):
     _, src = source
     build_pyramid(_params(src, str(tmp_path / "a.zarr")))
@@ -62,9 +107,13 @@ def test_icechunk_target_publishes_main_as_last_step(prefect_harness, source, tm
     repo_path = tmp_path / "repo"
     repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(repo_path)))
     before = repo.lookup_branch("main")
-    result = build_pyramid(_params(src, str(repo_path), target_format="icechunk"))
+    state = build_pyramid(_params(src, str(repo_path), target_format="icechunk", chunks_per_shard=1), return_state=True)
+    result = state.result()
     repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(repo_path)))
     assert repo.lookup_branch("main") == result["snapshot"] != before
+    # a first attempt has no level barrier on Icechunk either: level 1 started before level 0 ended
+    batches = _write_batch_results(prefect_harness, state)
+    assert min(b["started"] for b in batches if b["level"] == 1) < max(b["finished"] for b in batches if b["level"] == 0)
     assert repo.list_branches() == {"main"}  # staging branch removed
     store = repo.readonly_session("main").store
     root = zarr.open_group(store, mode="r")
@@ -73,8 +122,10 @@ def test_icechunk_target_publishes_main_as_last_step(prefect_harness, source, tm
     np.testing.assert_allclose(zarr.open_array(store, path="2/air")[:], ref, rtol=1e-6, equal_nan=True)
     # every level is one commit on the way: init, 3 levels, metadata
     messages = [s.message for s in repo.ancestry(branch="main")]
-    assert messages[:5] == ["topozarr: publish metadata", "topozarr: level-2", "topozarr: level-1",
-                            "topozarr: level-0", "topozarr: initialise pyramid"]
+    assert messages[0] == "topozarr: publish metadata" and messages[4] == "topozarr: initialise pyramid"
+    # (levels are committed as each completes: level 2 may come before level 1)
+    assert sorted(messages[1:4]) == ["topozarr: level-0", "topozarr: level-1", "topozarr: level-2"]
+    assert messages[3] == "topozarr: level-0"
 
 
 def test_concurrency_limit_is_never_exceeded(prefect_harness, source, tmp_path, monkeypatch):

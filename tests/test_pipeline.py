@@ -110,7 +110,8 @@ def _pipelined(levels: list[dict], depends: dict, fail: list[str], in_flight: in
     tallies, failed, not_started = run_pipelined(
         levels, depends,
         lambda level, i: _probe.with_options(retries=0).submit(level, i, fail, 0.3 if (level, i) == (0, 0) else 0.05),
-        in_flight=in_flight, on_level_done=lambda level, tally: done_levels.append(level))
+        in_flight=in_flight, on_level_done=lambda level, tally: done_levels.append(level),
+        on_all_submitted=lambda: LOG.append(("all-submitted", "", time.perf_counter())))
     return {"failed": failed, "not_started": not_started, "levels_done": done_levels}
 
 
@@ -130,6 +131,9 @@ def test_a_batch_starts_when_what_it_reads_is_written_not_when_its_level_is(pref
         ck = f"L{child[0]}-B{child[1]}"
         assert all(start[ck] >= end[f"L{p[0]}-B{p[1]}"] for p in parents), ck
     assert start["L1-B1"] < end["L0-B0"]  # no barrier: it did not wait for the slow batch of level 0
+    # told once that nothing is left to submit: after the last batch's inputs were written
+    assert [what for what, _, _ in LOG].count("all-submitted") == 1
+    assert _times("all-submitted")[""] >= max(end["L1-B0"], end["L1-B1"])
     # never more than in_flight at once
     events = sorted((t, +1 if what == "start" else -1) for what, _, t in LOG)
     running = peak = 0
@@ -148,3 +152,4 @@ def test_a_failed_batch_holds_back_only_what_reads_it(prefect_harness):
     started = set(_times("start"))
     assert started == {"L0-B0", "L0-B1", "L0-B2", "L0-B3", "L1-B0"}
     assert out["levels_done"] == [0]  # level 1 has a batch that never ran
+    assert [what for what, _, _ in LOG].count("all-submitted") == 1  # the blocked ones count as done with

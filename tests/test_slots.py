@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 import pytest
@@ -10,7 +12,7 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.states import Running
 
 from flows import recovery, slot_ledger
-from flows.slots import LEASE_SECONDS, LimitMissing, hold_slot
+from flows.slots import HANDOFF_SECONDS, LEASE_SECONDS, LimitMissing, hold_slot, release_idle, wind_down
 
 
 def _active(harness, limit: str) -> int:
@@ -44,8 +46,104 @@ def test_a_held_slot_is_recorded_then_forgotten(prefect_harness):
         assert _active(prefect_harness, limit) == 1
         assert [h.lease_id for h in slot_ledger.held_by(run_id)] == [lease_id]
         assert slot_ledger.pending_of(run_id) == []
+    # left idle for the run's next batch: still held and recorded, until the run's batches are over
+    assert _active(prefect_harness, limit) == 1 and [h.lease_id for h in slot_ledger.held_by(run_id)] == [lease_id]
+    assert release_idle(run_id) == 1
     assert _active(prefect_harness, limit) == 0
     assert slot_ledger.held_by(run_id) == [] and not (slot_ledger.root() / run_id).exists()
+
+
+def test_the_runs_next_batch_takes_the_lease_over_and_an_untaken_one_goes_back_by_itself(prefect_harness):
+    limit = f"slots-{uuid.uuid4().hex[:6]}"
+    prefect_harness.ensure_concurrency_limit(limit, 2)
+    run_id, first, second = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    with hold_slot(limit, flow_run_id=run_id, task_run_id=first) as lease_a:
+        pass
+    with hold_slot(limit, flow_run_id=run_id, task_run_id=second) as lease_b:
+        assert _active(prefect_harness, limit) == 1
+        assert [(h.lease_id, h.task_run_id) for h in slot_ledger.held_by(run_id)] == [(lease_a, second)]
+    assert lease_b == lease_a
+    with hold_slot(limit, flow_run_id=str(uuid.uuid4())) as other_run:  # another run never takes it
+        assert other_run != lease_a and _active(prefect_harness, limit) == 2
+    deadline = time.monotonic() + HANDOFF_SECONDS + 10
+    while (_active(prefect_harness, limit) or slot_ledger.held_by(run_id)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _active(prefect_harness, limit) == 0 and slot_ledger.held_by(run_id) == []
+
+
+def test_once_the_run_winds_down_its_leases_go_back_at_once(prefect_harness):
+    limit = f"slots-{uuid.uuid4().hex[:6]}"
+    prefect_harness.ensure_concurrency_limit(limit, 3)
+    run_id = str(uuid.uuid4())
+    with hold_slot(limit, flow_run_id=run_id):
+        pass
+    with hold_slot(limit, flow_run_id=run_id) as still_running:
+        with hold_slot(limit, flow_run_id=run_id) as other:
+            assert _active(prefect_harness, limit) == 2 and other != still_running
+        wind_down(run_id)  # every batch submitted: the idle lease goes back (in the background) ...
+        deadline = time.monotonic() + 10
+        while _active(prefect_harness, limit) != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _active(prefect_harness, limit) == 1
+    # ... and one handed back now is given back before the block ends, no timer
+    assert _active(prefect_harness, limit) == 0 and slot_ledger.held_by(run_id) == []
+    release_idle(run_id)
+
+
+def test_a_batch_waiting_for_a_full_limit_takes_a_lease_handed_back_in_its_run(prefect_harness):
+    """Limit 1: the second batch of the run waits (all slots taken) and takes the first one's lease
+    when it ends, without the server granting another; the limit is never exceeded."""
+    limit = f"slots-{uuid.uuid4().hex[:6]}"
+    prefect_harness.ensure_concurrency_limit(limit, 1)
+    run_id = str(uuid.uuid4())
+    got: dict[str, uuid.UUID] = {}
+    entered = threading.Event()
+
+    def second() -> None:
+        entered.wait(30)
+        with hold_slot(limit, flow_run_id=run_id, task_run_id=str(uuid.uuid4())) as lease:
+            got["second"] = lease
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    with hold_slot(limit, flow_run_id=run_id, task_run_id=str(uuid.uuid4())) as lease:
+        got["first"] = lease
+        entered.set()
+        time.sleep(1.0)  # the second asks meanwhile and is told the limit is full
+        assert _active(prefect_harness, limit) == 1
+    waiter.join(30)
+    assert got["second"] == got["first"]
+    assert release_idle(run_id) == 1 and _active(prefect_harness, limit) == 0
+
+
+def test_handed_over_leases_never_exceed_the_limit(prefect_harness):
+    limit = f"slots-{uuid.uuid4().hex[:6]}"
+    prefect_harness.ensure_concurrency_limit(limit, 2)
+    run_id = str(uuid.uuid4())
+    in_use: set[uuid.UUID] = set()
+    guard = threading.Lock()
+    most, errors = [0], []
+
+    def batches() -> None:
+        for _ in range(3):
+            with hold_slot(limit, flow_run_id=run_id, task_run_id=str(uuid.uuid4())) as lease:
+                with guard:
+                    if lease in in_use:
+                        errors.append(f"lease {lease} used by two batches at once")
+                    in_use.add(lease)
+                    most[0] = max(most[0], len(in_use))
+                time.sleep(0.05)
+                with guard:
+                    in_use.discard(lease)
+
+    threads = [threading.Thread(target=batches) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and most[0] <= 2, (errors, most)
+    release_idle(run_id)
+    assert _active(prefect_harness, limit) == 0 and slot_ledger.held_by(run_id) == []
 
 
 def test_a_missing_limit_is_an_error_not_unlimited(prefect_harness):

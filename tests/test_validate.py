@@ -11,7 +11,7 @@ import zarr
 
 from tests.conftest import make_raster
 from topozarr_core import create_pyramid
-from topozarr_core.validate import ValidationReport, validate_pyramid, validate_root_document
+from topozarr_core.validate import ValidationReport, check_level, validate_pyramid, validate_root_document
 
 
 def float3d():
@@ -139,6 +139,26 @@ def test_corrupted_level_values_are_caught(written):
     # deterministic for a given seed, other windows for another seed
     assert validate_pyramid(p, path, samples_per_level=5).mismatches == report.mismatches
     assert validate_pyramid(p, path, samples_per_level=5, seed=1).mismatches != report.mismatches
+
+
+def test_levels_checked_one_by_one_make_the_same_report_and_are_not_read_again(written):
+    """What the flows do: each level is checked when written (check_level), the report takes those."""
+    p, path = written
+    arr = zarr.open_array(path, path="2/air", mode="r+")
+    arr[...] = np.zeros(arr.shape, arr.dtype)
+    whole = validate_pyramid(p, path, samples_per_level=5)
+    parts = {lvl: check_level(p, path, lvl, samples_per_level=5) for lvl in range(p.levels)}
+    assert parts[2].mismatches and not parts[1].mismatches
+    combined = validate_pyramid(p, path, samples_per_level=5, checked_levels=parts)
+    assert (combined.levels, combined.spot_checks, combined.mismatches) == (
+        whole.levels, whole.spot_checks, whole.mismatches)
+    # a level checked already is not opened again; the others are
+    import shutil
+
+    shutil.rmtree(path / "1")
+    again = validate_pyramid(p, path, samples_per_level=5, checked_levels={1: parts[1]})
+    assert not any(m.startswith("level 1") for m in again.mismatches)
+    assert validate_pyramid(p, path, samples_per_level=5).mismatches[0] == "level 1: group '1' is missing"
 
 
 def test_corrupted_level0_is_caught_exactly(written):

@@ -11,7 +11,11 @@
   level 0's non-spatial coordinates (:mod:`.root_coords`) are not levels: a published root that lists
   them must hold them equal to level 0's;
 * a few tiny random windows of every level are compared with a reference computed straight from
-  the source dataset (``xarray.coarsen`` of level 0, independent of the level-by-level kernels).
+  the source dataset (``xarray.coarsen`` of level 0, independent of the level-by-level kernels;
+  :mod:`.spot_checks`).
+
+:func:`check_level` checks one level (the flows check each level as soon as it is written, while
+the coarser ones are being written, and hand the results to :func:`validate_pyramid`).
 
 Pure library: no Prefect imports. Only small windows are read, so it is cheap on large pyramids.
 """
@@ -23,17 +27,16 @@ import json
 import math
 from dataclasses import dataclass, field
 from importlib.resources import files
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 import zarr
 
-from .kernels import block_reduce
-from .packing import stored_values
+from .plan import VarSpec
 from .root_coords import stale_names
 from .root_doc import OWNED_KEY, STATUS_KEY
-from .plan import VarSpec
+from .spot_checks import LEVEL_TO_LEVEL_METHODS, spot_check
 from .targets import resolve_store
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,12 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Convention schemas validated against the root group document (``schemas/<name>/schema.json``).
 SCHEMA_NAMES = ("multiscales", "spatial", "geo-proj")
-#: Largest spot-check window edge, in output pixels of the checked level.
-WINDOW_EDGE = 3
-#: Cap on level-0 pixels (per non-spatial index) read for one window; high levels get smaller windows.
-MAX_SOURCE_PIXELS = 1 << 22
-#: Methods whose levels >= 2 are computed level to level by design (not a function of level 0 alone).
-LEVEL_TO_LEVEL_METHODS = ("mode", "majority")
 
 
 @dataclass(frozen=True)
@@ -252,130 +249,89 @@ def _open_node(group: zarr.Group, name: str) -> Any:
         return None
 
 
-# -- value spot checks ----------------------------------------------------------------------------
-
-
-def _window(rng: np.random.Generator, shape: tuple[int, ...], yi: int, xi: int, factor: int
-            ) -> tuple[slice, ...] | None:
-    """A random window of up to WINDOW_EDGE x WINDOW_EDGE output pixels (one index on other dims)."""
-    if any(n == 0 for n in shape):
-        return None
-    h, w = min(WINDOW_EDGE, shape[yi]), min(WINDOW_EDGE, shape[xi])
-    while h * w * factor * factor > MAX_SOURCE_PIXELS and (h > 1 or w > 1):
-        if h >= w:
-            h -= 1
-        else:
-            w -= 1
-    out = []
-    for axis, n in enumerate(shape):
-        size = h if axis == yi else w if axis == xi else 1
-        start = int(rng.integers(0, n - size + 1))
-        out.append(slice(start, start + size))
-    return tuple(out)
-
-
-def _describe(v: VarSpec, window: tuple[slice, ...]) -> str:
-    return "[" + ", ".join(f"{d}={s.start}:{s.stop}" for d, s in zip(v.dims, window)) + "]"
-
-
-def _fill_missing(red: xr.DataArray, v: VarSpec, out_dtype: np.dtype) -> xr.DataArray:
-    if v.fill_value is not None:
-        return red.fillna(v.fill_value)
-    return red if out_dtype.kind == "f" else red.fillna(0)
-
-
-def _reference(pyramid: "Pyramid", v: VarSpec, level: int, window: tuple[slice, ...]
-               ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(expected values, per-pixel absolute tolerance scale or None) of one output window."""
-    spec = pyramid.spec
-    f = spec.factors[level]
-    yi, xi = v.axes(spec.y_dim, spec.x_dim)
-    src_window = {
-        d: (slice(s.start * f, s.stop * f) if i in (yi, xi) else s) for i, (d, s) in enumerate(zip(v.dims, window))
-    }
-    src = pyramid.ds[v.name].isel(src_window).transpose(*v.dims).load()
-    src = src.copy(data=stored_values(v, np.asarray(src.values)))
-    out_dtype = np.dtype(v.level_dtype(level))
-    if level == 0:
-        return src.values, None
-    if v.method == "nearest":
-        return src.isel({spec.y_dim: slice(0, None, f), spec.x_dim: slice(0, None, f)}).values.astype(out_dtype), None
-    if v.method in LEVEL_TO_LEVEL_METHODS:
-        moved = np.moveaxis(src.values, (yi, xi), (-2, -1))
-        out, _ = block_reduce(np.ascontiguousarray(moved), f, v.method, v.fill_value)
-        return np.moveaxis(out, (-2, -1), (yi, xi)).astype(out_dtype), None
-    # mean / max / min / sum: straight xarray.coarsen of level 0, as the lazy path does.
-    masked = src if v.fill_value is None else src.where(src != v.fill_value)
-    windows = {spec.y_dim: f, spec.x_dim: f}
-    red = getattr(masked.coarsen(windows, boundary="trim"), v.method)()
-    if v.method != "sum":
-        red = _fill_missing(red, v, out_dtype)
-    values = red.values
-    if out_dtype.kind in "iu" and values.dtype.kind == "f":
-        values = np.rint(values)
-    scale = None
-    if v.method in ("mean", "sum") and out_dtype.kind == "f":
-        # Float means/sums accumulate rounding that is relative to the magnitudes summed, not to the
-        # (possibly cancelled) result: allow rtol * the same reduction of |values| as absolute slack.
-        scale = np.nan_to_num(getattr(abs(masked).coarsen(windows, boundary="trim"), v.method)().values)
-    return values.astype(out_dtype), scale
-
-
-def _compare(got: np.ndarray, ref: np.ndarray, scale: np.ndarray | None, v: VarSpec, level: int,
-             rtol: float) -> str | None:
-    """None when the window matches, else a description of the difference."""
-    if got.shape != ref.shape:
-        return f"read shape {got.shape}, reference shape {ref.shape}"
-    if got.dtype.kind == "f" or ref.dtype.kind == "f":
-        if got.dtype == np.float16:  # each level is rounded to float16 (~1e-3) before the next is built
-            rtol = max(rtol, 4 * float(np.finfo(np.float16).eps))
-        g, r = got.astype("f8"), ref.astype("f8")
-        if level == 0:
-            bad = ~((g == r) | (np.isnan(g) & np.isnan(r)))
-        else:
-            atol = 0.0 if scale is None else rtol * scale
-            bad = ~np.isclose(g, r, rtol=rtol, atol=atol, equal_nan=True)
-    else:
-        # Integers compare exactly, except integer "mean" at levels >= 2: those levels are built
-        # from the previous, already rounded level, so they may differ from a direct rounded mean
-        # of level 0 by one unit.
-        if v.method == "mean" and level >= 2:
-            bad = np.abs(got.astype("i8") - ref.astype("i8")) > 1  # mean keeps the (<= int64) source dtype
-        else:
-            bad = got != ref
-    if not bad.any():
-        return None
-    first = tuple(int(i) for i in np.argwhere(bad)[0])
-    return (f"{int(bad.sum())}/{bad.size} pixels differ, e.g. at window index {first}: "
-            f"written {got[first].item()!r}, expected {ref[first].item()!r}")
-
-
-def _spot_check(pyramid: "Pyramid", arr: zarr.Array, v: VarSpec, level: int, rng: np.random.Generator,
-                samples: int, rtol: float) -> tuple[int, list[str]]:
-    spec = pyramid.spec
-    yi, xi = v.axes(spec.y_dim, spec.x_dim)
-    f = spec.factors[level]
-    checked, problems = 0, []
-    for _ in range(samples):
-        window = _window(rng, tuple(v.shapes[level]), yi, xi, f)
-        if window is None:
-            break
-        where = f"level {level} {v.name!r} window {_describe(v, window)}"
-        try:
-            got = np.asarray(arr[window])
-            ref, scale = _reference(pyramid, v, level, window)
-        except Exception as err:
-            problems.append(f"{where}: could not be checked ({type(err).__name__}: {_short(str(err), 200)})")
-            continue
-        checked += 1
-        diff = _compare(got, ref, scale, v, level, rtol)
-        if diff is not None:
-            method = "source" if level == 0 else f"{v.method} of the source, factor {f}"
-            problems.append(f"{where}: written values differ from the {method}: {diff}")
-    return checked, problems
-
-
 # -- entry point ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LevelCheck:
+    """Outcome of :func:`check_level`: one level's part of a :class:`ValidationReport`."""
+
+    level: int
+    entry: dict  # as in ValidationReport.levels
+    spot_checks: int
+    mismatches: list[str]
+
+
+def _check_args(samples_per_level: Any, rtol: Any) -> None:
+    if isinstance(samples_per_level, bool) or not isinstance(samples_per_level, (int, np.integer)) \
+            or samples_per_level < 0:
+        raise ValueError(f"samples_per_level must be an int >= 0, got {samples_per_level!r}")
+    if not (isinstance(rtol, (int, float)) and rtol >= 0):
+        raise ValueError(f"rtol must be a number >= 0, got {rtol!r}")
+
+
+def check_level(
+    pyramid: "Pyramid",
+    store: Any,
+    level: int,
+    samples_per_level: int = 4,
+    seed: int = 0,
+    check_values: bool = True,
+    rtol: float = 1e-5,
+) -> LevelCheck:
+    """Check one written level (its arrays' layout and spot-checked values); never writes.
+
+    A level can be checked as soon as it is written, while coarser ones are still being written:
+    pass the result to :func:`validate_pyramid` (``checked_levels``) instead of checking it again.
+    The windows of a level depend on ``seed`` and the level only, so both ways check the same ones."""
+    _check_args(samples_per_level, rtol)
+    zstore = _read_only(resolve_store(store))
+    try:
+        root = zarr.open_group(zstore, mode="r", zarr_format=3)
+    except Exception as err:
+        ny, nx = pyramid.level_shape(level)
+        return LevelCheck(level, {"level": level, "shape": [ny, nx], "variables": {}}, 0,
+                          [f"level {level}: no pyramid group could be opened ({type(err).__name__}: "
+                           f"{_short(str(err), 200)})"])
+    return _check_level(pyramid, root, level, int(samples_per_level), seed, check_values, float(rtol))
+
+
+def _check_level(pyramid: "Pyramid", root: zarr.Group, lvl: int, samples: int, seed: int, check_values: bool,
+                 rtol: float) -> LevelCheck:
+    spec = pyramid.spec
+    rng = np.random.default_rng([seed, lvl])
+    ny, nx = pyramid.level_shape(lvl)
+    entry: dict[str, Any] = {"level": lvl, "shape": [ny, nx], "variables": {}}
+    mismatches: list[str] = []
+    spot_checks = 0
+    group = _open_node(root, str(lvl))
+    if not isinstance(group, zarr.Group):
+        return LevelCheck(lvl, entry, 0, [f"level {lvl}: group {str(lvl)!r} is missing"])
+    for axis, n in ((spec.y_dim, ny), (spec.x_dim, nx)):
+        coord = _open_node(group, axis)
+        if not isinstance(coord, zarr.Array):
+            mismatches.append(f"level {lvl}: coordinate {axis!r} is missing")
+        elif tuple(coord.shape) != (n,):
+            mismatches.append(f"level {lvl}: coordinate {axis!r} has shape {tuple(coord.shape)}, expected {(n,)}")
+    for name in spec.carried:
+        if not isinstance(_open_node(group, name), zarr.Array):
+            mismatches.append(f"level {lvl}: carried variable {name!r} is missing")
+    for v in spec.variables:
+        arr = _open_node(group, v.name)
+        if not isinstance(arr, zarr.Array):
+            mismatches.append(f"level {lvl} {v.name!r}: array is missing")
+            continue
+        observed, problems = _check_array(arr, v, lvl)
+        entry["variables"][v.name] = observed
+        mismatches.extend(problems)
+        if problems or not check_values or v.is_coord:
+            continue  # no values to trust on a wrong layout; coordinates are not spot-checked
+        if v.method in LEVEL_TO_LEVEL_METHODS and lvl >= 2:
+            continue  # built from the previous level by design; level 1 is checked against level 0
+        n, problems = spot_check(pyramid, arr, v, lvl, rng, samples, rtol)
+        spot_checks += n
+        mismatches.extend(problems)
+    return LevelCheck(lvl, entry, spot_checks, mismatches)
 
 
 def validate_pyramid(
@@ -386,22 +342,21 @@ def validate_pyramid(
     check_values: bool = True,
     rtol: float = 1e-5,
     root_attrs: dict | None = None,
+    checked_levels: Mapping[int, LevelCheck] | None = None,
 ) -> ValidationReport:
     """Check a written pyramid against its plan; never writes. See the module docstring.
 
     ``root_attrs``: check these root attributes instead of the stored root's -- the flows validate
     a pyramid *before* publishing its root, so a pyramid that fails is never published.
 
+    ``checked_levels``: levels already checked (:func:`check_level`, same samples, seed and rtol)
+    since they were last written; they are not read again.
+
     ``store`` is anything :func:`topozarr_core.targets.resolve_store` accepts (a path, URL, zarr
     store, Icechunk session or session store); it is opened read-only. Uncommitted Icechunk
     changes are visible when the writable session's store is passed.
     """
-    if isinstance(samples_per_level, bool) or not isinstance(samples_per_level, (int, np.integer)) \
-            or samples_per_level < 0:
-        raise ValueError(f"samples_per_level must be an int >= 0, got {samples_per_level!r}")
-    if not (isinstance(rtol, (int, float)) and rtol >= 0):
-        raise ValueError(f"rtol must be a number >= 0, got {rtol!r}")
-    spec = pyramid.spec
+    _check_args(samples_per_level, rtol)
     zstore = _read_only(resolve_store(store))
     try:
         root = zarr.open_group(zstore, mode="r", zarr_format=3)
@@ -417,43 +372,18 @@ def validate_pyramid(
         mismatches.extend(f"root: the copy of level 0's coordinate {name!r} at the root is missing or differs from "
                           f"level 0's (zarr-layer's value selectors read it)" for name in stale_names(zstore, attrs))
 
-    rng = np.random.default_rng(seed)
+    checked = dict(checked_levels or {})
     spot_checks = 0
     levels: list[dict] = []
     for lvl in range(pyramid.levels):
-        ny, nx = pyramid.level_shape(lvl)
-        entry: dict[str, Any] = {"level": lvl, "shape": [ny, nx], "variables": {}}
-        levels.append(entry)
-        group = _open_node(root, str(lvl))
-        if not isinstance(group, zarr.Group):
-            mismatches.append(f"level {lvl}: group {str(lvl)!r} is missing")
-            continue
-        for axis, n in ((spec.y_dim, ny), (spec.x_dim, nx)):
-            coord = _open_node(group, axis)
-            if not isinstance(coord, zarr.Array):
-                mismatches.append(f"level {lvl}: coordinate {axis!r} is missing")
-            elif tuple(coord.shape) != (n,):
-                mismatches.append(f"level {lvl}: coordinate {axis!r} has shape {tuple(coord.shape)}, expected {(n,)}")
-        for name in spec.carried:
-            if not isinstance(_open_node(group, name), zarr.Array):
-                mismatches.append(f"level {lvl}: carried variable {name!r} is missing")
-        for v in spec.variables:
-            arr = _open_node(group, v.name)
-            if not isinstance(arr, zarr.Array):
-                mismatches.append(f"level {lvl} {v.name!r}: array is missing")
-                continue
-            observed, problems = _check_array(arr, v, lvl)
-            entry["variables"][v.name] = observed
-            mismatches.extend(problems)
-            if problems or not check_values or v.is_coord:
-                continue  # no values to trust on a wrong layout; coordinates are not spot-checked
-            if v.method in LEVEL_TO_LEVEL_METHODS and lvl >= 2:
-                continue  # built from the previous level by design; level 1 is checked against level 0
-            n, problems = _spot_check(pyramid, arr, v, lvl, rng, int(samples_per_level), float(rtol))
-            spot_checks += n
-            mismatches.extend(problems)
+        found = checked.get(lvl) or _check_level(pyramid, root, lvl, int(samples_per_level), seed, check_values,
+                                                 float(rtol))
+        levels.append(found.entry)
+        spot_checks += found.spot_checks
+        mismatches.extend(found.mismatches)
     return ValidationReport(levels=levels, schema_errors=schema_errors, spot_checks=spot_checks,
                             mismatches=mismatches)
 
 
-__all__ = ["ValidationReport", "validate_pyramid", "validate_root_document", "load_schema", "SCHEMA_NAMES"]
+__all__ = ["LevelCheck", "ValidationReport", "check_level", "validate_pyramid", "validate_root_document",
+           "load_schema", "SCHEMA_NAMES"]
