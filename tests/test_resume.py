@@ -154,7 +154,7 @@ def test_cli_retry_here_update_run(prefect_harness, tmp_path, monkeypatch, capsy
     target = str(tmp_path / "p.zarr")
     assert build_pyramid(_params(part, target), return_state=True).is_completed()
     monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "faults"))
-    monkeypatch.setenv("TOPOZARR_FAULTS", f"batch={failing}@4")  # the task's 1 + 3 attempts
+    monkeypatch.setenv("TOPOZARR_FAULTS", "batch=L1-B00000@4")  # the task's 1 + 3 attempts
     state = update_pyramid(UpdateParams(source=whole, target=target, regions_per_batch=1), return_state=True)
     assert state.is_failed(), state
     run_id = str(state.state_details.flow_run_id)
