@@ -20,7 +20,11 @@ from typing import Any
 
 import prefect.flow_engine as _engine
 
-_ORIGINAL = getattr(_engine, "_send_heartbeats", None)
+#: Prefect's own context manager, kept on Prefect's module: flows/build.py loaded as a script (as a
+#: deployment's entrypoint is) imports this module a second time, and must wrap Prefect's, not ours.
+_ORIGINAL = getattr(_engine, "_topozarr_prefect_send_heartbeats", None) or getattr(_engine, "_send_heartbeats", None)
+if _ORIGINAL is not None:
+    _engine._topozarr_prefect_send_heartbeats = _ORIGINAL
 
 
 @contextmanager

@@ -6,8 +6,9 @@ shortest the server accepts (60 s), renewed every :data:`RENEW_SECONDS` while th
 recorded in :mod:`flows.slot_ledger` so that the worker's crash hook or the run's retry releases it
 at once. The next batch of the same run in the same process takes a finished batch's lease over
 (:data:`HANDOFF_SECONDS`) instead of giving it back and asking again: a run of 25 batches on 4
-slots asks the server for 4 leases, not 25. Waiting for a busy limit polls at most every :data:`MAX_POLL_SECONDS` (the server's
-``Retry-After`` grows with the average occupancy, up to 30 s, and would leave freed slots idle).
+slots asks the server for 4 leases, not 25. Waiting for a busy limit polls at most every
+:data:`MAX_POLL_SECONDS` (the server's ``Retry-After`` grows with the average occupancy, up to 30 s,
+and would leave freed slots idle).
 """
 
 from __future__ import annotations

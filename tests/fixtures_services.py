@@ -212,6 +212,29 @@ class PrefectHarness:
 
         return get_client(sync_client=True)
 
+    def settle(self, *flow_run_ids, timeout: float = 30.0) -> None:
+        """Wait until the API holds what this process's runs sent it: their logs (Prefect's log worker
+        sends them in the background) and the final states of their task runs (recorded from events,
+        after the flow run's own state). A flow call returns as soon as its run ends (no wait for the
+        heartbeat thread, flows/heartbeat_exit.py): reading right away can see neither yet."""
+        import time as _time
+        import uuid as _uuid
+
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+        ids = [_uuid.UUID(str(i)) for i in flow_run_ids]
+        deadline = _time.monotonic() + timeout
+        with self.client() as c:
+            while True:
+                runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=200)
+                if all(r.state is not None and r.state.is_final() for r in runs) or _time.monotonic() > deadline:
+                    return
+                _time.sleep(0.1)
+
     def ensure_concurrency_limit(self, name: str, limit: int) -> None:
         """Create (or update) a global concurrency limit on the harness server."""
         with self.client() as c:

@@ -24,6 +24,7 @@ def _params(src: str, target: str, **kw) -> BuildParams:
 def _logs(harness, flow_run_id) -> list[tuple[int, str]]:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    harness.settle(flow_run_id)
     with harness.client() as c:
         logs = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
     return [(lg.level, lg.message) for lg in logs]
@@ -32,6 +33,7 @@ def _logs(harness, flow_run_id) -> list[tuple[int, str]]:
 def _task_runs(harness, flow_run_id):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    harness.settle(flow_run_id)
     with harness.client() as c:
         return c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
 

@@ -222,6 +222,7 @@ def test_cli_build(prefect_harness, source, tmp_path, capsys):
 def _write_batch_results(harness, flow_state) -> list[dict]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 
+    harness.settle(flow_state.state_details.flow_run_id)
     with harness.client() as c:
         runs = c.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])),

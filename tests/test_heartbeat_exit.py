@@ -19,7 +19,23 @@ def _heartbeat_threads() -> list[threading.Thread]:
 
 
 def test_the_flows_use_the_heartbeat_context_that_does_not_join():
-    assert engine._send_heartbeats is send_heartbeats_without_join
+    # (by name: a flow module loaded as a script imports flows.heartbeat_exit once more)
+    assert engine._send_heartbeats.__qualname__ == send_heartbeats_without_join.__qualname__
+    assert engine._topozarr_prefect_send_heartbeats.__module__ == "prefect.flow_engine"  # what it wraps
+
+
+def test_a_second_copy_of_the_module_wraps_prefects_context_not_the_first_copy():
+    import importlib.util
+
+    import flows.heartbeat_exit as first
+
+    spec = importlib.util.spec_from_file_location("heartbeat_exit_again", first.__file__)
+    again = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(again)
+    try:
+        assert again._ORIGINAL is first._ORIGINAL and again._ORIGINAL.__module__ == "prefect.flow_engine"
+    finally:
+        first.install()
 
 
 def test_heartbeats_are_sent_while_running_and_none_after_the_run_returned(prefect_harness, monkeypatch):

@@ -83,6 +83,7 @@ def scan_everything(prefect_harness, states: dict, caplog, user_parameters: bool
     needles. ``user_parameters``: the flow runs' own ``parameters`` (what the caller typed, shown back
     to the caller) are left out of the scan."""
     run_ids = [s.state_details.flow_run_id for s in states.values()]
+    prefect_harness.settle(*run_ids)
     scanned: dict[str, list[str]] = {}
 
     def scan(what: str, blob) -> None:
