@@ -221,7 +221,8 @@ def _flow_run_state(harness, run_id: str):
 
 
 def _unfinished_task_runs(harness, run_id: str) -> list:
-    return [t for t in _task_runs(harness, run_id, "%", completed_only=False) if not t.state.is_final()]
+    return [t for t in _task_runs(harness, run_id, "%", completed_only=False)
+            if t.state is None or not t.state.is_final()]
 
 
 def _completed_batches(harness, run_id: str) -> set[str]:
@@ -289,6 +290,7 @@ def test_sigkill_mid_run_then_retry_same_run(prefect_harness, source, clean, tmp
     state = retry_here(run_id, unfinished=True)  # the API still says RUNNING: nothing reported the kill
     assert state.is_completed(), state.message
     assert str(state.state_details.flow_run_id) == run_id
+    prefect_harness.settle(run_id)  # the retry's task-run states are recorded from events, after it returns
 
     # the retry gave the dead attempt's slots back first and ended its task runs: nothing is left Running
     with prefect_harness.client() as c:
