@@ -210,6 +210,12 @@ def lifetime_peak_rss_bytes() -> int:
     return int(ru) * (1 if sys.platform == "darwin" else 1024)
 
 
+def peak_rss_bytes() -> int:
+    """Peak RSS of this process since the last :func:`reset_peak_rss` (Linux ``VmHWM``), else since start."""
+    kb = _proc_status_kb("VmHWM")
+    return kb * 1024 if kb is not None else lifetime_peak_rss_bytes()
+
+
 def reset_peak_rss() -> bool:
     """Reset this process's RSS high-water mark (Linux ``clear_refs``). False if unsupported."""
     try:

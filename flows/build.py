@@ -12,58 +12,50 @@ from prefect.runtime import flow_run
 from topozarr_core.targets import redact
 
 from . import level_checks
-from .recovery import before_attempt, on_crashed
-from . import heartbeat_exit  # noqa: F401  (a run returns when it ends: see the module)
 from .artifacts import quicklook_artifact
-from .batches import BatchesFailed  # noqa: F401  (what a failed run raises)
-from .batches import run_levels, runs_in_this_process
-from .job import attempt_depends, drop_run_cache, target_lease
-from .limits import ensure_limit_task
+from .job import target_lease
 from .params import BuildParams
+from .recovery import before_attempt, on_crashed
 from .tasks import (
     check_written_level,
-    commit_level,
-    fork_level,
+    commit_stage,
+    ensure_limit_task,
+    fork_stage,
     initialise_target,
     plan_pyramid,
     publish_branch,
     publish_metadata,
     validate,
-    write_batch,
+    write_tile,
 )
+from .tile_runs import TilesFailed, run_tiles  # noqa: F401  (TilesFailed: what a failed run raises)
 
 
 @flow(name="build-pyramid", persist_result=True, on_crashed=[on_crashed])
 def build_pyramid(params: BuildParams) -> dict[str, Any]:
-    """Build (or rebuild) a multiscale GeoZarr pyramid from ``params.source`` into ``params.target``."""
+    """Build (or rebuild) a multiscale GeoZarr pyramid from ``params.source`` into ``params.target``.
+
+    :param params: what to build from where to where, and how (validated before any task runs).
+    """
     logger = get_run_logger()
-    before_attempt()
+    before_attempt(params.concurrency_limit)
     plan = plan_pyramid(params)
     slots = ensure_limit_task(params.concurrency_limit, params.default_concurrency)
     with target_lease(params):
         init = initialise_target(params)
         staging = init["staging"]
-        shared = runs_in_this_process()  # then the batch tasks share one level cache (see write_batch)
         # each complete level is checked in the background; validate-pyramid takes those checks
         check = partial(check_written_level, params, staging)
         with level_checks.checking(str(flow_run.id), check) as checks:
-            try:
-                depends, cache_only = attempt_depends(params, plan.get("depends"), shared)
-                rows = run_levels(
-                    plan["levels"],
-                    lambda level, i, fork: write_batch.submit(params, level, i, fork, key=f"L{level}-B{i:05d}",
-                                                             fingerprint=plan["fingerprint"], shared=shared,
-                                                             cache_only=cache_only),
-                    fork=(lambda level: fork_level(params, staging, key=f"L{level}")) if staging else None,
-                    commit=(lambda level, forks, last: commit_level(params, staging, forks, key=f"level-{level}",
-                                                                    last=last)["fork"]) if staging else None,
-                    depends=depends,  # (a run planned by an older version has none: level by level)
-                    in_flight=slots,  # (one more would only poll the server for a slot)
-                    level_written=checks.level_written,
-                    reads_target=not cache_only,  # (Icechunk: then levels are committed as they complete)
-                )
-            finally:
-                drop_run_cache(params)
+            rows = run_tiles(
+                plan,
+                lambda key, fork: write_tile.submit(params, key, fork, fingerprint=plan["fingerprint"]),
+                fork=(lambda stage: fork_stage(params, staging, key=f"S{stage}")) if staging else None,
+                commit=(lambda stage, forks, last: commit_stage(params, staging, forks, key=f"stage-{stage}",
+                                                                last=last)["fork"]) if staging else None,
+                in_flight=slots,  # (one more would only wait for a slot)
+                level_written=checks.level_written,
+            )
             checked = validate(params, staging)
         publish_metadata(params, staging)
         snapshot = publish_branch(params, staging, init["base"]) if staging else None

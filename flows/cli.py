@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from topozarr_core.tiles import DEFAULT_TILE_BYTES
+
 from . import cli_runs
 
 
@@ -35,7 +37,8 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite-foreign", action="store_true",
                    help="let --mode w replace a TARGET holding data topozarr-flows did not write (deletes it all)")
     b.add_argument("--concurrency", type=int, default=4, help="slots when the flow creates the limit")
-    b.add_argument("--regions-per-batch", type=int)
+    b.add_argument("--max-tile-mb", type=int, help="input MB per tile task (default: %(default)s)",
+                   default=DEFAULT_TILE_BYTES // 2**20)
     d = sub.add_parser("demo", help="generate demo data and build it into a local Icechunk repo")
     d.add_argument("--out", default="demo-output")
     r = sub.add_parser("retry", help="retry a finished build or update flow run (the same run id) like the "
@@ -84,6 +87,10 @@ def _preview(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry off-machine
+    from .slots import LEASES_ON_DISK
+
+    # an ephemeral server started by this process keeps leases on disk (see flows.slots.LEASES_ON_DISK)
+    os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASES_ON_DISK)
     from .params import BuildParams
 
     if args.command == "retry":
@@ -112,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 y_dim=args.y_dim, method=args.method, crs=args.crs, variables=args.variables,
                 chunks_per_shard=args.chunks_per_shard, io=args.io, mode=args.mode,
                 overwrite_foreign=args.overwrite_foreign,
-                default_concurrency=args.concurrency, regions_per_batch=args.regions_per_batch,
+                default_concurrency=args.concurrency, max_tile_bytes=args.max_tile_mb * 2**20,
             )
     except ValidationError as err:
         print(f"invalid parameters:\n{err}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Per-process cache of what every task derives from the parameters: source, pyramid, plan, store.
+"""Per-process cache of what every task derives from the parameters: source, pyramid, tile plan, store.
 
 Tasks receive only plain parameters; each process (thread-pool runner, Dask worker, a resumed run)
 re-derives the same deterministic plan from them, so nothing unpicklable crosses task boundaries.
@@ -11,17 +11,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from topozarr_core import Pyramid, RegionPlan, create_pyramid, icechunk_txn
-from topozarr_core.executor import shared_cache_for
-from topozarr_core.level_cache import LevelCache
-from topozarr_core.plan import cap_batches
+from topozarr_core import Pyramid, TilePlan, create_pyramid, icechunk_txn
 from topozarr_core.icechunk_txn import IcechunkTarget
 from topozarr_core.lease import lease_for
 from topozarr_core.sources import open_source
 from topozarr_core.target_contract import check_target
 from topozarr_core.targets import resolve_store
 
-from .batches import reads_only_cache, run_depends
 from .params import BuildParams
 
 
@@ -29,11 +25,7 @@ from .params import BuildParams
 class Job:
     params: BuildParams
     pyramid: Pyramid
-    plan: RegionPlan
-    #: batches the plan had before ``max_task_runs`` capped it
-    asked_batches: int = 0
-    #: (flow run id, the level cache its batch tasks share here), see :meth:`run_cache`
-    _run_cache: tuple[str, LevelCache | None] | None = None
+    plan: TilePlan
 
     @property
     def icechunk(self) -> IcechunkTarget | None:
@@ -44,22 +36,9 @@ class Job:
     def zarr_store(self) -> Any:
         return resolve_store(self.params.target)
 
-    def run_cache(self, run_id: str) -> LevelCache | None:
-        """The level cache the batch tasks of flow run ``run_id`` share in this process (None when it
-        might not fit in RAM). Only the latest run's is kept: a new run (or a rerun's fresh process)
-        starts empty and its tasks compute whatever they find incomplete from the store."""
-        with _lock:
-            if self._run_cache is None or self._run_cache[0] != run_id:
-                self._run_cache = (run_id, shared_cache_for(self.plan))
-            return self._run_cache[1]
-
-    def drop_run_cache(self) -> None:
-        with _lock:
-            self._run_cache = None
-
     def check_target(self) -> None:
         """Read-only check that the target can take this pyramid in this mode (creates nothing)."""
-        levels = [lp.level for lp in self.plan.levels]
+        levels = self.plan.levels
         if self.icechunk is not None:
             icechunk_txn.check_target(self.icechunk, self.pyramid.spec, self.params.mode, levels)
         else:
@@ -68,8 +47,7 @@ class Job:
                          overwrite_foreign=self.params.overwrite_foreign)
 
     def initialise(self, store: Any) -> None:
-        levels = [lp.level for lp in self.plan.levels]
-        self.pyramid.initialise(store, mode=self.params.mode, levels=levels,
+        self.pyramid.initialise(store, mode=self.params.mode, levels=self.plan.levels,
                                 overwrite_foreign=self.params.overwrite_foreign, sources=(self.params.source,))
 
 
@@ -99,31 +77,6 @@ def load_job(params: BuildParams) -> Job:
         return job
 
 
-def attempt_depends(params: BuildParams, depends: list[list] | None, shared: bool) -> tuple[list[list] | None, bool]:
-    """The batch edges this attempt of the flow run follows, and whether its batches write from the
-    shared level cache only (:func:`flows.batches.run_depends`). On Icechunk only when then no batch
-    reads the target (:func:`flows.batches.reads_only_cache`): its levels need not be committed in
-    order; otherwise each level's writers read the commit of the level below."""
-    if not shared:
-        return depends, False
-    from prefect.runtime import flow_run
-
-    job = load_job(params)
-    cache = job.run_cache(str(flow_run.id))
-    edges, cache_only = run_depends(depends, job.plan, cache, flow_run.run_count)
-    if params.target_format == "icechunk" and not (cache_only and reads_only_cache(job.plan, cache)):
-        return depends, False
-    return edges, cache_only
-
-
-def drop_run_cache(params: BuildParams) -> None:
-    """Free the level cache of the run that used ``params`` in this process (if it loaded a job)."""
-    with _lock:
-        job = _jobs.get(params.model_dump_json())
-    if job is not None:
-        job.drop_run_cache()
-
-
 def _build(params: BuildParams) -> Job:
     ds = open_source(params.source, params.variables)
     pyramid = create_pyramid(
@@ -136,13 +89,6 @@ def _build(params: BuildParams) -> Job:
         crs=params.crs,
         chunks_per_shard=params.chunks_per_shard,
     )
-    n_levels = len(pyramid.factors)
-    plan = pyramid.region_plan(
-        max_region_bytes=params.max_region_bytes,
-        regions_per_batch=params.regions_per_batch,
-        target_batches_per_level=max(1, params.max_task_runs // n_levels),
-        min_batch_bytes=params.min_batch_bytes,
-    )
-    asked = sum(len(lp.batches) for lp in plan.levels)
-    plan = cap_batches(plan, params.max_task_runs)  # a hard cap, even with an explicit regions_per_batch
-    return Job(params, pyramid, plan, asked_batches=asked)
+    plan = pyramid.tile_plan(max_region_bytes=params.max_region_bytes, max_tile_bytes=params.max_tile_bytes,
+                             max_tiles=params.max_task_runs)
+    return Job(params, pyramid, plan)

@@ -2,7 +2,7 @@
 
 ``validate-pyramid`` used to read every level back after the last one was written: 0.4-0.7 s on the
 critical path of a 1 GB build, while the cores had little else to do in the pipeline's tail. Now the
-flow hands each level to :meth:`RunChecks.level_written` when it is complete (Zarr: its last batch
+flow hands each level to :meth:`RunChecks.level_written` when it is complete (Zarr: its last tile
 ended; Icechunk: its commit), one background thread per flow run checks it
 (:func:`topozarr_core.validate.check_level`), and ``validate-pyramid`` takes the finished checks
 (:func:`take`) and reads only what is left: the root attributes to be published, and any level whose
@@ -29,7 +29,7 @@ class RunChecks:
 
     def __init__(self, check: Callable[[int], LevelCheck]) -> None:
         self._check = check
-        # one thread: a check is small, and it must not take cores from the batches still writing
+        # one thread: a check is small, and it must not take cores from the tiles still writing
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topozarr-level-check")
         self._futures: dict[int, Future] = {}
         self._lock = threading.Lock()

@@ -8,8 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, m
 
 from topozarr_core.chunking import VALID_CHUNKS_PER_SHARD
 from topozarr_core.kernels import METHODS
+from topozarr_core.tiles import DEFAULT_TILE_BYTES
 
-REGION_LIMIT = "topozarr-region-writes"
+WRITE_LIMIT = "topozarr-writes"
 
 
 class RunParams(BaseModel):
@@ -24,12 +25,14 @@ class RunParams(BaseModel):
     variables: list[str] | None = None
     crs: str | None = None
     io: Literal["python", "rust"] = "python"
-    regions_per_batch: int | None = Field(None, ge=1)
-    max_task_runs: int = Field(200, ge=1, description="Batches are sized so a run has at most about this many write tasks")
-    max_region_bytes: int = Field(256_000_000, ge=1_000_000)
-    min_batch_bytes: int = Field(64 * 2**20, ge=0, description="Without regions_per_batch, a write task gets at "
-                                 "least this much output (its fixed cost stays small against its work)")
-    concurrency_limit: str = REGION_LIMIT
+    max_tile_bytes: int = Field(DEFAULT_TILE_BYTES, ge=100_000, description="Input bytes per tile (one write "
+                                "task) while a stage of tiles takes in one more level: larger tiles cover more "
+                                "levels and make fewer tasks, smaller ones spread over more workers")
+    max_task_runs: int = Field(2000, ge=1, description="At most this many tile tasks per run: tiles are made "
+                               "larger when the plan would have more")
+    max_region_bytes: int = Field(256_000_000, ge=1_000_000, description="Largest level-0 region one thread of a "
+                                  "tile reads and writes at once (the memory of a task is a few of them per thread)")
+    concurrency_limit: str = Field(WRITE_LIMIT, description="Task concurrency limit (tag) each tile holds a slot of")
     default_concurrency: int = Field(4, ge=1, description="Slots of the limit when the flow has to create it")
     validate_samples: int = Field(4, ge=0)
 

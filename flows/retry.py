@@ -1,5 +1,5 @@
 """Retry a finished flow run of either flow (``build-pyramid`` or ``update-pyramid``): the same flow
-run id runs again, so only the batches that did not complete are written again (task cache keys are
+run id runs again, so only the tiles that did not complete are written again (task cache keys are
 scoped to the flow run id and results are persisted).
 
 :func:`mark_for_retry` sets what Prefect 3.8's default UI (v2) sets from a run's **Retry** button:

@@ -1,7 +1,10 @@
-"""Prefect tasks: thin wrappers that call topozarr_core. Each returns small values, never arrays.
+"""Prefect tasks of the build flow: thin wrappers that call topozarr_core. Each returns small values,
+never arrays.
 
 Cache keys are scoped to the flow run, so retrying a failed run (the UI's Retry) reuses every
-completed task's persisted result and redoes only what failed; a new run starts fresh.
+completed task's persisted result and redoes only what failed; a new run starts fresh. A tile task
+retries on its own (``RETRYING``): a tile owns every shard it writes, so a transient fault costs
+that tile only.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ from topozarr_core.targets import redact
 from topozarr_core.validate import LevelCheck, check_level, validate_pyramid
 
 from . import level_checks
-from .batches import plan_depends, write_one_batch
 from .job import load_job
 from .params import BuildParams
+from .slots import ensure_limit
+from .tile_runs import planned_tiles
+from .tile_writes import write_one_tile
 
 
 def run_scoped_key(ctx: TaskRunContext, parameters: dict[str, Any]) -> str:
     """<flow run>/<task>/<parameters digest>/<key>: computed from the parameters alone (never opens the
     source, so a missing source fails once, in planning); session objects never enter the key."""
-    params: BuildParams = parameters["params"]
+    params = parameters["params"]
     digest = hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:16]
     return f"{ctx.task_run.flow_run_id}/{ctx.task.name}/{digest}/{parameters.get('key', '')}"
 
@@ -44,34 +49,39 @@ RETRYING = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_facto
                 retry_jitter_factor=0.5 if RETRY_DELAY else None)
 
 
+@task(name="ensure-concurrency-limit")
+def ensure_limit_task(name: str, slots: int) -> int:
+    """The slots of the write limit, creating it with ``slots`` when it does not exist (a missing
+    limit would limit nothing)."""
+    limit, created = ensure_limit(name, slots)
+    get_run_logger().info("%s concurrency limit %r with %d slots", "created" if created else "using", name, limit)
+    return limit
+
+
 @task(name="plan-pyramid", **RUN_CACHED)
 def plan_pyramid(params: BuildParams, key: str = "plan") -> dict:
-    """Open the source, plan, and check the target (read-only): every bad input fails here, before anything
-    is written. A retry of the same flow run reuses this task's result, so it does not re-check a target the
-    run itself has started writing."""
+    """Open the source, plan the tiles, and check the target (read-only): every bad input fails here,
+    before anything is written. A retry of the same flow run reuses this task's result, so it does not
+    re-check a target the run itself has started writing."""
     job = load_job(params)
     job.check_target()
-    levels = []
-    for lp in job.plan.levels:
-        first = job.plan.variables[0]
-        levels.append({
-            "level": lp.level,
-            "factor": lp.factor,
-            "variable": first.name,
-            "dims": list(first.dims),
-            "shape": list(first.shapes[lp.level]),
-            "chunks": list(first.encodings[lp.level].chunks),
-            "shards": list(first.encodings[lp.level].shards or []),
-            "batches": len(lp.batches),
-            "regions": lp.n_regions,
-        })
+    plan = job.plan
+    first = plan.variables[0]
+    levels = [{
+        "level": lvl,
+        "factor": plan.factors[lvl],
+        "variable": first.name,
+        "dims": list(first.dims),
+        "shape": list(first.shapes[lvl]),
+        "chunks": list(first.encodings[lvl].chunks),
+        "shards": list(first.encodings[lvl].shards or []),
+    } for lvl in plan.levels]
     logger = get_run_logger()
-    planned = sum(lv["batches"] for lv in levels)
-    if job.asked_batches > planned:
-        logger.warning("%d region batches would exceed max_task_runs=%d: batches coarsened to %d",
-                       job.asked_batches, params.max_task_runs, planned)
-    logger.info("planned %d levels, %d batches for %s", len(levels), planned, redact(params.source))
-    return {"fingerprint": job.plan.fingerprint(), "levels": levels, "depends": plan_depends(job.plan)}
+    for row in plan.summary():
+        logger.info("stage %d: %d tiles of %s, levels %s from %s (up to %.0f MB each)", row["stage"], row["tiles"],
+                    ", ".join(row["variables"]), row["levels"], row["reads"], row["max_tile_MB"])
+    logger.info("planned %d levels in %d tiles for %s", len(levels), len(plan.tiles), redact(params.source))
+    return {"fingerprint": plan.fingerprint(), "levels": levels, **planned_tiles(plan)}
 
 
 @task(name="initialise-target", **RUN_CACHED, **RETRYING)
@@ -91,37 +101,29 @@ def initialise_target(params: BuildParams, key: str = "init") -> dict:
     return {"staging": staging, "base": base}
 
 
-@task(name="fork-level", **RUN_CACHED, **RETRYING)
-def fork_level(params: BuildParams, staging: str, key: str) -> Any:
-    """A picklable ForkSession of the staging head for this level's batch writers."""
+@task(name="fork-stage", **RUN_CACHED, **RETRYING)
+def fork_stage(params: BuildParams, staging: str, key: str) -> Any:
+    """A picklable ForkSession of the staging head for the first stage's tiles."""
     return icechunk_txn.fork(load_job(params).icechunk, staging)
 
 
-@task(name="write-batch", task_run_name="write-{key}", **RUN_CACHED, **RETRYING)
-def write_batch(params: BuildParams, level: int, index: int, fork: Any = None, key: str = "",
-                fingerprint: str = "", shared: bool = False, cache_only: bool = False) -> dict:
-    """Write one batch of shard-aligned regions while holding one slot of the global limit.
-
-    ``shared``: the run's batch tasks run in this process and share its level cache (coarse regions
-    reduced in memory, as ``Pyramid.write`` does, instead of re-read from the store); ``cache_only``:
-    started when its producers were written (:func:`flows.batches.run_depends`)."""
+@task(name="write-tile", task_run_name="tile-{key}", **RUN_CACHED, **RETRYING)
+def write_tile(params: BuildParams, key: str, fork: Any = None, fingerprint: str = "") -> dict:
+    """Write every shard of one tile (:mod:`topozarr_core.tiles`) while holding one slot of the write
+    limit. With an Icechunk ``fork`` the tile writes into its own copy of it (as on a remote worker)
+    and returns that copy for merging."""
     job = load_job(params)
     if fingerprint and job.plan.fingerprint() != fingerprint:
-        raise SourceChanged("the source changed since this run was planned (its region plan differs); "
+        raise SourceChanged("the source changed since this run was planned (its tile plan differs); "
                             "start a new run instead of retrying this one")
-    cache = None
-    if shared:
-        from prefect.runtime import flow_run
-
-        cache = job.run_cache(str(flow_run.id))
-    return write_one_batch(job.plan, job.pyramid.ds, level, index, io=params.io, limit=params.concurrency_limit,
-                           fork=fork, store=job.zarr_store, cache=cache, cache_only=cache_only and cache is not None)
+    return write_one_tile(job.plan, job.pyramid.ds, key, io=params.io, limit=params.concurrency_limit, fork=fork,
+                          store=job.zarr_store)
 
 
-@task(name="commit-level", **RUN_CACHED, **RETRYING)
-def commit_level(params: BuildParams, staging: str, forks: list[Any], key: str, last: bool = False) -> dict:
-    """Merge this level's forks and commit them to the staging branch; unless ``last``, also fork that
-    commit for the next level's writers (one task less per level than a separate fork task)."""
+@task(name="commit-stage", **RUN_CACHED, **RETRYING)
+def commit_stage(params: BuildParams, staging: str, forks: list[Any], key: str, last: bool = False) -> dict:
+    """Merge this stage's forks and commit them to the staging branch; unless ``last``, also fork that
+    commit for the next stage's tiles (they read the levels it holds)."""
     target = load_job(params).icechunk
     snap = icechunk_txn.merge_and_commit(target, staging, forks, f"topozarr: {key}")
     get_run_logger().info("committed %s to %s as %s", key, staging, snap)

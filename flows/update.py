@@ -3,7 +3,7 @@
 Orchestration only; every decision lives in :mod:`topozarr_core.update`. The steps mirror the
 build flow: plan (all refusals happen here, before anything is written), then, holding the plain
 Zarr target's lease for the rest of the run (:func:`flows.job.target_lease`): prepare (the root
-becomes unpublished first), region batches per level as retryable tasks under the same global
+becomes unpublished first), tiles (every level over the new entries, cut along the append dim) as retryable tasks under the same global
 concurrency limit, finish (coordinates and carried variables along the append dim), validate
 (against the root about to be published), publish the root metadata, and for Icechunk one
 compare-and-swap publish of the user's branch. A failed validation leaves the root unpublished
@@ -32,20 +32,19 @@ from pydantic import Field, field_validator
 
 from topozarr_core import icechunk_txn
 from topozarr_core.layout import published_attrs
-from topozarr_core.plan import RegionPlan
 from topozarr_core.sources import open_source
+from topozarr_core.tiles import TilePlan
 from topozarr_core.targets import redact, resolve_store
 from topozarr_core.update import DEFAULT_VERIFY_SAMPLES, PyramidUpdate, UpdateInfo, plan_update
 from topozarr_core.validate import validate_pyramid
 
-from .recovery import before_attempt, on_crashed
-from . import heartbeat_exit  # noqa: F401  (a run returns when it ends: see the module)
 from .artifacts import quicklook_artifact
-from .batches import BatchesFailed, plan_depends, run_levels, write_one_batch  # noqa: F401  (BatchesFailed: what a failed run raises)
 from .job import target_lease
-from .limits import ensure_limit_task
 from .params import RunParams
-from .tasks import RETRYING
+from .recovery import before_attempt, on_crashed
+from .tasks import RETRYING, ensure_limit_task
+from .tile_runs import TilesFailed, planned_tiles, run_tiles  # noqa: F401  (TilesFailed: what a failed run raises)
+from .tile_writes import write_one_tile
 
 
 class UpdateParams(RunParams):
@@ -77,7 +76,7 @@ class BranchMoved(RuntimeError):
 class UpdateJob:
     params: UpdateParams
     update: PyramidUpdate
-    plan: RegionPlan
+    plan: TilePlan
 
 
 _jobs: dict[str, UpdateJob] = {}
@@ -85,22 +84,20 @@ _lock = threading.Lock()
 
 
 def load_update_job(params: UpdateParams, info: dict) -> UpdateJob:
-    """The source, the planned update and its region plan, re-derived deterministically per process."""
+    """The source, the planned update and its tile plan, re-derived deterministically per process."""
     key = params.model_dump_json() + json.dumps(info, sort_keys=True)
     with _lock:
         job = _jobs.get(key)
         if job is None:
             ds = open_source(params.source, params.variables)
             update = PyramidUpdate.from_info(ds, UpdateInfo.from_dict(info))
-            job = _jobs[key] = UpdateJob(params, update, _region_plan(params, update))
+            job = _jobs[key] = UpdateJob(params, update, _tile_plan(params, update))
         return job
 
 
-def _region_plan(params: UpdateParams, update: PyramidUpdate) -> RegionPlan:
-    n_levels = len(update.spec.factors)
-    return update.region_plan(max_region_bytes=params.max_region_bytes, regions_per_batch=params.regions_per_batch,
-                              target_batches_per_level=max(1, params.max_task_runs // n_levels),
-                              min_batch_bytes=params.min_batch_bytes)
+def _tile_plan(params: UpdateParams, update: PyramidUpdate) -> TilePlan:
+    return update.tile_plan(max_region_bytes=params.max_region_bytes, max_tile_bytes=params.max_tile_bytes,
+                            max_tiles=params.max_task_runs)
 
 
 def _zarr_store(params: UpdateParams) -> Any:
@@ -132,17 +129,18 @@ def plan_update_task(params: UpdateParams, key: str = "plan") -> dict:
         store, snapshot = session.store, session.snapshot_id
     update = plan_update(ds, store, params.append_dim, crs=params.crs, verify_samples=params.verify_samples)
     info = update.info
-    plan = _region_plan(params, update)
-    levels = [{"level": lp.level, "batches": len(lp.batches), "regions": lp.n_regions} for lp in plan.levels]
+    plan = _tile_plan(params, update)
+    regions = plan.region_plan(plan.tiles)
+    levels = [{"level": lp.level, "regions": lp.n_regions} for lp in regions.levels]
     get_run_logger().info(
-        "planned update of %s along %r: %d -> %d entries%s, %d regions in %d batches%s; history: %d level-0 "
+        "planned update of %s along %r: %d -> %d entries%s, %d regions in %d tiles%s; history: %d level-0 "
         "chunks equal the source's", redact(params.target), info.append_dim, info.old_length, info.new_length,
         " (resuming an interrupted update)" if info.resumed else "", sum(lv["regions"] for lv in levels),
-        sum(lv["batches"] for lv in levels),
+        len(plan.tiles),
         f", relaying out {[f'L{lvl}/{v}' for lvl, v in info.relayout]}" if info.relayout else "",
         info.verified_chunks)
     return {"info": info.to_dict(), "levels": levels, "changed": info.changed, "snapshot": snapshot,
-            "fingerprint": plan.fingerprint(), "depends": plan_depends(plan)}
+            "fingerprint": plan.fingerprint(), **planned_tiles(plan)}
 
 
 @task(name="prepare-update", **RUN_CACHED, **RETRYING)
@@ -167,24 +165,23 @@ def prepare_update(params: UpdateParams, info: dict, planned_snapshot: str | Non
     return {"staging": staging, "base": base}
 
 
-@task(name="fork-level", **RUN_CACHED, **RETRYING)
-def fork_level(params: UpdateParams, staging: str, key: str) -> Any:
+@task(name="fork-stage", **RUN_CACHED, **RETRYING)
+def fork_stage(params: UpdateParams, staging: str, key: str) -> Any:
     return icechunk_txn.fork(params.icechunk, staging)
 
 
-@task(name="write-update-batch", task_run_name="write-{key}", **RUN_CACHED, **RETRYING)
-def write_update_batch(params: UpdateParams, info: dict, level: int, index: int, fork: Any = None,
-                       key: str = "") -> dict:
-    """Write one batch of regions while holding one slot of the global limit."""
+@task(name="write-update-tile", task_run_name="tile-{key}", **RUN_CACHED, **RETRYING)
+def write_update_tile(params: UpdateParams, info: dict, key: str, fork: Any = None) -> dict:
+    """Write one tile of the update while holding one slot of the global limit."""
     job = load_update_job(params, info)
-    return write_one_batch(job.plan, job.update.pyramid.ds, level, index, io=params.io,
-                           limit=params.concurrency_limit, fork=fork, store=lambda: _zarr_store(params))
+    return write_one_tile(job.plan, job.update.pyramid.ds, key, io=params.io, limit=params.concurrency_limit,
+                          fork=fork, store=lambda: _zarr_store(params))
 
 
-@task(name="amend-level", **RUN_CACHED, **RETRYING)
-def amend_level(params: UpdateParams, info: dict, staging: str, forks: list[Any], key: str, last: bool = False) -> dict:
-    """Merge this level's forks into the staging branch, amending its single update commit; unless
-    ``last``, also fork the result for the next level's writers."""
+@task(name="amend-stage", **RUN_CACHED, **RETRYING)
+def amend_stage(params: UpdateParams, info: dict, staging: str, forks: list[Any], key: str, last: bool = False) -> dict:
+    """Merge this stage's forks into the staging branch, amending its single update commit; unless
+    ``last``, also fork the result for the next stage's tiles."""
     session = icechunk_txn.writable(params.icechunk, staging)
     if forks:
         session.merge(*forks)
@@ -251,7 +248,7 @@ def _message(info: UpdateInfo) -> str:
 def update_pyramid(params: UpdateParams) -> dict[str, Any]:
     """Append the new ``params.append_dim`` entries of ``params.source`` to the pyramid ``params.target``."""
     logger = get_run_logger()
-    before_attempt()
+    before_attempt(params.concurrency_limit)
     planned = plan_update_task(params)
     info = planned["info"]
     summary = {"append_dim": info["append_dim"], "old_length": info["old_length"],
@@ -265,14 +262,13 @@ def update_pyramid(params: UpdateParams) -> dict[str, Any]:
     with target_lease(params):
         prep = prepare_update(params, info, planned["snapshot"])
         staging = prep["staging"]
-        rows = run_levels(
-            planned["levels"],
-            lambda level, i, fork: write_update_batch.submit(params, info, level, i, fork, key=f"L{level}-B{i:05d}"),
-            fork=(lambda level: fork_level(params, staging, key=f"L{level}")) if staging else None,
-            commit=(lambda level, forks, last: amend_level(params, info, staging, forks, key=f"level-{level}",
+        rows = run_tiles(
+            planned,
+            lambda key, fork: write_update_tile.submit(params, info, key, fork),
+            fork=(lambda stage: fork_stage(params, staging, key=f"S{stage}")) if staging else None,
+            commit=(lambda stage, forks, last: amend_stage(params, info, staging, forks, key=f"stage-{stage}",
                                                            last=last)["fork"]) if staging else None,
-            description="update batches written",
-            depends=planned.get("depends"),  # (a run planned by an older version has none: level by level)
+            description="update tiles written",
             in_flight=slots,
         )
         finish_update(params, info, staging)
@@ -286,4 +282,3 @@ def update_pyramid(params: UpdateParams) -> dict[str, Any]:
     return {**summary, "changed": True, "regions": sum(r["regions"] for r in rows), "levels": rows,
             "snapshot": snapshot, "spot_checks": checked["spot_checks"], "fingerprint": planned["fingerprint"],
             "verified_chunks": info.get("verified_chunks", 0), "resumed": info.get("resumed", False)}
-

@@ -1,7 +1,7 @@
 """Follow a flow run to its end and say how it ended in one line: the state and its message.
 
 ``prefect deployment run --watch`` prints only the final state's name ("Flow run finished in state
-'Failed'"); the line that says which batch failed and why is the state's message. ``topozarr-flows
+'Failed'"); the line that says which tile failed and why is the state's message. ``topozarr-flows
 run ... --watch``, ``topozarr-flows watch RUN`` and ``topozarr-flows retry RUN --watch`` print it.
 """
 

@@ -8,7 +8,7 @@
 # Env knobs (they choose the addresses of services being started; a running service keeps the
 # ones it recorded): TOPOZARR_STATE, VENV, PREFECT_PORT, S3_PORT, S3_BUCKET, DASK_SCHEDULER_PORT,
 # DASK_HTTP_PORT, DASK_NWORKERS, DASK_NTHREADS, DASK_MEMORY_LIMIT, TOPOZARR_POOL,
-# TOPOZARR_REGION_WRITES_LIMIT, TOPOZARR_WORKER_NAME, TOPOZARR_WORKER_LIMIT; SKIP_DASK=1, SKIP_WORKER=1.
+# TOPOZARR_WRITES_LIMIT, TOPOZARR_WORKER_NAME, TOPOZARR_WORKER_LIMIT; SKIP_DASK=1, SKIP_WORKER=1.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/_common.sh"

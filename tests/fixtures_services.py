@@ -56,6 +56,7 @@ __all__ = [
     "s3_prefix",
     "s3_env",
     "prefect_harness",
+    "no_leaked_slots",
     "record_interval",
     "max_overlap",
 ]
@@ -236,9 +237,27 @@ class PrefectHarness:
                 _time.sleep(0.1)
 
     def ensure_concurrency_limit(self, name: str, limit: int) -> None:
-        """Create (or update) a global concurrency limit on the harness server."""
+        """Create (or update) the task concurrency limit ``name`` (what the flows' tiles hold) on the
+        harness server."""
         with self.client() as c:
-            c.upsert_global_concurrency_limit_by_name(name, limit)
+            c.create_concurrency_limit(tag=name, concurrency_limit=limit)
+
+    def free_leaked_slots(self) -> list[str]:
+        """Give back every concurrency slot still held, and say which were: between tests nothing runs,
+        so a held slot is a leak. The harness's server does not expire leases in a test's time, so a
+        leak left alone would make the next flow of the session wait for a slot."""
+        from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+        leaked = []
+        with self.client() as c:
+            for limit in c.read_global_concurrency_limits(limit=200):
+                if limit.active_slots <= 0:
+                    continue
+                leaked.append(f"{limit.name}: {limit.active_slots} of {limit.limit}")
+                if limit.name.startswith("tag:"):
+                    c.reset_concurrency_limit_by_tag(limit.name.removeprefix("tag:"))
+                c.update_global_concurrency_limit(limit.name, GlobalConcurrencyLimitUpdate(active_slots=0))
+        return leaked
 
 
 @pytest.fixture(scope="session")
@@ -280,6 +299,18 @@ def prefect_harness() -> PrefectHarness:
                 )
             finally:
                 os.environ.pop("PREFECT_API_URL", None)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_slots(request):
+    """After each test that used the Prefect harness: fail it if it left concurrency slots held (and
+    free them, so the next test does not wait for them)."""
+    yield
+    if "prefect_harness" not in request.fixturenames:
+        return
+    leaked = request.getfixturevalue("prefect_harness").free_leaked_slots()
+    if leaked:
+        pytest.fail(f"the test left concurrency slots held (freed now): {'; '.join(leaked)}")
 
 
 # ------------------------------------------------- concurrency-limit proof helpers

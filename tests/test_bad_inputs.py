@@ -27,7 +27,7 @@ from tests.conftest import make_raster
 from topozarr_core import create_pyramid
 from topozarr_core.sources import SourceError, open_source
 
-BASE = dict(levels=2, x_dim="lon", y_dim="lat", crs="EPSG:4326", regions_per_batch=1)
+BASE = dict(levels=2, x_dim="lon", y_dim="lat", crs="EPSG:4326")
 
 
 # -- helpers ----------------------------------------------------------------------------------------

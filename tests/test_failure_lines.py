@@ -1,5 +1,5 @@
 """One clear line per failure, where the operator looks first: the flow run's state message (and the
-flow's last error log, which ``--watch`` streams) names the failing batch and the root cause."""
+flow's last error log, which ``--watch`` streams) names the failing tile and the root cause."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.conftest import make_raster
 
 def _params(src: str, target: str, **kw) -> BuildParams:
     return BuildParams(source=src, target=target, levels=3, x_dim="lon", y_dim="lat", crs="EPSG:4326",
-                       chunks_per_shard=1, regions_per_batch=1, concurrency_limit="failure-lines",
+                       chunks_per_shard=1, max_tile_bytes=1_000_000, concurrency_limit="failure-lines",
                        default_concurrency=8, **kw)
 
 
@@ -62,12 +62,11 @@ def test_disk_full_is_named_in_the_state_message(prefect_harness, small_disk, tm
     assert state.is_failed()
     message = state.message
     assert "\n" not in message and len(message) < 700, message
-    assert "level 0:" in message and "batches failed after their retries" in message
-    assert "write-L0-B" in message and "retry the run" in message
-    assert "[Errno 28] No space left on device" in message, message
+    assert "tiles failed after their retries; tile-S0-" in message and "retry the run" in message
+    assert "OSError: [Errno 28] No space left on device" in message, message
     # the same line is the flow's last error log: what `prefect deployment run --watch` streams
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("prefect")]
-    assert any(m.startswith("level 0:") and "No space left on device" in m for m in errors), errors
+    assert any("tiles failed" in m and "No space left on device" in m for m in errors), errors
     # and the root stays unpublished: nothing a reader would take for a pyramid
     root = small_disk / "p.zarr" / "zarr.json"
     assert not root.exists() or '"multiscales"' not in root.read_text()

@@ -28,8 +28,9 @@ def source(tmp_path):
 
 
 def _params(src, target, **kw) -> BuildParams:
+    # 1 MB tiles of 358-px shards: 8 tiles of level 0, 2 of level 1 (reading level 0), 1 of level 2
     base = dict(source=src, target=target, levels=3, x_dim="lon", y_dim="lat", crs="EPSG:4326",
-                regions_per_batch=1)
+                chunks_per_shard=1, max_tile_bytes=1_000_000)
     base.update(kw)
     return BuildParams(**base)
 
@@ -42,7 +43,7 @@ def test_flow_output_equals_direct_write(prefect_harness, source, tmp_path):
     import xarray as xr
 
     direct = create_pyramid(xr.open_dataset(src, engine="h5netcdf"), levels=3, x_dim="lon", y_dim="lat",
-                            crs="EPSG:4326")
+                            crs="EPSG:4326", chunks_per_shard=1)
     direct.write(tmp_path / "direct.zarr")
     assert_same_pyramid(str(tmp_path / "flow.zarr"), str(tmp_path / "direct.zarr"))
 
@@ -75,7 +76,7 @@ def test_each_level_is_checked_in_the_background_once_written(prefect_harness, s
     result = build_pyramid(params)
     assert sorted(checked) == [0, 1, 2] and taken == [[0, 1, 2]]
     planned = create_pyramid(xr.open_dataset(src, engine="h5netcdf"), levels=3, x_dim="lon", y_dim="lat",
-                             crs="EPSG:4326")
+                             crs="EPSG:4326", chunks_per_shard=1)
     assert result["spot_checks"] == validate_pyramid(planned, tmp_path / "bg.zarr",
                                                      samples_per_level=params.validate_samples).spot_checks
 
@@ -107,25 +108,21 @@ def test_icechunk_target_publishes_main_as_last_step(prefect_harness, source, tm
     repo_path = tmp_path / "repo"
     repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(repo_path)))
     before = repo.lookup_branch("main")
-    state = build_pyramid(_params(src, str(repo_path), target_format="icechunk", chunks_per_shard=1), return_state=True)
+    state = build_pyramid(_params(src, str(repo_path), target_format="icechunk"), return_state=True)
     result = state.result()
     repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(repo_path)))
     assert repo.lookup_branch("main") == result["snapshot"] != before
-    # a first attempt has no level barrier on Icechunk either: level 1 started before level 0 ended
-    batches = _write_batch_results(prefect_harness, state)
-    assert min(b["started"] for b in batches if b["level"] == 1) < max(b["finished"] for b in batches if b["level"] == 0)
     assert repo.list_branches() == {"main"}  # staging branch removed
     store = repo.readonly_session("main").store
     root = zarr.open_group(store, mode="r")
     validate_conventions({"zarr_format": 3, "node_type": "group", "attributes": dict(root.attrs)})
     ref = ds.air.coarsen(lat=4, lon=4, boundary="trim").mean().values
     np.testing.assert_allclose(zarr.open_array(store, path="2/air")[:], ref, rtol=1e-6, equal_nan=True)
-    # every level is one commit on the way: init, 3 levels, metadata
+    # one commit per stage of tiles on the way (each stage's tiles read the commit before): init, 3 stages,
+    # metadata
     messages = [s.message for s in repo.ancestry(branch="main")]
-    assert messages[0] == "topozarr: publish metadata" and messages[4] == "topozarr: initialise pyramid"
-    # (levels are committed as each completes: level 2 may come before level 1)
-    assert sorted(messages[1:4]) == ["topozarr: level-0", "topozarr: level-1", "topozarr: level-2"]
-    assert messages[3] == "topozarr: level-0"
+    assert messages == ["topozarr: publish metadata", "topozarr: stage-2", "topozarr: stage-1", "topozarr: stage-0",
+                        "topozarr: initialise pyramid", "Repository initialized"], messages
 
 
 def test_concurrency_limit_is_never_exceeded(prefect_harness, source, tmp_path, monkeypatch):
@@ -133,11 +130,10 @@ def test_concurrency_limit_is_never_exceeded(prefect_harness, source, tmp_path, 
     prefect_harness.ensure_concurrency_limit("test-writes-2", 2)
     monkeypatch.setenv("TOPOZARR_FAULTS", "delay=0.4")
     flow = build_pyramid.with_options(task_runner=ThreadPoolTaskRunner(max_workers=8))
-    result = flow(_params(src, str(tmp_path / "c.zarr"), levels=2, concurrency_limit="test-writes-2",
-                          chunks_per_shard=1),
+    result = flow(_params(src, str(tmp_path / "c.zarr"), levels=2, concurrency_limit="test-writes-2"),
                   return_state=True)
     assert result.is_completed()
-    runs = _write_batch_results(prefect_harness, result)
+    runs = _tile_results(prefect_harness, result)
     assert len(runs) >= 8
     assert _max_overlap(runs) == 2  # 8 threads wanted more; the limit held them to 2
 
@@ -149,10 +145,10 @@ def test_missing_limit_is_created_not_ignored(prefect_harness, source, tmp_path)
 
     with prefect_harness.client() as c:
         with pytest.raises(ObjectNotFound):
-            c.read_global_concurrency_limit_by_name(name)
+            c.read_concurrency_limit_by_tag(name)
     build_pyramid(_params(src, str(tmp_path / "m.zarr"), levels=2, concurrency_limit=name, default_concurrency=3))
     with prefect_harness.client() as c:
-        assert c.read_global_concurrency_limit_by_name(name).limit == 3
+        assert c.read_concurrency_limit_by_tag(name).concurrency_limit == 3
 
 
 def test_inactive_limit_is_refused(prefect_harness, source, tmp_path):
@@ -160,7 +156,8 @@ def test_inactive_limit_is_refused(prefect_harness, source, tmp_path):
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
     with prefect_harness.client() as c:
-        c.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="inactive-limit", limit=2, active=False))
+        c.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="tag:inactive-limit", limit=2,
+                                                                       active=False))
     state = build_pyramid(_params(src, str(tmp_path / "i.zarr"), levels=2, concurrency_limit="inactive-limit"),
                           return_state=True)
     assert state.is_failed()
@@ -219,14 +216,14 @@ def test_cli_build(prefect_harness, source, tmp_path, capsys):
 
 # -- helpers --------------------------------------------------------------------------------------
 
-def _write_batch_results(harness, flow_state) -> list[dict]:
+def _tile_results(harness, flow_state) -> list[dict]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 
     harness.settle(flow_state.state_details.flow_run_id)
     with harness.client() as c:
         runs = c.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])),
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="write-L")),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="tile-S")),
         )
     results = []
     for run in runs:
@@ -247,21 +244,26 @@ def _max_overlap(results: list[dict]) -> int:
 
 @pytest.mark.parametrize("target_format", ["zarr", "icechunk"])
 def test_flow_runs_unchanged_on_dask_process_cluster(prefect_harness, source, tmp_path, target_format):
+    """The same tiles run on Dask worker processes; no slot is held once a run has ended (three runs,
+    checked after each at once: a lease that outlived its task would still be counted)."""
     from prefect_dask import DaskTaskRunner
 
     _, src = source
     runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "processes": True, "threads_per_worker": 1,
                                             "dashboard_address": None})
-    target = str(tmp_path / ("d.zarr" if target_format == "zarr" else "repo"))
-    params = _params(src, target, target_format=target_format, chunks_per_shard=1)
-    state = build_pyramid.with_options(task_runner=runner)(params, return_state=True)
-    assert state.is_completed(), state.message
-    runs = _write_batch_results(prefect_harness, state)
-    assert len(runs) >= 8
-    build_pyramid(_params(src, str(tmp_path / "threads.zarr"), chunks_per_shard=1))
-    if target_format == "icechunk":
-        target = icechunk.Repository.open(icechunk.local_filesystem_storage(target)).readonly_session("main").store
-    assert_same_pyramid(target, str(tmp_path / "threads.zarr"))
+    build_pyramid(_params(src, str(tmp_path / "threads.zarr")))
+    for run in range(3 if target_format == "zarr" else 1):
+        target = str(tmp_path / (f"d{run}.zarr" if target_format == "zarr" else "repo"))
+        params = _params(src, target, target_format=target_format)
+        state = build_pyramid.with_options(task_runner=runner)(params, return_state=True)
+        assert state.is_completed(), state.message
+        assert len(_tile_results(prefect_harness, state)) == 11
+        with prefect_harness.client() as c:
+            assert c.read_global_concurrency_limit_by_name("tag:" + params.concurrency_limit).active_slots == 0
+            assert c.read_concurrency_limit_by_tag(params.concurrency_limit).active_slots == []
+        if target_format == "icechunk":
+            target = icechunk.Repository.open(icechunk.local_filesystem_storage(target)).readonly_session("main").store
+        assert_same_pyramid(target, str(tmp_path / "threads.zarr"))
 
 
 def test_progress_artifact_reaches_100(prefect_harness, source, tmp_path):

@@ -39,7 +39,7 @@ def test_a_new_shell_sees_the_ports_up_sh_used(tmp_path):
     s3_port, prefect_port = _free_port(), _free_port()
     assert 5555 not in (s3_port, prefect_port) and 4200 not in (s3_port, prefect_port)
     up_env = _fresh_env(state, S3_PORT=str(s3_port), PREFECT_PORT=str(prefect_port), SKIP_DASK="1",
-                        SKIP_WORKER="1", TOPOZARR_REGION_WRITES_LIMIT="3")
+                        SKIP_WORKER="1", TOPOZARR_WRITES_LIMIT="3")
     try:
         up = _run(["infra/up.sh"], up_env, timeout=240)
         assert up.returncode == 0, f"{up.stdout}\n{up.stderr}"
@@ -73,7 +73,7 @@ def test_a_new_shell_sees_the_ports_up_sh_used(tmp_path):
         assert f"S3_PORT=5555 ignored: s3 is running with S3_PORT={s3_port}" in stale.stderr
 
         # `source .state/stack.env` gives a new shell the clients' settings; setup-prefect.sh created
-        # exactly one limit (topozarr-icechunk-commit was never acquired and is gone)
+        # exactly one limit: the task concurrency limit the tiles hold
         probe = _run(["bash", "-c", f'source "{state}/stack.env" && exec "$VENV_PY" -c "$0"', """
 import os
 from prefect.client.orchestration import get_client
@@ -84,7 +84,7 @@ with get_client(sync_client=True) as c:
         assert probe.returncode == 0, probe.stderr
         assert probe.stdout.split(maxsplit=3) == [
             f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{s3_port}", "process",
-            "[('topozarr-region-writes', 3)]\n"], probe.stdout
+            "[('tag:topozarr-writes', 3)]\n"], probe.stdout
     finally:
         down = _run(["infra/down.sh"], _fresh_env(state), timeout=120)
     assert down.returncode == 0, down.stderr

@@ -107,7 +107,7 @@ def test_snaps_to_source_chunks():
     assert p.encoding["/0"]["v"]["chunks"] == (512, 512)
     # level-0 regions cover whole source chunks (1024 does not divide the 2048 shard evenly? it does)
     plan = p.region_plan()
-    boxes = {r.box for b in plan.levels[0].batches for r in b.regions}
+    boxes = {r.box for r in plan.levels[0].regions}
     assert all((a % 1024 == 0) for box in boxes for a, _ in box)
 
 
@@ -118,11 +118,11 @@ def test_level0_regions_widen_to_whole_source_chunks():
     assert _layout(p.encoding["/0"]["v"]) == {"chunks": (400, 400), "shards": (800, 800)}
     # y widens to lcm(800, 2000) = 4000 (12.8 MB); widening x too (64 MB) would exceed the budget
     plan = p.region_plan(max_region_bytes=20_000_000)
-    regions = [r for b in plan.levels[0].batches for r in b.regions]
+    regions = [r for r in plan.levels[0].regions]
     assert {r.box[0][1] - r.box[0][0] for r in regions} == {4000}
     assert {r.box[1][1] - r.box[1][0] for r in regions} == {800}
     # a generous budget reads each source chunk exactly once with one region
-    assert len([r for b in p.region_plan(max_region_bytes=10**9).levels[0].batches for r in b.regions]) == 1
+    assert len([r for r in p.region_plan(max_region_bytes=10**9).levels[0].regions]) == 1
 
 
 def test_layer_hints_in_attrs(raster2d):

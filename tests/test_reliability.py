@@ -19,7 +19,6 @@ import icechunk
 import pytest
 import xarray as xr
 
-from flows import lease_lookup, slot_ledger
 from flows.build import build_pyramid
 from flows.params import BuildParams
 from flows.retry import retry_here
@@ -28,15 +27,16 @@ from tests.conftest import make_raster
 from topozarr_core import create_pyramid
 
 ROOT = Path(__file__).resolve().parents[1]
-# 400 x 400 x 4 time steps, levels=3, one chunk per shard, one region per batch:
-# 16 + 4 + 4 = 24 region batches (each its own task run).
-LEVEL_BATCHES = {0: 16, 1: 4, 2: 4}
-BATCH_KEYS = [f"L{lvl}-B{i:05d}" for lvl, n in LEVEL_BATCHES.items() for i in range(n)]
+# 400 x 400 x 4 time steps, levels=3, one chunk per shard, 600 kB tiles: 16 tiles of level 0 (one shard
+# and time step each), 4 of level 1, 2 of level 2 (each its own task run).
+TILE_BYTES = 600_000
+STAGE_TILES = {0: 16, 1: 4, 2: 2}
+TILE_KEYS = [f"S{stage}-{i:05d}" for stage, n in STAGE_TILES.items() for i in range(n)]
 FAULT_RATE = 0.2
-#: With 3 task retries a batch fails the run only if 4 consecutive attempts fail (0.2**4 = 0.16 %
-#: per batch). Attempts are seeded (flows/faults.py), so the outcome of a seed is fixed: seed 3
-#: injects 9 failures over 24 batches (some batches fail twice) and no batch exhausts its retries,
-#: so the run completes. (Seed 1, for instance, would exhaust one batch's retries and fail the run.)
+#: With 3 task retries a tile fails the run only if 4 consecutive attempts fail (0.2**4 = 0.16 %
+#: per tile). Attempts are seeded (flows/faults.py), so the outcome of a seed is fixed: seed 3
+#: injects 10 failures over 22 tiles (some tiles fail twice) and no tile exhausts its retries, so
+#: the run completes. (Seed 17, for instance, would exhaust one tile's retries and fail the run.)
 FAULT_SEED = "3"
 TASK_ATTEMPTS = 4  # 1 + RETRYING["retries"]
 
@@ -62,7 +62,7 @@ def _params(src: str, target: str, **kw) -> BuildParams:
     # a roomy limit of its own: waiting for slots would only slow these tests down
     kw = {"concurrency_limit": "reliability-writes", "default_concurrency": 32, **kw}
     return BuildParams(source=src, target=target, levels=3, x_dim="lon", y_dim="lat", crs="EPSG:4326",
-                       chunks_per_shard=1, regions_per_batch=1, **kw)
+                       chunks_per_shard=1, max_tile_bytes=TILE_BYTES, **kw)
 
 
 def _attempts(fault_dir: Path) -> dict[str, int]:
@@ -70,10 +70,10 @@ def _attempts(fault_dir: Path) -> dict[str, int]:
 
 
 def predicted_attempts(seed: str, rate: float = FAULT_RATE) -> dict[str, int | None]:
-    """Attempts each batch needs under ``rate=`` faults (None: all TASK_ATTEMPTS fail), computed
+    """Attempts each tile needs under ``rate=`` faults (None: all TASK_ATTEMPTS fail), computed
     with the same seeded draw as flows/faults.py."""
     out: dict[str, int | None] = {}
-    for key in BATCH_KEYS:
+    for key in TILE_KEYS:
         out[key] = next((a for a in range(1, TASK_ATTEMPTS + 1)
                          if not random.Random(f"{seed}:{key}:{a}").random() < rate), None)
     return out
@@ -85,12 +85,15 @@ def _main_store(repo_path: str):
 
 # -- 20 % transient faults ---------------------------------------------------------------------------
 
-def test_fault_seed_is_a_completing_one():
-    """Documents the seed choice: it injects faults, and no batch exhausts its retries."""
+def test_fault_seed_is_a_completing_one(source):
+    """Documents the seed choice: it injects faults, and no tile exhausts its retries."""
+    plan = create_pyramid(xr.open_dataset(source, engine="h5netcdf"), levels=3, x_dim="lon", y_dim="lat",
+                          crs="EPSG:4326", chunks_per_shard=1).tile_plan(max_tile_bytes=TILE_BYTES)
+    assert [t.key for t in plan.tiles] == TILE_KEYS
     predicted = predicted_attempts(FAULT_SEED)
     assert None not in predicted.values()
-    assert sum(n - 1 for n in predicted.values()) >= 5  # 9 injected failures
-    assert None in predicted_attempts("1").values()  # a seed that would fail the run
+    assert sum(n - 1 for n in predicted.values()) >= 5  # 10 injected failures
+    assert None in predicted_attempts("17").values()  # a seed that would fail the run
 
 
 @pytest.mark.parametrize("target_format", ["zarr", "icechunk"])
@@ -105,10 +108,10 @@ def test_20pct_transient_faults_complete_with_identical_output(prefect_harness, 
     assert state.is_completed(), state.message
 
     attempts = _attempts(fault_dir)
-    assert sorted(attempts) == sorted(BATCH_KEYS)
+    assert sorted(attempts) == sorted(TILE_KEYS)
     retried = {k: n for k, n in attempts.items() if n > 1}
     assert len(retried) >= 5, f"faults did not fire: {attempts}"
-    # exactly the seeded outcome: every failed attempt was retried, every batch stopped at its first success
+    # exactly the seeded outcome: every failed attempt was retried, every tile stopped at its first success
     assert attempts == predicted_attempts(FAULT_SEED)
 
     store = target if target_format == "zarr" else _main_store(target)
@@ -122,18 +125,18 @@ def test_fault_hook_is_inactive_by_default(monkeypatch, tmp_path):
 
     monkeypatch.delenv("TOPOZARR_FAULTS", raising=False)
     monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "f"))
-    for key in BATCH_KEYS:
+    for key in TILE_KEYS:
         faults.maybe_fail(key)  # never raises, never counts
     assert not (tmp_path / "f").exists()
 
 
 def test_fault_counters_are_per_flow_run(prefect_harness, monkeypatch, tmp_path):
-    """Two runs sharing one TOPOZARR_FAULT_DIR: ``batch=K@1`` fails the first attempt of each run."""
+    """Two runs sharing one TOPOZARR_FAULT_DIR: ``tile=K@1`` fails the first attempt of each run."""
     from prefect import flow
 
     from flows import faults
 
-    monkeypatch.setenv("TOPOZARR_FAULTS", "batch=L0-B00000@1")
+    monkeypatch.setenv("TOPOZARR_FAULTS", "tile=S0-00000@1")
     monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "f"))
 
     @flow
@@ -141,7 +144,7 @@ def test_fault_counters_are_per_flow_run(prefect_harness, monkeypatch, tmp_path)
         outcomes = []
         for _ in range(2):
             try:
-                faults.maybe_fail("L0-B00000")
+                faults.maybe_fail("S0-00000")
                 outcomes.append("ok")
             except faults.InjectedFault:
                 outcomes.append("failed")
@@ -149,7 +152,7 @@ def test_fault_counters_are_per_flow_run(prefect_harness, monkeypatch, tmp_path)
 
     assert two_attempts() == ["failed", "ok"]
     assert two_attempts() == ["failed", "ok"]  # a new run counts from 1 again
-    assert len(list((tmp_path / "f").rglob("L0-B00000.attempts"))) == 2
+    assert len(list((tmp_path / "f").rglob("S0-00000.attempts"))) == 2
 
 
 # -- SIGKILL mid-run, then retry the same flow run --------------------------------------------------
@@ -206,11 +209,11 @@ def _kill_when(proc: subprocess.Popen, id_file: Path, ready, tmp_path: Path, tim
     pytest.fail("timed out waiting for the flow run to make progress")
 
 
-DELAY = 0.5  # seconds every batch sleeps in the killed run
+DELAY = 0.5  # seconds every tile sleeps in the killed run
 
 
 def _in_flight(fault_dir: Path) -> bool:
-    """Some batch began (its attempt file was written) less than DELAY / 2 ago: it is still sleeping in its slot."""
+    """Some tile began (its attempt file was written) less than DELAY / 2 ago: it is still sleeping in its slot."""
     now = time.time()
     return any(now - p.stat().st_mtime < DELAY / 2 for p in fault_dir.rglob("*.attempts"))
 
@@ -225,8 +228,8 @@ def _unfinished_task_runs(harness, run_id: str) -> list:
             if t.state is None or not t.state.is_final()]
 
 
-def _completed_batches(harness, run_id: str) -> set[str]:
-    return {r.name.removeprefix("write-") for r in _task_runs(harness, run_id, "write-L")}
+def _completed_tiles(harness, run_id: str) -> set[str]:
+    return {r.name.removeprefix("tile-") for r in _task_runs(harness, run_id, "tile-S")}
 
 
 @pytest.mark.parametrize("target_format", ["zarr", "icechunk"])
@@ -244,36 +247,28 @@ def test_sigkill_mid_run_then_retry_same_run(prefect_harness, source, clean, tmp
         previous = s.commit("previous pyramid")
     params = _params(source, target, target_format=target_format, concurrency_limit=limit)
 
-    # at most 3 batches in flight: each sleeps 0.5 s while holding its slot (rate=0 only counts attempts)
+    # at most 3 tiles in flight: each sleeps 0.5 s while holding its slot (rate=0 only counts attempts)
     proc, id_file = _spawn(params, tmp_path, faults=f"delay={DELAY},rate=0", max_workers=3)
-    if target_format == "zarr":  # mid level 0
-        progressed = lambda run_id: len(_completed_batches(prefect_harness, run_id)) >= 4  # noqa: E731
-    else:  # after level 0 was committed to the staging branch, while level 1 is being written
-        progressed = lambda run_id: bool(_task_runs(prefect_harness, run_id, "commit-level"))  # noqa: E731
-    # ... and while a batch is surely in flight: it started less than DELAY / 2 ago
+    if target_format == "zarr":  # mid stage 0
+        progressed = lambda run_id: len(_completed_tiles(prefect_harness, run_id)) >= 4  # noqa: E731
+    else:  # after stage 0 was committed to the staging branch, while stage 1 is being written
+        progressed = lambda run_id: bool(_task_runs(prefect_harness, run_id, "commit-stage"))  # noqa: E731
+    # ... and while a tile is surely in flight: it started less than DELAY / 2 ago
     run_id = _kill_when(proc, id_file, lambda run_id: _in_flight(tmp_path / "faults") and progressed(run_id),
                         tmp_path)
 
     # the killed run is still RUNNING as far as the API knows: nothing reported the crash
     assert _flow_run_state(prefect_harness, run_id).is_running()
-    # ... and the slots its in-flight batches held stay taken (no worker ran the crash hook), each one
-    # written down in the slot ledger with its lease
+    # ... and the slots its in-flight tiles held stay taken (no worker ran the crash hook); each lease
+    # names its holder, a task run of the dead attempt that the API still shows as Running
     with prefect_harness.client() as c:
-        leaked = c.read_global_concurrency_limit_by_name(limit).active_slots
-        active = lease_lookup.active_leases(c, limit)
+        leaked = c.read_global_concurrency_limit_by_name(f"tag:{limit}").active_slots
+        holders = set(c.read_concurrency_limit_by_tag(limit).active_slots)
     assert 1 <= leaked <= 3  # at most max_workers
-    assert active is not None and len(active) == leaked
-    # every lease the server still holds is in the ledger, or (a batch killed while the server granted its
-    # slot never learned the lease id) its task run left a pending entry; the ledger may also name a lease
-    # already given back (killed between the release and the removal of its record): harmless, recovery
-    # skips a lease the server no longer knows
-    recorded = {h.lease_id for h in slot_ledger.held_by(run_id)}
-    pending = {p.task_run_id for p in slot_ledger.pending_of(run_id)}
-    unaccounted = [(lease, holder) for lease, holder in active if lease not in recorded and holder not in pending]
-    assert unaccounted == [], (unaccounted, recorded, pending)
-    assert _unfinished_task_runs(prefect_harness, run_id), "the dead attempt's in-flight task runs look Running"
-    done_before = _completed_batches(prefect_harness, run_id)
-    assert 4 <= len(done_before) < len(BATCH_KEYS)
+    unfinished = _unfinished_task_runs(prefect_harness, run_id)
+    assert len(holders) == leaked and holders <= {t.id for t in unfinished}, (holders, unfinished)
+    done_before = _completed_tiles(prefect_harness, run_id)
+    assert 4 <= len(done_before) < len(TILE_KEYS)
     started_before = _attempts(tmp_path / "faults")
     assert set(done_before) <= set(started_before)
     if target_format == "icechunk":
@@ -281,8 +276,8 @@ def test_sigkill_mid_run_then_retry_same_run(prefect_harness, source, clean, tmp
         assert repo.lookup_branch("main") == previous  # readers still see the previous pyramid
         staging = [b for b in repo.list_branches() if b.startswith("topozarr-staging-")]
         assert staging == [f"topozarr-staging-{run_id}"]
-        assert "topozarr: level-0" in [s.message for s in repo.ancestry(branch=staging[0])]
-        assert "topozarr: level-0" not in [s.message for s in repo.ancestry(branch="main")]
+        assert "topozarr: stage-0" in [s.message for s in repo.ancestry(branch=staging[0])]
+        assert "topozarr: stage-0" not in [s.message for s in repo.ancestry(branch="main")]
 
     # Retry the SAME flow run as the UI does: force RUNNING -> AwaitingRetry, then execute it here
     monkeypatch.setenv("TOPOZARR_FAULTS", "rate=0")  # keep counting attempts, no delay
@@ -294,22 +289,23 @@ def test_sigkill_mid_run_then_retry_same_run(prefect_harness, source, clean, tmp
 
     # the retry gave the dead attempt's slots back first and ended its task runs: nothing is left Running
     with prefect_harness.client() as c:
-        assert c.read_global_concurrency_limit_by_name(limit).active_slots == 0
-    assert slot_ledger.held_by(run_id) == [] and slot_ledger.pending_of(run_id) == []
+        assert c.read_global_concurrency_limit_by_name(f"tag:{limit}").active_slots == 0
+        assert c.read_concurrency_limit_by_tag(limit).active_slots == []
     assert _unfinished_task_runs(prefect_harness, run_id) == []
-    crashed = [t for t in _task_runs(prefect_harness, run_id, "write-L", completed_only=False)
+    crashed = [t for t in _task_runs(prefect_harness, run_id, "tile-S", completed_only=False)
                if t.state.type.value == "CRASHED"]
     assert 1 <= len(crashed) <= 3 and all("attempt 1 died" in t.state.message for t in crashed)
+    assert holders <= {t.id for t in crashed}
 
     after = _attempts(tmp_path / "faults")
-    assert sorted(after) == sorted(BATCH_KEYS)
-    # batches the killed run had completed were resumed from their persisted results, not redone
+    assert sorted(after) == sorted(TILE_KEYS)
+    # tiles the killed run had completed were resumed from their persisted results, not redone
     assert all(after[k] == 1 for k in done_before), {k: after[k] for k in done_before}
-    # batches not started before the kill ran once; batches in flight when it died (or whose completion
-    # the dying process could not report) ran once more -- region writes are idempotent
-    assert all(after[k] == 1 for k in set(BATCH_KEYS) - set(started_before))
+    # tiles not started before the kill ran once; tiles in flight when it died (or whose completion
+    # the dying process could not report) ran once more -- tile writes are idempotent
+    assert all(after[k] == 1 for k in set(TILE_KEYS) - set(started_before))
     assert all(after[k] <= 2 for k in started_before)
-    assert any(after[k] == 2 for k in started_before), "no batch was in flight at the kill"
+    assert any(after[k] == 2 for k in started_before), "no tile was in flight at the kill"
 
     if target_format == "zarr":
         assert_same_pyramid(target, clean)

@@ -1,5 +1,5 @@
-"""Retrying a failed flow run (as the UI's Retry does) redoes only the failed batches and ends
-with output identical to a clean run; Icechunk's main stays untouched until the final publish."""
+"""Retrying a failed flow run (as the UI's Retry does) redoes only the failed tiles and ends with
+output identical to a clean run; Icechunk's main stays untouched until the final publish."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from flows.retry import retry_here
 from tests.compare import assert_same_pyramid
 from tests.conftest import make_raster
 from topozarr_core import create_pyramid
-from topozarr_core.dependencies import batch_dependencies
 
 
 @pytest.fixture
@@ -27,9 +26,22 @@ def source(tmp_path):
     return str(path)
 
 
+#: 9 tiles of level 0, 8 of level 1 (each reading level 0 under it), 1 of level 2 (see test_tiles)
+TILE_BYTES = 1_100_000
+
+
 def _params(src, target, **kw):
     return BuildParams(source=src, target=target, levels=3, x_dim="lon", y_dim="lat", crs="EPSG:4326",
-                       chunks_per_shard=1, regions_per_batch=1, **kw)
+                       chunks_per_shard=1, max_tile_bytes=TILE_BYTES, **kw)
+
+
+def _above(depends: dict[str, tuple[str, ...]], key: str) -> set[str]:
+    """The tiles that read ``key``'s output, directly or through a level between."""
+    above, frontier = set(), {key}
+    while frontier:
+        frontier = {k for k, parents in depends.items() if set(parents) & frontier} - above
+        above |= frontier
+    return above
 
 
 def _attempts(fault_dir: Path) -> dict[str, int]:
@@ -41,55 +53,49 @@ def _clean_build(src, path):
     create_pyramid(ds, levels=3, x_dim="lon", y_dim="lat", crs="EPSG:4326", chunks_per_shard=1).write(path)
 
 
-def test_retry_redoes_only_failed_batch_zarr(prefect_harness, source, tmp_path, monkeypatch):
+def test_retry_redoes_only_failed_tile_zarr(prefect_harness, source, tmp_path, monkeypatch):
     fault_dir = tmp_path / "faults"
     monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(fault_dir))
-    # L0-B00003 fails its first 4 attempts: the task's 1 + 3 retries, so the run fails
-    monkeypatch.setenv("TOPOZARR_FAULTS", "batch=L0-B00003@4")
+    # S0-00003 fails its first 4 attempts: the task's 1 + 3 retries, so the run fails
+    monkeypatch.setenv("TOPOZARR_FAULTS", "tile=S0-00003@4")
     params = _params(source, str(tmp_path / "p.zarr"))
     state = build_pyramid(params, return_state=True)
     assert state.is_failed()
-    # the batches reading the failed one (directly or through a level between) are never started
-    deps = batch_dependencies(load_job(params).plan)
-    above, frontier = set(), {(0, 3)}
-    while frontier:
-        frontier = {k for k, parents in deps.items() if set(parents) & frontier} - above
-        above |= frontier
-    above_keys = {f"L{lvl}-B{i:05d}" for lvl, i in above}
-    assert above and len(above) < len(deps) - 1
-    # one line naming the level, the failing batch and its root cause
+    # the tiles reading the failed one (directly or through a level between) are never started
+    depends = load_job(params).plan.depends()
+    above = _above(depends, "S0-00003")
+    assert above and len(above) < len(depends) - 1
+    # one line naming the failing tile and its root cause
     message = state.message or ""
-    assert "level 0: 1 of" in message and "write-L0-B00003: InjectedFault: injected failure in L0-B00003" in message
-    assert f"{len(above)} batches of coarser levels that read them were not started" in message
+    assert "1 of" in message and "tile-S0-00003 (level 0): InjectedFault: injected failure in S0-00003" in message
+    assert f"{len(above)} tiles that read them were not started" in message
     assert "\n" not in message, message
     first = _attempts(fault_dir)
-    assert first["L0-B00003"] == 4 and len(first) >= 8
-    assert all(n == 1 for k, n in first.items() if k != "L0-B00003")
-    assert not above_keys & set(first)
-    # every other batch ran: a coarse batch starts as soon as what it reads is written (no level barrier)
-    assert set(first) | above_keys == {f"L{lvl}-B{i:05d}" for lvl, i in deps}
-    assert any(k.startswith("L1") for k in first)
+    assert first["S0-00003"] == 4 and len(first) >= 8
+    assert all(n == 1 for k, n in first.items() if k != "S0-00003")
+    assert not above & set(first)
+    # every other tile ran: a later stage's tile starts as soon as what it reads is written (no barrier)
+    assert set(first) | above == set(depends)
+    assert any(k.startswith("S1") for k in first)
 
     retried = retry_here(state.state_details.flow_run_id)
     assert retried.is_completed()
     level0 = retried.result()["levels"][0]
-    assert (level0["written"], level0["reused"]) == (1, level0["batches"] - 1)  # what this attempt rewrote
+    assert (level0["written"], level0["reused"]) == (1, level0["tiles"] - 1)  # what this attempt rewrote
     assert len(level0["shape"]) == len(level0["chunks"]) == len(level0["shards"]) == len(level0["dims"])
     second = _attempts(fault_dir)
     redone = {k for k in second if second[k] != first.get(k, 0)}
-    # only the failed batch and the levels that had not run yet
-    assert {k for k in redone if k.startswith("L0")} == {"L0-B00003"}
-    assert second["L0-B00003"] == 5
-    assert redone == {"L0-B00003"} | above_keys  # the coarse batches written before are reused too
+    # only the failed tile and the tiles that had not run yet
+    assert second["S0-00003"] == 5
+    assert redone == {"S0-00003"} | above  # the tiles written before are reused
     _clean_build(source, tmp_path / "clean.zarr")
     assert_same_pyramid(str(tmp_path / "p.zarr"), str(tmp_path / "clean.zarr"))
 
 
-@pytest.mark.parametrize("failing", ["L1-B00000", "L0-B00003"])
+@pytest.mark.parametrize("failing", ["S1-00000", "S0-00003"])
 def test_retry_icechunk_main_untouched_until_publish(prefect_harness, source, tmp_path, monkeypatch, failing):
-    """The first attempt commits each level as it completes (every batch forks the first commit: the
-    shared cache holds what they read); a retry goes level by level, each level's writers reading the
-    commit of the level below, and ends identical to a clean build."""
+    """Each stage's tiles write into forks of the commit of the stage before; a failed tile leaves
+    main alone, and the retry writes only what had not been written and ends identical to a clean build."""
     fault_dir = tmp_path / "faults"
     monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(fault_dir))
     repo_path = str(tmp_path / "repo")
@@ -100,7 +106,7 @@ def test_retry_icechunk_main_untouched_until_publish(prefect_harness, source, tm
     create_pyramid(make_raster(ny=64, nx=64), levels=2, x_dim="lon", y_dim="lat").write(s.store)
     previous = s.commit("previous pyramid")
 
-    monkeypatch.setenv("TOPOZARR_FAULTS", f"batch={failing}@4")
+    monkeypatch.setenv("TOPOZARR_FAULTS", f"tile={failing}@4")
     state = build_pyramid(_params(source, repo_path, target_format="icechunk"), return_state=True)
     assert state.is_failed()
     repo = icechunk.Repository.open(storage)
@@ -110,7 +116,8 @@ def test_retry_icechunk_main_untouched_until_publish(prefect_harness, source, tm
     retried = retry_here(state.state_details.flow_run_id)
     assert retried.is_completed()
     attempts = _attempts(fault_dir)
-    assert all(n == 1 for k, n in attempts.items() if k.startswith("L0") and k != failing)  # not rewritten
+    assert all(n == 1 for k, n in attempts.items() if k != failing)  # nothing written twice
+    assert attempts[failing] == 5
     repo = icechunk.Repository.open(storage)
     assert repo.lookup_branch("main") != previous
     assert repo.list_branches() == {"main"}
@@ -125,7 +132,7 @@ def test_cli_retry_here_build_run(prefect_harness, source, tmp_path, monkeypatch
     from flows.cli import main
 
     monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "faults"))
-    monkeypatch.setenv("TOPOZARR_FAULTS", "batch=L0-B00001@4")
+    monkeypatch.setenv("TOPOZARR_FAULTS", "tile=S0-00001@4")
     state = build_pyramid(_params(source, str(tmp_path / "p.zarr")), return_state=True)
     assert state.is_failed()
     run_id = str(state.state_details.flow_run_id)
@@ -137,7 +144,7 @@ def test_cli_retry_here_build_run(prefect_harness, source, tmp_path, monkeypatch
     assert run.run_count == 2 and run.state.is_completed()
     # what happened, in order: failed, claimed here as a worker claims a run, run again
     assert history == ["Pending", "Running", "Failed", "Pending", "Running", "Completed"], history
-    assert _attempts(tmp_path / "faults")["L0-B00001"] == 5
+    assert _attempts(tmp_path / "faults")["S0-00001"] == 5
     _clean_build(source, tmp_path / "clean.zarr")
     assert_same_pyramid(str(tmp_path / "p.zarr"), str(tmp_path / "clean.zarr"))
 
@@ -147,15 +154,16 @@ def test_cli_retry_here_update_run(prefect_harness, tmp_path, monkeypatch, capsy
     from flows.cli import main
     from flows.update import UpdateParams, update_pyramid
 
-    ds = make_raster(ny=256, nx=256, nt=5, nan_fraction=0.05).drop_vars("spatial_ref")
+    ds = make_raster(ny=512, nx=512, nt=5, nan_fraction=0.05).drop_vars("spatial_ref")
     part, whole = str(tmp_path / "part.nc"), str(tmp_path / "whole.nc")
     ds.isel(time=slice(0, 3)).to_netcdf(part, engine="h5netcdf")
     ds.to_netcdf(whole, engine="h5netcdf")
     target = str(tmp_path / "p.zarr")
     assert build_pyramid(_params(part, target), return_state=True).is_completed()
     monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "faults"))
-    monkeypatch.setenv("TOPOZARR_FAULTS", "batch=L1-B00000@4")  # the task's 1 + 3 attempts
-    state = update_pyramid(UpdateParams(source=whole, target=target, regions_per_batch=1), return_state=True)
+    monkeypatch.setenv("TOPOZARR_FAULTS", "tile=S0-00001@4")  # the task's 1 + 3 attempts
+    # 1 MB per time step: the update's 2 new steps are 2 tiles of every level
+    state = update_pyramid(UpdateParams(source=whole, target=target, max_tile_bytes=1_000_000), return_state=True)
     assert state.is_failed(), state
     run_id = str(state.state_details.flow_run_id)
     assert main(["retry", run_id, "--here"]) == 0
@@ -164,7 +172,8 @@ def test_cli_retry_here_update_run(prefect_harness, tmp_path, monkeypatch, capsy
         run = client.read_flow_run(run_id)
     assert run.run_count == 2
     attempts = _attempts(tmp_path / "faults")
-    assert attempts["L1-B00000"] == 5 and all(n == 1 for k, n in attempts.items() if k != "L1-B00000"), attempts
+    assert attempts["S0-00001"] == 5 and all(n == 1 for k, n in attempts.items() if k != "S0-00001"), attempts
+    assert len(attempts) == 2
     full = tmp_path / "full.zarr"
     create_pyramid(xr.open_dataset(whole, engine="h5netcdf"), levels=3, x_dim="lon", y_dim="lat",
                    crs="EPSG:4326", chunks_per_shard=1).write(full)

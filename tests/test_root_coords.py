@@ -206,9 +206,9 @@ def test_update_flow_refreshes_the_copy(prefect_harness, tmp_path):
         full.isel(time=slice(0, n)).drop_vars("spatial_ref").to_netcdf(paths[name], engine="h5netcdf")
     target = tmp_path / "flow.zarr"
     build_pyramid(BuildParams(source=paths["part"], target=str(target), levels=3, crs="EPSG:4326",
-                              regions_per_batch=1, **KW))
+                              **KW))
     assert_copy_current(str(target), full.isel(time=slice(0, 4)), "build flow")
-    result = update_flow(UpdateParams(source=paths["whole"], target=str(target), regions_per_batch=1))
+    result = update_flow(UpdateParams(source=paths["whole"], target=str(target)))
     assert result["changed"] and result["new_length"] == 7
     assert_copy_current(str(target), full, "update flow")
     assert zarr.open_array(str(target), path="time", mode="r").shape == (7,)
@@ -258,11 +258,10 @@ def test_icechunk_flows_carry_the_copy(prefect_harness, tmp_path):
     storage = icechunk.local_filesystem_storage(str(repo_path))
     icechunk.Repository.create(storage)
     build_pyramid(BuildParams(source=paths["part"], target=str(repo_path), target_format="icechunk", levels=3,
-                              crs="EPSG:4326", regions_per_batch=1, **KW))
+                              crs="EPSG:4326", **KW))
     repo = icechunk.Repository.open(storage)
     assert_copy_current(repo.readonly_session("main").store, full.isel(time=slice(0, 3)), "icechunk build flow")
-    update_flow(UpdateParams(source=paths["whole"], target=str(repo_path), target_format="icechunk",
-                             regions_per_batch=1))
+    update_flow(UpdateParams(source=paths["whole"], target=str(repo_path), target_format="icechunk"))
     repo = icechunk.Repository.open(storage)
     assert_copy_current(repo.readonly_session("main").store, full, "icechunk update flow")
 

@@ -1,7 +1,7 @@
 """Object-store credentials never appear in logs, artifacts, results, run metadata or exceptions.
 
 Flows run against the moto S3 endpoint with distinctive credentials that exist only in the
-environment: zarr and Icechunk builds with injected (retried) batch failures, and builds failing
+environment: zarr and Icechunk builds with injected (retried) tile failures, and builds failing
 on a missing bucket (target, Icechunk target, source) or on credentials the endpoint rejects. Then everything Prefect kept about those runs is scanned for the secret key and
 the access key id: captured log records (with tracebacks), the API's logs, artifacts, flow and task
 runs (parameters, state messages), state histories, every persisted result file (decoded: JSON,
@@ -28,7 +28,8 @@ from tests.test_bad_inputs import MotoAuth
 KEY_ID = "AKIATOPOZARRLEAKTEST"
 SECRET = "SUPERSECRET-xyz-topozarr-0123456789abcdef"
 NEEDLES = (SECRET, SECRET[:16], KEY_ID)
-BASE = dict(levels=2, x_dim="lon", y_dim="lat", crs="EPSG:4326", regions_per_batch=1,
+# 100 kB tiles: a 256 x 256 float32 source is one tile of level 0 (S0-00000) and one of level 1 (S1-00000)
+BASE = dict(levels=2, x_dim="lon", y_dim="lat", crs="EPSG:4326", max_tile_bytes=100_000,
             concurrency_limit="secrets-writes", default_concurrency=32)
 
 
@@ -163,7 +164,7 @@ def test_credentials_never_leak(prefect_harness, secret_env, s3_prefix, tmp_path
     caplog.set_level(logging.DEBUG, logger="prefect")
     s3 = secret_env
     src = tmp_path / "src.nc"
-    make_raster(ny=128, nx=128, crs=None).to_netcdf(src, engine="h5netcdf")
+    make_raster(ny=256, nx=256, crs=None).to_netcdf(src, engine="h5netcdf")
     url = f"s3://{s3.bucket}/{s3_prefix}"
 
     states = {}
@@ -175,8 +176,8 @@ def test_credentials_never_leak(prefect_harness, secret_env, s3_prefix, tmp_path
         assert state.is_completed() == expect_ok, (name, state.message)
         states[name] = state
 
-    run("zarr-with-faults", True, faults="batch=L0-B00000@1", target=f"{url}/a.zarr")
-    run("icechunk-with-faults", True, faults="batch=L1-B00000@1", target=f"{url}/repo", target_format="icechunk")
+    run("zarr-with-faults", True, faults="tile=S0-00000@1", target=f"{url}/a.zarr")
+    run("icechunk-with-faults", True, faults="tile=S1-00000@1", target=f"{url}/repo", target_format="icechunk")
     run("missing-target-bucket", False, target="s3://no-such-bucket-topozarr/p.zarr")
     run("missing-icechunk-bucket", False, target="s3://no-such-bucket-topozarr/repo", target_format="icechunk")
     run("missing-source-bucket", False, target=f"{url}/x.zarr", source="s3://no-such-bucket-topozarr/src.zarr")
@@ -192,8 +193,8 @@ def test_credentials_never_leak(prefect_harness, secret_env, s3_prefix, tmp_path
         return {p.stem: len(p.read_text()) for p in (tmp_path / "faults" / name).rglob("*.attempts")}
 
     # each injected fault fired once and was retried
-    assert attempts("zarr-with-faults") == {"L0-B00000": 2, "L1-B00000": 1}
-    assert attempts("icechunk-with-faults") == {"L0-B00000": 1, "L1-B00000": 2}
+    assert attempts("zarr-with-faults") == {"S0-00000": 2, "S1-00000": 1}
+    assert attempts("icechunk-with-faults") == {"S0-00000": 1, "S1-00000": 2}
     scanned = scan_everything(prefect_harness, states, caplog)
     assert scanned == {}, f"credentials leaked into: {json.dumps(scanned, indent=1)}"
 
@@ -221,9 +222,9 @@ def test_credentials_in_the_url_never_leak(prefect_harness, s3_env, s3_prefix, t
     make_raster(ny=128, nx=128, crs=None).to_netcdf(src, engine="h5netcdf")
     states = {}
     for name, target, ok, faults in [
-        ("url-userinfo", f"s3://{KEY_ID}:{SECRET}@{s3_env.bucket}/{s3_prefix}/u.zarr", True, "batch=L0-B00000@1"),
+        ("url-userinfo", f"s3://{KEY_ID}:{SECRET}@{s3_env.bucket}/{s3_prefix}/u.zarr", True, "tile=S0-00000@1"),
         ("url-userinfo-failing", f"s3://{KEY_ID}:{SECRET}@{s3_env.bucket}/{s3_prefix}/f.zarr", False,
-         "batch=L0-B00000@always"),
+         "tile=S0-00000@always"),
         ("url-userinfo-no-bucket", f"s3://{KEY_ID}:{SECRET}@no-such-bucket-topozarr/p.zarr", False, ""),
     ]:
         monkeypatch.setenv("TOPOZARR_FAULTS", faults)
@@ -237,7 +238,7 @@ def test_credentials_in_the_url_never_leak(prefect_harness, s3_env, s3_prefix, t
 
 def test_credentials_in_the_url_never_leak_from_updates(prefect_harness, s3_env, s3_prefix, tmp_path, monkeypatch,
                                                         caplog):
-    """The update flow too: its plan log line, batch logs and table artifact name the target redacted."""
+    """The update flow too: its plan log line, tile logs and table artifact name the target redacted."""
     from flows.update import UpdateParams, update_pyramid
 
     caplog.set_level(logging.INFO)
@@ -248,9 +249,9 @@ def test_credentials_in_the_url_never_leak_from_updates(prefect_harness, s3_env,
     target = f"s3://{KEY_ID}:{SECRET}@{s3_env.bucket}/{s3_prefix}/up.zarr"
     states = {"build": build_pyramid({**BASE, "source": str(part), "target": target}, return_state=True)}
     assert states["build"].is_completed(), states["build"].message
-    monkeypatch.setenv("TOPOZARR_FAULTS", "batch=L0-B00000@1")  # one retried update batch
+    monkeypatch.setenv("TOPOZARR_FAULTS", "tile=S0-00000@1")  # one retried update tile
     monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "faults"))
-    states["update"] = update_pyramid(UpdateParams(source=str(full), target=target, regions_per_batch=1,
+    states["update"] = update_pyramid(UpdateParams(source=str(full), target=target,
                                                    concurrency_limit=BASE["concurrency_limit"]), return_state=True)
     assert states["update"].is_completed(), states["update"].message
     assert states["update"].result()["new_length"] == 4

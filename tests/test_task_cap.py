@@ -1,4 +1,4 @@
-"""``max_task_runs`` is a hard cap on the write tasks of a run, even with ``regions_per_batch=1``."""
+"""``max_task_runs`` is a hard cap on the write tasks (tiles) of a run, even with tiny tiles asked for."""
 
 from __future__ import annotations
 
@@ -25,16 +25,17 @@ def test_max_task_runs_is_a_hard_cap(tmp_path, caplog):
     src = _huge_source(tmp_path / "huge.zarr")
     assert "air" in xr.open_zarr(src, chunks=None, consolidated=False)
     params = BuildParams(source=src, target=str(tmp_path / "p.zarr"), levels=6, x_dim="lon", y_dim="lat",
-                         crs="EPSG:4326", chunks_per_shard=1, regions_per_batch=1)
+                         crs="EPSG:4326", chunks_per_shard=1, max_tile_bytes=100_000, max_task_runs=300)
     job = load_job(params)
-    batches = sum(len(lp.batches) for lp in job.plan.levels)
-    assert job.asked_batches > 1000  # what regions_per_batch=1 alone gives
-    assert len(job.plan.levels) <= batches <= params.max_task_runs
-    assert all(lp.batches for lp in job.plan.levels)
-    # every region is still planned exactly once, in the same order
-    uncapped = job.pyramid.region_plan(max_region_bytes=params.max_region_bytes, regions_per_batch=1)
-    for capped_level, full_level in zip(job.plan.levels, uncapped.levels):
-        assert [r for b in capped_level.batches for r in b.regions] == [r for b in full_level.batches
-                                                                         for r in b.regions]
+    uncapped = job.pyramid.tile_plan(max_region_bytes=params.max_region_bytes, max_tile_bytes=100_000)
+    assert len(uncapped.tiles) > 5_000  # what the tile size alone gives
+    assert len(job.plan.stages) <= len(job.plan.tiles) <= params.max_task_runs
+    # every shard of every level is still written, by one tile: the capped tiles cover the uncapped ones
+    for level in job.plan.levels:
+        capped = [t for t in job.plan.tiles if level in t.levels]
+        assert capped
+        spans = [t.window for t in capped]
+        area = sum((b0 - a0) * (b1 - a1) for (a0, b0), (a1, b1) in spans)
+        assert area == 40000 * 40000  # disjoint windows covering the level-0 extent
     small = load_job(params.model_copy(update={"max_task_runs": 10}))
-    assert sum(len(lp.batches) for lp in small.plan.levels) <= 10
+    assert len(small.plan.tiles) <= max(10, len(small.plan.stages))

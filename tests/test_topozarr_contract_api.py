@@ -72,7 +72,7 @@ def test_encoding_and_attrs_are_stored_once_and_keep_edits(raster2d):
 def test_write_honours_edited_encoding_and_attrs(tmp_path, raster2d, keep):
     pyramid = edited(raster2d)
     plan = pyramid.region_plan()
-    assert {r.shape() for b in plan.levels[1].batches for r in b.regions} == {(100, 150), (50, 150), (100, 60),
+    assert {r.shape() for r in plan.levels[1].regions} == {(100, 150), (50, 150), (100, 60),
                                                                                (50, 60)}
     target = tmp_path / "p.zarr"
     pyramid.write(str(target), keep_levels_in_memory=keep)
@@ -263,7 +263,7 @@ def test_write_stats_per_level(tmp_path, raster2d):
         for key in ("read_s", "reduce_s", "write_s", "wall_s"):
             assert isinstance(row[key], float) and row[key] >= 0
         assert row["workers"] == report.workers
-        assert row["region_shapes"]["air"] == lp.batches[0].regions[0].shape()
+        assert row["region_shapes"]["air"] == lp.regions[0].shape()
     assert report["0"]["bytes"] == 300 * 420 * 4 and report["1"]["bytes"] == 150 * 210 * 4
     assert sum(row["bytes"] for _, row in report.items()) == report.bytes_written
     assert report["0"]["write_s"] > 0 and report["1"]["write_s"] > 0

@@ -488,7 +488,7 @@ def test_flow_build_holds_no_scratch(prefect_harness, tmp_path):
     ds.drop_vars("spatial_ref").to_netcdf(src, engine="h5netcdf")
     target = tmp_path / "flow.zarr"
     build_pyramid(BuildParams(source=str(src), target=str(target), levels=4, x_dim="lon", y_dim="lat",
-                              crs="EPSG:4326", regions_per_batch=1))
+                              crs="EPSG:4326"))
     assert _nodes(target) == ["0", "1", "2", "3"]
     _assert_exact_means(target, ds, [1, 2, 4, 8])
 

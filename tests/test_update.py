@@ -68,7 +68,7 @@ def test_short_levels_are_relaid_out_and_long_ones_only_appended(tmp_path):
     # 11 -> 12 steps: level 0's shard depth stays 8, levels 1 and 2 go from 11 to 12
     assert set(update.info.relayout) == {(1, "air"), (2, "air")}
     plan = update.region_plan()
-    boxes = {lp.level: [r.box[0] for b in lp.batches for r in b.regions] for lp in plan.levels}
+    boxes = {lp.level: [r.box[0] for r in lp.regions] for lp in plan.levels}
     assert boxes[0] == [(11, 12)]  # only the new step, inside its partly filled shard
     assert boxes[1] == [(0, 12)] and boxes[2] == [(0, 12)]
 
@@ -383,14 +383,13 @@ def test_interrupted_update_then_longer_source(tmp_path, monkeypatch):
 def test_restrict_plan_keeps_regions_disjoint_per_shard():
     ds = _raster(nt=40)
     p = create_pyramid(ds, levels=3, **KW)
-    full = p.region_plan(regions_per_batch=1)
+    full = p.region_plan()
     spec = full.var("air")
     for clip in (True, False):
-        sub = restrict_plan(full, "time", 37, whole={(2, "air")}, clip=clip, regions_per_batch=2)
+        sub = restrict_plan(full, "time", 37, whole={(2, "air")}, clip=clip)
         assert [lp.level for lp in sub.levels] == [0, 1, 2]
         for lp in sub.levels:
-            regions = [r for b in lp.batches for r in b.regions]
-            assert all(len(b.regions) <= 2 for b in lp.batches)
+            regions = list(lp.regions)
             unit = spec.encodings[lp.level].shards
             shard_ranges = [[(a // u, (b - 1) // u) for (a, b), u in zip(r.box, unit)] for r in regions]
             for i, ri in enumerate(shard_ranges):  # no two regions share a shard
@@ -424,13 +423,14 @@ def _build_params(src, target, **kw):
     from flows.params import BuildParams
 
     return BuildParams(source=src, target=target, levels=3, x_dim="lon", y_dim="lat", crs="EPSG:4326",
-                       regions_per_batch=1, **kw)
+                       max_tile_bytes=1_000_000, **kw)
 
 
 def _update_params(src, target, **kw):
     from flows.update import UpdateParams
 
-    return UpdateParams(source=src, target=target, regions_per_batch=1, **kw)
+    # 800 kB a time step: one tile per new step (every level of it)
+    return UpdateParams(source=src, target=target, max_tile_bytes=1_000_000, **kw)
 
 
 def _direct_build(src, path):
@@ -498,7 +498,7 @@ def test_update_flow_refusal_fails_before_writing(prefect_harness, nc_sources, t
     assert _files(target) == before
 
 
-def test_update_flow_retry_redoes_only_the_failed_batch(prefect_harness, nc_sources, tmp_path, monkeypatch):
+def test_update_flow_retry_redoes_only_the_failed_tile(prefect_harness, nc_sources, tmp_path, monkeypatch):
     from prefect.flow_engine import run_flow
 
     from flows.build import build_pyramid
@@ -509,7 +509,9 @@ def test_update_flow_retry_redoes_only_the_failed_batch(prefect_harness, nc_sour
     target = str(tmp_path / "p.zarr")
     build_pyramid(_build_params(src["part"], target))
     monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "faults"))
-    monkeypatch.setenv("TOPOZARR_FAULTS", "batch=L1-B00000@4")  # fails the task's 1 + 3 retries
+    # levels 1 and 2 get deeper time shards (5 -> 9 steps): they are rewritten whole, so the update is
+    # one tile of every level (test_resume retries one of two tiles of an update without relayout)
+    monkeypatch.setenv("TOPOZARR_FAULTS", "tile=S0-00000@4")  # fails the task's 1 + 3 retries
     params = _update_params(src["whole"], target)
     state = update_flow(params, return_state=True)
     assert state.is_failed()
@@ -519,7 +521,7 @@ def test_update_flow_retry_redoes_only_the_failed_batch(prefect_harness, nc_sour
     retried = run_flow(update_flow, flow_run=run, parameters={"params": params}, return_type="state")
     assert retried.is_completed()
     attempts = {p.stem: len(p.read_text()) for p in (tmp_path / "faults").rglob("*.attempts")}
-    assert attempts["L1-B00000"] == 5 and all(n == 1 for k, n in attempts.items() if k != "L1-B00000")
+    assert attempts == {"S0-00000": 5}, attempts
     _direct_build(src["whole"], tmp_path / "full.zarr")
     assert_same_pyramid(target, str(tmp_path / "full.zarr"))
 

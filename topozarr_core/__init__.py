@@ -6,10 +6,12 @@ Pure library: no Prefect imports here. Flows in ``flows/`` wrap it.
 from .chunking import VarEncoding
 from .flat import attach_geozarr_metadata, recommend_encoding
 from .metadata import ZarrLayerVarConfig
-from .plan import Region, RegionBatch, RegionPlan
+from .executor import TileResult, write_tiles
+from .plan import Region, RegionPlan
 from .planning import CoarseningMethod
 from .pyramid import Pyramid, WriteReport, create_pyramid
-from .regions import BatchResult, WriteContext, write_region_batch
+from .regions import WriteContext
+from .tiles import Tile, TilePlan
 from .update import PyramidUpdate, UpdateRefused, UpdateReport, plan_update, update_pyramid
 from .validate import ValidationReport, validate_pyramid
 
@@ -21,13 +23,14 @@ __all__ = [
     "ZarrLayerVarConfig",
     "recommend_encoding",
     "attach_geozarr_metadata",
+    "TilePlan",
+    "Tile",
+    "write_tiles",
+    "TileResult",
     "RegionPlan",
-    "RegionBatch",
     "Region",
     "VarEncoding",
     "WriteContext",
-    "write_region_batch",
-    "BatchResult",
     "validate_pyramid",
     "ValidationReport",
     "update_pyramid",

@@ -84,7 +84,7 @@ def region_graph(plan: RegionPlan, sources: dict[int, int] | None = None) -> Reg
     Regions of the plan's first level (and of levels whose source level is not in the plan, which
     read it from the target) wait for nothing.
     """
-    regions: list[Region] = [r for lp in plan.levels for b in lp.batches for r in b.regions]
+    regions: list[Region] = [r for lp in plan.levels for r in lp.regions]
     index: dict[tuple[int, str], RegionIndex] = {}
     for i, region in enumerate(regions):
         index.setdefault((region.level, region.var), RegionIndex()).add(region.box, i)
@@ -112,24 +112,3 @@ def region_graph(plan: RegionPlan, sources: dict[int, int] | None = None) -> Reg
                 unblocks[i].append(j)
                 waits[j] += 1
     return RegionGraph(tuple(regions), tuple(waits), tuple(tuple(u) for u in unblocks))
-
-
-def batch_dependencies(plan: RegionPlan, sources: dict[int, int] | None = None
-                       ) -> dict[tuple[int, int], tuple[tuple[int, int], ...]]:
-    """(level, batch index) -> the batches holding the regions it reads: of the previous planned
-    level (default), or of ``sources[L]`` for a level a shared level cache precomputes.
-
-    A batch run as a separate task may read its inputs from the target (on another worker, or after
-    a retry), so by default it waits for the previous level's batches under it. Only a batch that
-    writes from a shared cache, whose producers all run in the same process, may wait for its
-    producers instead (see :func:`.executor.write_shared_batch`, ``cache_only``). With these edges an
-    executor starts a coarse batch as soon as what it reads is written, without a barrier at each level.
-    """
-    graph = region_graph(plan, sources)
-    batch_of: list[tuple[int, int]] = [(lp.level, b.index) for lp in plan.levels for b in lp.batches for _ in b.regions]
-    deps: dict[tuple[int, int], set[tuple[int, int]]] = {(lp.level, b.index): set() for lp in plan.levels
-                                                         for b in lp.batches}
-    for i, children in enumerate(graph.unblocks):
-        for j in children:
-            deps[batch_of[j]].add(batch_of[i])
-    return {key: tuple(sorted(found)) for key, found in deps.items()}

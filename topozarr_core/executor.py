@@ -1,16 +1,24 @@
-"""The local executor of a region plan: a bounded thread pool in this process."""
+"""Run tiles (:mod:`.tiles`): each as its regions through a bounded thread pool in this process.
+
+:func:`write_tiles` is what every executor calls: ``Pyramid.write`` with a whole stage of tiles at
+once, a Prefect task or a Dask worker with one tile. Inside, :func:`run_plan` follows the regions'
+dependency graph (:mod:`.dependencies`) and reduces each region into the coarser levels it feeds
+in memory (:mod:`.level_cache`), so a tile reads its input once whatever its size.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import heapq
 import math
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import psutil
@@ -18,9 +26,10 @@ import psutil
 from .dependencies import region_graph
 from .gc_pause import old_objects_frozen
 from .level_cache import LevelCache
-from .paths import missing_dtype
-from .plan import RegionBatch, RegionPlan
-from .regions import BatchResult, WriteContext, write_region
+from .plan import RegionPlan
+from .regions import WriteContext, write_region
+from .tiles import Tile, TilePlan
+from .window_cache import WindowCache
 
 #: Fraction of available RAM the in-flight regions may use.
 RAM_FRACTION = 0.5
@@ -32,12 +41,11 @@ def region_peak_bytes(plan: RegionPlan) -> int:
     """Largest working set of one region: its input window, output and encode buffers."""
     peak = 0
     for lp in plan.levels:
-        for batch in lp.batches:
-            for region in batch.regions:
-                spec = plan.var(region.var)
-                n = int(np.prod(region.shape()))
-                item = np.dtype(spec.level_dtype(region.level)).itemsize
-                peak = max(peak, n * item * (lp.step**2 + 2))
+        for region in lp.regions:
+            spec = plan.var(region.var)
+            n = int(np.prod(region.shape()))
+            item = np.dtype(spec.level_dtype(region.level)).itemsize
+            peak = max(peak, n * item * (lp.step**2 + 2))
     return peak
 
 
@@ -52,21 +60,10 @@ def auto_workers(plan: RegionPlan, max_workers: int | None) -> int:
     return max(1, min(cpus, by_ram))
 
 
-@contextlib.contextmanager
-def _synchronous_dask() -> Iterator[None]:
-    """Lazy dask-backed sources compute inside our threads: no nested thread pools."""
-    try:
-        import dask
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    with dask.config.set(scheduler="synchronous"):
-        yield
-
-
 def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
              level_ready: Callable[[int], None] | None = None,
-             idle_step: Callable[[], bool] | None = None) -> int:
+             idle_step: Callable[[], bool] | None = None,
+             pool: Executor | None = None) -> int:
     """Write every region of the plan; returns bytes written.
 
     Regions run as soon as the regions of the previous level under them are written (see
@@ -77,7 +74,9 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
     other work (creating the next level, see :mod:`.init_ahead`) while regions run, until it
     returns False. A cached
     level is released once every region of the next level is written. The first failure stops
-    submissions and is re-raised once the regions in flight have finished.
+    submissions and is re-raised once the regions in flight have finished. ``pool``: run the regions
+    in that executor (shared by the tiles a process runs at once) instead of a new one of ``workers``
+    threads; at most ``workers x INFLIGHT_PER_WORKER`` regions of this plan are in flight either way.
     """
     cache = ctx.cache
     sources = {} if cache is None else cache.sources()
@@ -100,7 +99,7 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
         bar = tqdm(total=len(graph.regions), unit="region", desc="pyramid")
     written = 0
     try:
-        with old_objects_frozen(), _synchronous_dask(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="topozarr") as pool:
+        with old_objects_frozen(), _pool(pool, workers) as pool:
             running: dict[Future, int] = {}
             while ready or running:
                 while ready and len(running) < limit:
@@ -141,6 +140,15 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
         if bar is not None:
             bar.close()
     return written
+
+
+@contextlib.contextmanager
+def _pool(shared: Executor | None, workers: int) -> Iterator[Executor]:
+    if shared is not None:
+        yield shared
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="topozarr") as own:
+        yield own
 
 
 def _release_rules(ctx: WriteContext) -> dict[int, set[int]]:
@@ -194,65 +202,70 @@ def _feeding_order(graph) -> list[tuple]:
     return key
 
 
-# -- batches run as separate tasks (the flows) ------------------------------------------------------
-
-def shared_cache_bytes(plan: RegionPlan) -> int:
-    """Memory a cache shared by batch tasks may hold at worst: every block level whole (a block
-    lives from its first producer's write until its own batch is written, and a failed or slow batch
-    can keep all of them alive): about a third of level 0."""
-    cache = LevelCache.for_plan(plan, keep_whole=False)
-    total = 0
-    for lvl, var in cache.block_index:
-        spec = plan.var(var)
-        item = np.dtype(spec.out_dtype).itemsize
-        item += np.dtype(missing_dtype(plan.factors[lvl])).itemsize if spec.track_missing else 0
-        total += int(np.prod(spec.shapes[lvl])) * item
-    return total
+# -- tiles --------------------------------------------------------------------------------------
 
 
-def shared_cache_for(plan: RegionPlan) -> LevelCache | None:
-    """A cache for batch tasks of one run in one process, or None when it might not fit in RAM."""
-    fits = shared_cache_bytes(plan) <= psutil.virtual_memory().available * RAM_FRACTION / 2
-    return LevelCache.for_plan(plan, keep_whole=False) if fits else None
+@dataclass(frozen=True)
+class TileResult:
+    """What running tiles returns: small numbers, never arrays (a task's result)."""
+
+    keys: tuple[str, ...]
+    levels: tuple[int, ...]
+    regions: int
+    bytes_written: int
+    seconds: float
 
 
-class IncompleteBlock(RuntimeError):
-    """A batch scheduled to write from the shared cache found a block there incomplete."""
+def tile_cache(plan: TilePlan, regions: RegionPlan, tiles: list[Tile] | tuple[Tile, ...]) -> LevelCache | None:
+    """The in-memory levels of a run of ``tiles`` (see :mod:`.level_cache`); an update's covers only
+    its window along the append dim (:class:`.window_cache.WindowCache`)."""
+    r = plan.restricted
+    if r is None:
+        return LevelCache.for_plan(regions)
+    dim = r["dim"]
+    spans = [t.window[plan.var(t.variables[0]).dims.index(dim)] for t in tiles
+             if dim in plan.var(t.variables[0]).dims]
+    if not spans:
+        return None
+    start = max(r["start"], min(a for a, _ in spans))
+    stop = max(b for _, b in spans) if r["stop"] is None else min(r["stop"], max(b for _, b in spans))
+    if stop <= start:
+        return None
+    return WindowCache.for_update(regions, dim, start, stop, {tuple(p) for p in r["whole"]})
 
 
-def write_shared_batch(ctx: WriteContext, batch: RegionBatch, cache_only: bool = False) -> BatchResult:
-    """Write a batch with a cache shared by the batch tasks of one run in this process.
+def write_tiles(plan: TilePlan, tiles: list[Tile] | tuple[Tile, ...], *, source: Any, store: Any,
+                workers: int, open_array: Any = None, keep_in_memory: bool = True, progress: bool = False,
+                timer: Any = None, level_ready: Callable[[int], None] | None = None,
+                idle_step: Callable[[], bool] | None = None, pool: Executor | None = None,
+                regions: RegionPlan | None = None) -> TileResult:
+    """Write every shard of ``tiles``: their regions, run by :func:`run_plan`.
 
-    Like :func:`.regions.write_region_batch`, region by region with the one region writer; a
-    region whose block here is complete (every producer under it ran in this process) is only
-    encoded, as in ``Pyramid.write``; any other is computed from the previous level in the store,
-    as a task on another worker would. Each written region records the windows it reduced into.
-    ``cache_only``: the batch was started once its producers were written, not the level below it
-    (which may not be in the store yet): an incomplete block is then an error, never a read.
+    Tiles of one stage never share a shard, so any executor may run them at once, each here or in
+    another process. ``keep_in_memory=False`` reads each level back from the target instead of
+    reducing it in memory (less RAM, more reads). ``regions``: ``plan.region_plan(tiles)`` when the
+    caller has it already. Idempotent: running a tile again writes the same bytes.
     """
-    cache = ctx.cache
-    if cache is None:
-        raise ValueError("write_shared_batch needs ctx.cache (a LevelCache.for_plan(plan, keep_whole=False))")
-    from_store = dataclasses.replace(ctx, cache=None)  # same open arrays, no cache
     t0 = time.perf_counter()
-    with old_objects_frozen():
-        written = _write_shared(ctx, from_store, batch, cache_only)
-    return BatchResult(batch.key, batch.level, len(batch.regions), written, time.perf_counter() - t0)
+    regions = plan.region_plan(tiles) if regions is None else regions
+    cache = tile_cache(plan, regions, tiles) if keep_in_memory and regions.levels else None
+    ctx = WriteContext(plan=regions, source=source, store=store, cache=cache, open_array=open_array, timer=timer)
+    written = run_plan(ctx, workers, progress=progress, level_ready=level_ready, idle_step=idle_step,
+                       pool=pool) if regions.levels else 0
+    return TileResult(tuple(t.key for t in tiles), tuple(sorted({lvl for t in tiles for lvl in t.levels})),
+                      sum(lp.n_regions for lp in regions.levels), written, time.perf_counter() - t0)
 
 
-def _write_shared(ctx: WriteContext, from_store: WriteContext, batch: RegionBatch, cache_only: bool) -> int:
-    cache = ctx.cache
-    written = 0
-    for region in batch.regions:
-        if region.level in cache.precomputed and not cache.complete(region.level, region.var, region.box):
-            if cache_only:
-                raise IncompleteBlock(f"{batch.key}: the level-{region.level} block of {region.var!r} at "
-                                      f"{list(region.box)} is incomplete in the shared cache; retry the run "
-                                      "(a retry reads the level below from the store)")
-            cache.discard(region.level, region.var, region.box)
-            written += write_region(from_store, region)  # reduces into nothing: its coarser blocks stay incomplete
-            continue
-        written += write_region(ctx, region)
-        for level, window in cache.fed_windows(region.level, region.var, region.box):
-            cache.mark_fed(level, region.var, window)
-    return written
+_SHARED: dict[int, ThreadPoolExecutor] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_pool(workers: int | None = None) -> ThreadPoolExecutor:
+    """One thread pool per process for the tiles it runs at once (tasks of a thread runner, of a
+    Dask worker): their regions share the cores instead of each tile starting a pool of its own."""
+    n = max(1, int(workers or os.cpu_count() or 1))
+    with _SHARED_LOCK:
+        pool = _SHARED.get(n)
+        if pool is None:
+            pool = _SHARED[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="topozarr-tiles")
+        return pool

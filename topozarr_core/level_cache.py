@@ -49,10 +49,6 @@ def _slices(box: Box) -> tuple[slice, ...]:
     return tuple(slice(a, b) for a, b in box)
 
 
-def _size(box: Box) -> int:
-    return int(np.prod([b - a for a, b in box]))
-
-
 def _box(slices: tuple[slice, ...]) -> Box:
     return tuple((int(s.start), int(s.stop)) for s in slices)
 
@@ -71,21 +67,15 @@ class LevelCache:
     blocks: dict[tuple[int, str, Box], Pair] = field(default_factory=dict)
     #: written blocks' arrays kept for the next blocks of the same shape and dtype (see recycle)
     _spare: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = field(default_factory=dict)
-    #: write every level's missing counts to the store too: batch tasks sharing this cache compute a
-    #: region from the store when its block here is incomplete (see :meth:`complete`)
-    counts_to_store: bool = False
-    #: block -> the producer windows (parts of it) written so far, see :meth:`mark_fed`
-    _fed: dict[tuple[int, str, Box], set[Box]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def for_plan(cls, plan: RegionPlan, keep_whole: bool = True) -> "LevelCache":
-        """``keep_whole=False``: keep block levels only (levels read at arbitrary windows are read
-        from the store): what batch tasks sharing one cache use, see :meth:`complete`."""
-        cache = cls(plan, counts_to_store=not keep_whole)
+    def for_plan(cls, plan: RegionPlan) -> "LevelCache":
+        """The cache of one run of ``plan`` (one tile's, or a whole pyramid's in ``Pyramid.write``)."""
+        cache = cls(plan)
         layout = _layout(plan)
         cache.precomputed, cache.producer = layout.precomputed, layout.producer
-        for lvl in layout.whole if keep_whole else ():
+        for lvl in layout.whole:
             for spec in plan.variables:
                 # np.empty, not np.full: every pixel is written (by a producer or the level's own
                 # regions) before anything reads it, and filling 100s of MB up front is serial time.
@@ -94,7 +84,7 @@ class LevelCache:
                     cache.missing[(lvl, spec.name)] = np.zeros(spec.shapes[lvl], dtype=missing_dtype(plan.factors[lvl]))
         for lvl in layout.blocks:
             for spec in plan.variables:
-                boxes = [r.box for b in layout.planned[lvl].batches for r in b.regions if r.var == spec.name]
+                boxes = [r.box for r in layout.planned[lvl].regions if r.var == spec.name]
                 cache.block_index[(lvl, spec.name)] = RegionIndex.of(boxes)
         return cache
 
@@ -108,7 +98,6 @@ class LevelCache:
         if (level, var) in self.block_index:
             with self._lock:
                 block = self.blocks.pop((level, var, _box(slices)), None)
-                self._fed.pop((level, var, _box(slices)), None)
             if block is None:
                 raise KeyError(f"level {level} {var!r} {_box(slices)}: no block (its producers have not run)")
             return block
@@ -188,57 +177,13 @@ class LevelCache:
         spare = self._spare.get((tuple(shape), np.dtype(dtype).str))
         return spare.pop() if spare else np.empty(shape, dtype=dtype)
 
-    def mark_fed(self, level: int, var: str, window: Box) -> None:
-        """Record that a producer region has written ``window`` of ``level`` (call after it did)."""
-        if (level, var) not in self.block_index:
-            return
-        with self._lock:
-            for box in self.block_index[(level, var)].overlapping_boxes(window):
-                part = tuple((max(a, lo), min(b, hi)) for (a, b), (lo, hi) in zip(window, box))
-                self._fed.setdefault((level, var, box), set()).add(part)
-
     def sources(self) -> dict[int, int]:
         """Precomputed level -> the level whose regions feed it (its inputs, for a dependency graph)."""
         return {lvl: self.producer.get(lvl, lvl - 1) for lvl in self.precomputed}
 
-    def complete(self, level: int, var: str, box: Box) -> bool:
-        """Whether the block of the region ``box`` holds every pixel (all its producers were written
-        here). Batch tasks in one process share a cache; a producer that ran elsewhere (another Dask
-        worker, an earlier process of a retried run) leaves its block incomplete, and the region is
-        then computed from the store instead. Windows are counted once, so a rerun producer is harmless."""
-        box = tuple((int(a), int(b)) for a, b in box)
-        with self._lock:
-            if (level, var, box) not in self.blocks:
-                return False
-            parts = list(self._fed.get((level, var, box), ()))
-        return sum(_size(part) for part in parts) == _size(box)
-
-    def discard(self, level: int, var: str, box: Box) -> None:
-        """Drop a region's (incomplete) block: it is computed from the store instead."""
-        box = tuple((int(a), int(b)) for a, b in box)
-        with self._lock:
-            self.blocks.pop((level, var, box), None)
-            self._fed.pop((level, var, box), None)
-
-    def fed_windows(self, level: int, var: str, box: Box) -> list[tuple[int, Box]]:
-        """The windows of the precomputed levels a written region of ``level`` at ``box`` reduced
-        into (see :meth:`chain`), as the region writer computes them: each level's window is the
-        previous one's divided by the step, trimmed."""
-        spec = self.plan.var(var)
-        yi, xi = spec.axes(self.plan.y_dim, self.plan.x_dim)
-        out, window = [], tuple((int(a), int(b)) for a, b in box)
-        for nxt in self.chain(level):
-            step = self.plan.factors[nxt] // self.plan.factors[nxt - 1]
-            window = tuple((a // step, a // step + (b - a) // step) if i in (yi, xi) else (a, b)
-                           for i, (a, b) in enumerate(window))
-            out.append((nxt, window))
-        return out
-
     def release(self, level: int) -> None:
         """Drop a level once no region needs it any more."""
         with self._lock:
-            for key in [k for k in self._fed if k[0] == level]:
-                self._fed.pop(key, None)
             for key in [k for k in self.data if k[0] == level]:
                 self.data.pop(key, None)
                 self.missing.pop(key, None)
@@ -270,8 +215,8 @@ class LevelCache:
                 item += np.dtype(missing_dtype(plan.factors[lvl])).itemsize if spec.track_missing else 0
                 n = int(np.prod(spec.shapes[lvl]))
                 if lvl in layout.blocks:
-                    largest = max((int(np.prod(r.shape())) for b in layout.planned[lvl].batches
-                                   for r in b.regions if r.var == spec.name), default=0)
+                    largest = max((int(np.prod(r.shape())) for r in layout.planned[lvl].regions
+                                   if r.var == spec.name), default=0)
                     n = min(n, BLOCKS_ALIVE * largest)
                 total += n * item
         return total
@@ -310,10 +255,9 @@ def _layout(plan: RegionPlan) -> _Layout:
 
 
 def aligned(plan: RegionPlan, prev, step: int) -> bool:
-    for batch in prev.batches:
-        for region in batch.regions:
-            spec = plan.var(region.var)
-            yi, xi = spec.axes(plan.y_dim, plan.x_dim)
-            if region.box[yi][0] % step or region.box[xi][0] % step:
-                return False
+    for region in prev.regions:
+        spec = plan.var(region.var)
+        yi, xi = spec.axes(plan.y_dim, plan.x_dim)
+        if region.box[yi][0] % step or region.box[xi][0] % step:
+            return False
     return True

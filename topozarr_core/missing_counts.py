@@ -21,8 +21,11 @@ OpenArray = Callable[[str, str], Any]  # (path, mode) -> zarr.Array
 
 
 def counts_written_here(plan: RegionPlan, level: int, var: str, slices: tuple[slice, ...]) -> bool:
-    """Whether this plan's own regions write the scratch counts of ``level`` over ``slices``."""
-    if not keeps_scratch_counts(len(plan.factors), level) or level not in {lp.level for lp in plan.levels}:
+    """Whether this write stores the scratch counts of ``level`` over ``slices``: its own regions of
+    that level, or the tiles of an earlier stage (``plan.extra["handoff"]``, see :mod:`.tiles`)."""
+    if not keeps_scratch_counts(len(plan.factors), level):
+        return False
+    if level not in {lp.level for lp in plan.levels} and level not in plan.extra.get("handoff", ()):
         return False
     restricted = plan.extra.get("restricted")
     if restricted is None:
@@ -58,11 +61,16 @@ def previous_counts(open_array: OpenArray, plan: RegionPlan, spec: VarSpec, leve
 
 
 def store_counts(plan: RegionPlan, cache: Any, level: int, var: str) -> bool:
-    """Whether a written region's counts must go to the store: a next level of this plan reads
-    ``level`` back from the store (not from the in-memory cache)."""
-    if not keeps_scratch_counts(len(plan.factors), level) or level + 1 not in {lp.level for lp in plan.levels}:
+    """Whether a written region's counts must go to the store: a later stage reads ``level`` back
+    (``plan.extra["handoff"]``), or a next level of this plan reads it from the store (not from the
+    in-memory cache)."""
+    if not keeps_scratch_counts(len(plan.factors), level):
         return False
-    if cache is None or getattr(cache, "counts_to_store", False):  # a shared cache may fall back to the store
+    if level in plan.extra.get("handoff", ()):
+        return True
+    if level + 1 not in {lp.level for lp in plan.levels}:
+        return False
+    if cache is None:
         return True
     return not (level + 1 in cache.precomputed or cache.has(level, var))
 

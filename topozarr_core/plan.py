@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,26 +61,15 @@ class Region:
 
 
 @dataclass(frozen=True)
-class RegionBatch:
-    level: int
-    index: int
-    regions: tuple[Region, ...]
-
-    @property
-    def key(self) -> str:
-        return f"L{self.level}-B{self.index:05d}"
-
-
-@dataclass(frozen=True)
 class LevelPlan:
     level: int
     factor: int  # cumulative factor from level 0
     step: int  # factor relative to the previous level (1 for level 0)
-    batches: tuple[RegionBatch, ...]
+    regions: tuple[Region, ...]
 
     @property
     def n_regions(self) -> int:
-        return sum(len(b.regions) for b in self.batches)
+        return len(self.regions)
 
 
 @dataclass(frozen=True)
@@ -117,16 +106,20 @@ class RegionPlan:
 # -- building -----------------------------------------------------------------------------------
 
 
-def _shard_grid(shape: tuple[int, ...], unit: tuple[int, ...]) -> list[Box]:
-    """Boxes of ``unit`` size tiling ``shape`` (the last box along a dim is clipped)."""
+def _grid_boxes(shape: tuple[int, ...], unit: tuple[int, ...], window: Box | None = None) -> list[Box]:
+    """Boxes of ``unit`` size tiling ``shape`` from the origin (the last box along a dim is clipped),
+    limited to ``window`` (boxes meeting it, cut to it) when given."""
     boxes: list[Box] = [()]
-    for size, u in zip(shape, unit):
-        starts = range(0, size, u) if size > 0 else []
-        boxes = [b + ((s, min(s + u, size)),) for b in boxes for s in starts]
+    for d, (size, u) in enumerate(zip(shape, unit)):
+        lo, hi = (0, size) if window is None else (max(0, window[d][0]), min(size, window[d][1]))
+        first = (lo // u) * u
+        cells = [(max(s, lo), min(s + u, hi)) for s in range(first, hi, u)] if hi > lo else []
+        boxes = [b + (c,) for b in boxes for c in cells]
     return boxes
 
 
-def _write_unit(enc: VarEncoding) -> tuple[int, ...]:
+def write_unit(enc: VarEncoding) -> tuple[int, ...]:
+    """What one region writes at most: a shard (or a chunk when unsharded)."""
     return enc.shards if enc.shards is not None else enc.chunks
 
 
@@ -135,7 +128,7 @@ def level0_unit(
 ) -> tuple[int, ...]:
     """Level-0 region size: whole shards, widened per dim to cover whole source chunks when the
     widened region stays within ``max_region_bytes``."""
-    unit = list(_write_unit(spec.encodings[0]))
+    unit = list(write_unit(spec.encodings[0]))
     if not source_chunks:
         return tuple(unit)
     itemsize = max(1, _itemsize(spec.dtype))
@@ -155,23 +148,12 @@ def _itemsize(dtype: str) -> int:
     return np.dtype(dtype).itemsize
 
 
-def auto_regions_per_batch(n_regions: int, target_batches: int, region_bytes: int = 0, min_batch_bytes: int = 0) -> int:
-    """Regions per batch for about ``target_batches`` batches, but at least ``min_batch_bytes`` of output per
-    batch: a batch run as a task has a fixed cost (state changes, a concurrency slot), which must stay
-    small against its work."""
-    per = max(1, math.ceil(n_regions / max(1, target_batches)))
-    if min_batch_bytes > 0 and region_bytes > 0:
-        per = max(per, min(n_regions, math.ceil(min_batch_bytes / region_bytes)))
-    return per
-
-
-def mean_region_bytes(regions: list[Region], variables: list[VarSpec]) -> int:
-    """Average output bytes of ``regions`` (what one region writes, before compression)."""
-    if not regions:
-        return 0
-    by_name = {v.name: v for v in variables}
-    total = sum(math.prod(r.shape()) * _itemsize(by_name[r.var].level_dtype(r.level)) for r in regions)
-    return total // len(regions)
+def level_regions(spec: VarSpec, level: int, source_chunks: tuple[int, ...] | None, max_region_bytes: int,
+                  window: Box | None = None) -> list[Region]:
+    """The regions of one variable at one level, in plan order, optionally only inside ``window``
+    (in that level's index space; a window aligned to the level's shards keeps every region whole)."""
+    unit = level0_unit(spec, source_chunks, max_region_bytes) if level == 0 else write_unit(spec.encodings[level])
+    return [Region(level, spec.name, box) for box in _grid_boxes(spec.shapes[level], unit, window)]
 
 
 def build_region_plan(
@@ -183,58 +165,33 @@ def build_region_plan(
     source_chunks: dict[str, tuple[int, ...] | None],
     max_region_bytes: int,
     levels: list[int] | None = None,
-    regions_per_batch: int | None = None,
-    target_batches_per_level: int = 32,
-    min_batch_bytes: int = 0,
+    windows: dict[tuple[int, str], list[Box]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> RegionPlan:
-    """Shard-aligned regions for every variable at every requested level, grouped in batches (of
-    ``regions_per_batch`` regions, or sized by ``target_batches_per_level`` and ``min_batch_bytes``)."""
+    """Shard-aligned regions for every variable at every requested level (all of a level, or, with
+    ``windows``, only those inside the windows given for its ``(level, variable)``; windows aligned
+    to the level's shards, as tiles' are, keep every region whole and never split one)."""
     wanted = list(range(len(factors))) if levels is None else sorted(levels)
     level_plans = []
     for lvl in wanted:
         regions: list[Region] = []
         for spec in variables:
-            unit = (
-                level0_unit(spec, source_chunks.get(spec.name), max_region_bytes)
-                if lvl == 0
-                else _write_unit(spec.encodings[lvl])
-            )
-            regions.extend(Region(lvl, spec.name, box) for box in _shard_grid(spec.shapes[lvl], unit))
-        per = regions_per_batch or auto_regions_per_batch(len(regions), target_batches_per_level,
-                                                          mean_region_bytes(regions, variables), min_batch_bytes)
-        batches = tuple(
-            RegionBatch(lvl, i, tuple(regions[s : s + per]))
-            for i, s in enumerate(range(0, len(regions), per))
-        )
+            if windows is None:
+                regions.extend(level_regions(spec, lvl, source_chunks.get(spec.name), max_region_bytes))
+                continue
+            for window in windows.get((lvl, spec.name), ()):
+                regions.extend(level_regions(spec, lvl, source_chunks.get(spec.name), max_region_bytes, window))
         step = factors[lvl] // factors[lvl - 1] if lvl > 0 else 1
-        level_plans.append(LevelPlan(lvl, factors[lvl], step, batches))
+        if regions:
+            level_plans.append(LevelPlan(lvl, factors[lvl], step, tuple(regions)))
     return RegionPlan(
         x_dim=x_dim,
         y_dim=y_dim,
         factors=tuple(factors),
         variables=tuple(variables),
         levels=tuple(level_plans),
+        extra=dict(extra or {}),
     )
-
-
-def cap_batches(plan: RegionPlan, max_batches: int) -> RegionPlan:
-    """``plan`` with its regions regrouped so it has at most ``max_batches`` batches in all (at least one
-    per level): each level gets a share of the budget proportional to its regions. Regions and their
-    order are unchanged, so any executor writes exactly the same chunks."""
-    total = sum(len(lp.batches) for lp in plan.levels)
-    if total <= max_batches:
-        return plan
-    n_regions = [lp.n_regions for lp in plan.levels]
-    spare = max(0, max_batches - len(plan.levels))
-    shares = [1 + spare * n // max(1, sum(n_regions)) for n in n_regions]
-    levels = []
-    for lp, share in zip(plan.levels, shares):
-        regions = [r for b in lp.batches for r in b.regions]
-        per = auto_regions_per_batch(len(regions), share)
-        batches = tuple(RegionBatch(lp.level, i, tuple(regions[s: s + per]))
-                        for i, s in enumerate(range(0, len(regions), per)))
-        levels.append(replace(lp, batches=batches))
-    return replace(plan, levels=tuple(levels))
 
 
 def restrict_plan(
@@ -243,10 +200,7 @@ def restrict_plan(
     start: int,
     stop: int | None = None,
     whole: frozenset[tuple[int, str]] | set[tuple[int, str]] = frozenset(),
-    regions_per_batch: int | None = None,
-    target_batches_per_level: int = 32,
     clip: bool = True,
-    min_batch_bytes: int = 0,
 ) -> RegionPlan:
     """The part of ``plan`` to rewrite when entries ``start:stop`` along ``dim`` change.
 
@@ -256,36 +210,27 @@ def restrict_plan(
     which zarr does as read-modify-write of each shard (old inner chunks kept as encoded bytes).
     That stays race-free because regions still never share a shard: each clipped box lies inside
     its original box, and original boxes cover disjoint sets of whole shards. Without ``clip`` the
-    whole shards are recomputed. Regions are regrouped in batches; levels without regions are dropped.
+    whole shards are recomputed. Levels without regions are dropped.
     """
     stop = math.inf if stop is None else stop
     level_plans = []
     for lp in plan.levels:
         regions: list[Region] = []
-        for batch in lp.batches:
-            for region in batch.regions:
-                spec = plan.var(region.var)
-                if (lp.level, region.var) in whole:
+        for region in lp.regions:
+            spec = plan.var(region.var)
+            if (lp.level, region.var) in whole:
+                regions.append(region)
+            elif dim in spec.dims:
+                i = spec.dims.index(dim)
+                a, b = region.box[i]
+                if b > start and a < stop:
+                    if clip:
+                        box = list(region.box)
+                        box[i] = (max(a, int(start)), int(min(b, stop)))
+                        region = Region(region.level, region.var, tuple(box))
                     regions.append(region)
-                elif dim in spec.dims:
-                    i = spec.dims.index(dim)
-                    a, b = region.box[i]
-                    if b > start and a < stop:
-                        if clip:
-                            box = list(region.box)
-                            box[i] = (max(a, int(start)), int(min(b, stop)))
-                            region = Region(region.level, region.var, tuple(box))
-                        regions.append(region)
-        if not regions:
-            continue
-        per = regions_per_batch or auto_regions_per_batch(len(regions), target_batches_per_level,
-                                                          mean_region_bytes(regions, list(plan.variables)),
-                                                          min_batch_bytes)
-        batches = tuple(
-            RegionBatch(lp.level, i, tuple(regions[s : s + per]))
-            for i, s in enumerate(range(0, len(regions), per))
-        )
-        level_plans.append(LevelPlan(lp.level, lp.factor, lp.step, batches))
+        if regions:
+            level_plans.append(LevelPlan(lp.level, lp.factor, lp.step, tuple(regions)))
     return RegionPlan(
         x_dim=plan.x_dim,
         y_dim=plan.y_dim,

@@ -11,7 +11,7 @@ import xarray as xr
 
 from .chunking import DEFAULT_TARGET_CHUNK_BYTES
 from .edits import apply_encoding, encoding_key, planned_encoding
-from .executor import auto_workers, run_plan
+from .executor import auto_workers, write_tiles
 from .init_ahead import LevelInitialiser
 from .layout import initialise_target, prepare_target, publish_root
 from .lease import lease_for
@@ -23,12 +23,12 @@ from .partial import check_kept_levels, finish_partial
 from .paths import MISSING_GROUP
 from .plan import RegionPlan, build_region_plan
 from .planning import DEFAULT_MIN_DIM, CoarseningMethod, PyramidSpec, build_spec
-from .regions import WriteContext
 from .root_doc import OPTIONS_KEY, creation_options
 from .stats import RegionTimer
 from .storable import short
 from .target_contract import check_target
 from .targets import resolve_store
+from .tiles import DEFAULT_TILE_BYTES, TilePlan, build_tile_plan
 
 DEFAULT_MAX_REGION_BYTES = 256_000_000
 #: Auto keep_levels_in_memory when the level cache (LevelCache.nbytes_needed: a few blocks per
@@ -151,17 +151,11 @@ class Pyramid:
     def level_shape(self, level: int) -> tuple[int, int]:
         return self._planned.grid.shape(self._planned.factors[level])
 
-    def region_plan(
-        self,
-        levels: list[int] | None = None,
-        max_region_bytes: int = DEFAULT_MAX_REGION_BYTES,
-        regions_per_batch: int | None = None,
-        target_batches_per_level: int = 32,
-        min_batch_bytes: int = 0,
-    ) -> RegionPlan:
-        """The plain-data plan every executor runs (batches matter to executors that run each as a task)."""
-        if isinstance(max_region_bytes, bool) or not isinstance(max_region_bytes, int) or max_region_bytes <= 0:
-            raise ValueError(f"max_region_bytes must be a positive int, got {max_region_bytes!r}")
+    def region_plan(self, levels: list[int] | None = None,
+                    max_region_bytes: int = DEFAULT_MAX_REGION_BYTES) -> RegionPlan:
+        """Every region of ``levels`` (default all) as one plan: what one tile covering the whole
+        pyramid runs (see :meth:`tile_plan` for the units of work)."""
+        _check_region_bytes(max_region_bytes)
         return build_region_plan(
             x_dim=self.spec.x_dim,
             y_dim=self.spec.y_dim,
@@ -170,9 +164,32 @@ class Pyramid:
             source_chunks=self.spec.source_chunks,
             max_region_bytes=max_region_bytes,
             levels=self._check_levels(levels),
-            regions_per_batch=regions_per_batch,
-            target_batches_per_level=target_batches_per_level,
-            min_batch_bytes=min_batch_bytes,
+        )
+
+    def tile_plan(self, levels: list[int] | None = None, max_region_bytes: int = DEFAULT_MAX_REGION_BYTES,
+                  max_tile_bytes: int | None = DEFAULT_TILE_BYTES, max_tiles: int | None = None) -> TilePlan:
+        """The units of work of a write, as plain data every executor runs (:mod:`.tiles`).
+
+        :param levels: the levels to write (default all; contiguous).
+        :param max_region_bytes: largest level-0 region (what one thread reads and writes at once).
+        :param max_tile_bytes: input bytes per tile while a stage takes in one more level; ``None``
+            gives one tile per variable group covering the whole pyramid (``write``'s default).
+        :param max_tiles: a hard cap on the number of tiles (larger tiles when needed).
+        """
+        _check_region_bytes(max_region_bytes)
+        if max_tile_bytes is not None and (isinstance(max_tile_bytes, bool) or not isinstance(max_tile_bytes, int)
+                                           or max_tile_bytes <= 0):
+            raise ValueError(f"max_tile_bytes must be a positive int or None, got {max_tile_bytes!r}")
+        return build_tile_plan(
+            x_dim=self.spec.x_dim,
+            y_dim=self.spec.y_dim,
+            factors=list(self.spec.factors),
+            variables=list(self.spec.variables),
+            source_chunks=self.spec.source_chunks,
+            max_region_bytes=max_region_bytes,
+            levels=self._check_levels(levels),
+            max_tile_bytes=max_tile_bytes,
+            max_tiles=max_tiles,
         )
 
     def _check_levels(self, levels: list[int] | None) -> list[int]:
@@ -212,6 +229,7 @@ class Pyramid:
         io: IO = "python",
         overwrite_foreign: bool = False,
         stats: bool = False,
+        max_tile_bytes: int | None = None,
     ) -> WriteReport:
         """Compute and write the levels through a local thread pool.
 
@@ -224,17 +242,21 @@ class Pyramid:
         ``levels=[0, ...]`` with ``mode="w"`` into a missing or empty target creates the whole layout,
         writes those levels and leaves the root unpublished (:mod:`.partial`); ``mode="a"`` writes the
         rest and publishes once every level holds data. ``stats=True`` adds per-level timings
-        (:mod:`.stats`) to the report, which ``report["0"]`` indexes as topozarr's returned dict."""
+        (:mod:`.stats`) to the report, which ``report["0"]`` indexes as topozarr's returned dict.
+        ``max_tile_bytes`` runs the tiles of :meth:`tile_plan` with that size here, stage by stage
+        (default: one tile, the whole pyramid, which reads nothing back from the target)."""
         from .io_select import open_array_for, check_io
 
         spec = self.spec  # applies (and checks) the edited encoding first
         root = self.root_attributes()
-        plan = self.region_plan(levels=levels, max_region_bytes=max_region_bytes)
+        plan = self.tile_plan(levels=levels, max_region_bytes=max_region_bytes, max_tile_bytes=max_tile_bytes)
+        stages = [(stage, [t for t in plan.tiles if t.stage == stage]) for stage in plan.stages]
+        regions = {stage: plan.region_plan(tiles) for stage, tiles in stages}
         zstore = resolve_store(store)
         check_io(io, zstore)
-        workers = auto_workers(plan, max_workers)
-        keep = self._keep_in_memory(plan, keep_levels_in_memory)
-        planned = [lp.level for lp in plan.levels]
+        workers = max(auto_workers(r, max_workers) for r in regions.values())
+        keep = all(self._keep_in_memory(r, keep_levels_in_memory) for r in regions.values())
+        planned = plan.levels
         every = list(range(self.levels))
         new_partial = mode in ("w", "w-") and planned != every
         state = check_target(zstore, spec, mode, every if new_partial else planned, ds=self.ds,
@@ -247,19 +269,16 @@ class Pyramid:
         docs = LevelDocuments(self.ds, spec)
         docs.staged(planned[0])
         timer = RegionTimer() if stats else None
+        written = 0
         with lease_for(zstore) as lease:
             prepare_target(zstore, spec, mode, planned, state)
-            ctx = WriteContext(
-                plan=plan,
-                source=self.ds,
-                store=zstore,
-                cache=LevelCache.for_plan(plan) if keep else None,
-                open_array=open_array_for(io, zstore),
-                timer=timer,
-            )
             init = LevelInitialiser(zstore, self.ds, spec, every if new_partial else planned, docs)
             init.ready(planned[0])
-            written = run_plan(ctx, workers, progress=progress, level_ready=init.ready, idle_step=init.step)
+            for stage, tiles in stages:
+                written += write_tiles(plan, tiles, source=self.ds, store=zstore, workers=workers,
+                                       open_array=open_array_for(io, zstore), keep_in_memory=keep,
+                                       progress=progress, timer=timer, level_ready=init.ready, idle_step=init.step,
+                                       regions=regions[stage]).bytes_written
             for lvl in every if new_partial else ():
                 init.ready(lvl)  # the whole layout exists, the levels not written stay empty
             if lease is not None:
@@ -278,12 +297,12 @@ class Pyramid:
                 finish_partial(zstore, root, has_data, owned)
         return WriteReport(
             levels=planned,
-            regions=sum(lp.n_regions for lp in plan.levels),
+            regions=sum(lp.n_regions for r in regions.values() for lp in r.levels),
             bytes_written=written,
             workers=workers,
             kept_in_memory=keep,
             io=io,
-            stats=None if timer is None else timer.as_dict(workers, _region_shapes(plan)),
+            stats=None if timer is None else timer.as_dict(workers, _region_shapes(list(regions.values()))),
             published=complete,
         )
 
@@ -325,15 +344,20 @@ class Pyramid:
         return f"<Pyramid factors={self.factors} method={self.method!r} levels=[{shapes}]>"
 
 
-def _region_shapes(plan: RegionPlan) -> dict[int, dict[str, tuple[int, ...]]]:
+def _region_shapes(plans: list[RegionPlan]) -> dict[int, dict[str, tuple[int, ...]]]:
     """Per level, the shape of each variable's first region (the unit its regions tile the level by)."""
     out: dict[int, dict[str, tuple[int, ...]]] = {}
-    for lp in plan.levels:
-        shapes = out.setdefault(lp.level, {})
-        for batch in lp.batches:
-            for region in batch.regions:
+    for plan in plans:
+        for lp in plan.levels:
+            shapes = out.setdefault(lp.level, {})
+            for region in lp.regions:
                 shapes.setdefault(region.var, region.shape())
     return out
+
+
+def _check_region_bytes(max_region_bytes: Any) -> None:
+    if isinstance(max_region_bytes, bool) or not isinstance(max_region_bytes, int) or max_region_bytes <= 0:
+        raise ValueError(f"max_region_bytes must be a positive int, got {max_region_bytes!r}")
 
 
 def create_pyramid(

@@ -1,8 +1,9 @@
-"""Write one region (and one batch of regions): the only region logic in the project.
+"""Write one region: the only region logic in the project.
 
-The local thread pool of ``Pyramid.write``, the Prefect batch tasks and Dask workers all call
-:func:`write_region_batch` with the same plain-data plan; only how they obtain ``source`` and
-``store`` differs.
+Every executor runs tiles (:mod:`.tiles`), and a tile runs its regions through
+:func:`.executor.run_plan`, which calls :func:`write_region` for each: the thread pool of
+``Pyramid.write``, the Prefect tile tasks and Dask workers differ only in how they obtain the
+source and the store.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from .gc_pause import old_objects_frozen
 from .kernels import block_reduce, output_dtype
 from .level_cache import LevelCache
 from .missing_counts import previous_counts, store_counts
 from .packing import stored_values
 from .paths import data_path, missing_path
-from .plan import Region, RegionBatch, RegionPlan, VarSpec
+from .plan import Region, RegionPlan, VarSpec
 
 
 @dataclass
@@ -49,17 +49,6 @@ def _open_array(store: Any, path: str, mode: str) -> zarr.Array:
     return zarr.open_array(store=store, path=path, mode=mode, zarr_format=3)
 
 
-@dataclass(frozen=True)
-class BatchResult:
-    """What a batch task returns: small numbers, never arrays."""
-
-    key: str
-    level: int
-    regions: int
-    bytes_written: int
-    seconds: float
-
-
 def _to_spatial_last(a: np.ndarray, yi: int, xi: int) -> np.ndarray:
     return np.moveaxis(a, (yi, xi), (-2, -1))
 
@@ -72,8 +61,10 @@ def _read_source(ctx: WriteContext, spec: VarSpec, region: Region) -> np.ndarray
     if ctx.source is None:
         raise RuntimeError("level 0 regions need the source dataset")
     da = ctx.source[spec.name]
-    window = da.isel({d: s for d, s in zip(spec.dims, region.slices())})
-    return stored_values(spec, np.asarray(window.transpose(*spec.dims).values))
+    window = da.isel({d: s for d, s in zip(spec.dims, region.slices())}).transpose(*spec.dims)
+    # a dask-backed source computes in this thread: the executor's threads are the parallelism (the
+    # scheduler is chosen per call, not in dask's process-wide config, which concurrent tiles share)
+    return stored_values(spec, np.asarray(window.compute(scheduler="synchronous").values))
 
 
 def _prev_box(plan: RegionPlan, spec: VarSpec, region: Region, step: int) -> tuple[slice, ...]:
@@ -204,11 +195,3 @@ def write_region(ctx: WriteContext, region: Region) -> int:
     if ctx.timer is not None:  # the reductions ahead into cached levels count at this level, as in topozarr
         ctx.timer.add(region.level, regions=1, nbytes=nbytes, write_s=t1 - t0, reduce_s=time.perf_counter() - t1)
     return nbytes
-
-
-def write_region_batch(ctx: WriteContext, batch: RegionBatch) -> BatchResult:
-    """Write every region of a batch, in order. Idempotent: rewriting a batch gives the same bytes."""
-    t0 = time.perf_counter()
-    with old_objects_frozen():
-        written = sum(write_region(ctx, region) for region in batch.regions)
-    return BatchResult(batch.key, batch.level, len(batch.regions), written, time.perf_counter() - t0)

@@ -38,6 +38,18 @@ def redact(text: str) -> str:
     return _AWS_KEY_ID.sub("***", text)
 
 
+def root_cause(err: BaseException) -> BaseException:
+    """The error at the bottom of ``err``'s chain (``raise ... from``, or raised while handling): what
+    an operator has to act on (a full disk, a refused credential), not the layers that passed it on."""
+    seen = {id(err)}
+    while True:
+        nxt = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+        if nxt is None or id(nxt) in seen:
+            return err
+        seen.add(id(nxt))
+        err = nxt
+
+
 def error_summary(err: BaseException, limit: int = 300) -> str:
     """One line for people from an object-store or Icechunk error: the service's error code and message,
     without request dumps, Rust debug structures or response bodies, and with credentials redacted."""

@@ -21,9 +21,10 @@ values):
    pyramid's own), and empty the arrays whose shard shape changes -- the shard depth along a short
    append dimension grows with its length until it saturates (see ``chunking.variable_encoding``),
    so a full build of the grown source lays them out differently; those arrays are rewritten whole.
-3. *Write* (:meth:`PyramidUpdate.region_plan`, run by any executor) with the one region writer
+3. *Write* (:meth:`PyramidUpdate.tile_plan`, run by any executor) with the one region writer
    (:func:`~topozarr_core.regions.write_region`) only the new entries: the shard-aligned regions
-   reaching the old length, cut to start there (``plan.restrict_plan``). The partly filled last
+   reaching the old length, cut to start there (``plan.restrict_plan``), in tiles cut along the
+   append dim at shard boundaries of every level. The partly filled last
    shard of each region is then written by zarr as read-modify-write -- its older inner chunks are
    kept as encoded bytes -- which is race-free because no two regions share a shard. Recreated
    arrays get all their regions. Levels >= 1 are computed from level L-1's new entries: kept in
@@ -53,20 +54,20 @@ import psutil
 import xarray as xr
 import zarr
 
-from .executor import auto_workers, run_plan
+from .executor import auto_workers, write_tiles
 from .layout import create_scratch_counts, published_attrs
 from .layout import publish as publish_root
 from .lease import lease_for
 from .metadata import ZarrLayerVarConfig, comparable
 from .paths import data_path
-from .plan import RegionPlan, restrict_plan
+from .plan import RegionPlan
 from .planning import PyramidSpec
 from .pyramid import DEFAULT_MAX_REGION_BYTES, IO, KEEP_IN_MEMORY_RAM_FRACTION, Pyramid, create_pyramid
-from .regions import WriteContext
 from .root_coords import foreign_nodes, planned_names, stale_names
 from .root_doc import OWNED_KEY, UPDATING, owned_nodes, read_root, root_attrs, unpublished_attrs, write_root
 from .storable import short
 from .targets import resolve_store
+from .tiles import TilePlan, build_tile_plan
 from .update_checks import (
     DEFAULT_VERIFY_SAMPLES,
     UPDATE_KEY,
@@ -184,25 +185,32 @@ class PyramidUpdate:
     def spec(self) -> PyramidSpec:
         return self.pyramid.spec
 
-    def region_plan(self, max_region_bytes: int = DEFAULT_MAX_REGION_BYTES, regions_per_batch: int | None = None,
-                    target_batches_per_level: int = 32, min_batch_bytes: int = 0) -> RegionPlan:
-        """The regions to (re)write: those reaching the old length along the append dim, and every
-        region of relaid-out arrays. Empty (no levels) when nothing changes."""
-        full = self.pyramid.region_plan(max_region_bytes=max_region_bytes, regions_per_batch=1)
-        if not self.info.changed:
-            return restrict_plan(full, self.info.append_dim, self.info.new_length, self.info.new_length)
-        return restrict_plan(full, self.info.append_dim, self.info.old_length, None, whole=set(self.info.relayout),
-                             regions_per_batch=regions_per_batch, target_batches_per_level=target_batches_per_level,
-                             min_batch_bytes=min_batch_bytes)
-
-    def window_cache(self, plan: RegionPlan) -> WindowCache | None:
-        """In-memory levels for the update's window, when they fit the build's RAM budget."""
+    def tile_plan(self, max_region_bytes: int = DEFAULT_MAX_REGION_BYTES, max_tile_bytes: int | None = None,
+                  max_tiles: int | None = None) -> TilePlan:
+        """The tiles of the update (:mod:`.tiles`): the regions reaching the old length along the append
+        dim, cut to start there, and every region of relaid-out arrays. Tiles cover every level over
+        the whole grid and are cut along the append dim only (``max_tile_bytes``); none when nothing
+        changes."""
         info = self.info
-        window = info.new_length - info.old_length
-        need = WindowCache.nbytes_for(plan, info.append_dim, window)
-        if not plan.levels or need > psutil.virtual_memory().available * KEEP_IN_MEMORY_RAM_FRACTION:
-            return None
-        return WindowCache.for_update(plan, info.append_dim, info.old_length, info.new_length, set(info.relayout))
+        start, stop = (info.old_length, None) if info.changed else (info.new_length, info.new_length)
+        spec = self.spec
+        return build_tile_plan(
+            x_dim=spec.x_dim, y_dim=spec.y_dim, factors=list(spec.factors), variables=list(spec.variables),
+            source_chunks=spec.source_chunks, max_region_bytes=max_region_bytes, max_tile_bytes=max_tile_bytes,
+            max_tiles=max_tiles,
+            restricted={"dim": info.append_dim, "start": start, "stop": stop,
+                        "whole": [list(p) for p in info.relayout] if info.changed else [], "clip": True})
+
+    def region_plan(self, max_region_bytes: int = DEFAULT_MAX_REGION_BYTES) -> RegionPlan:
+        """Every region the update writes, as one plan (empty when nothing changes)."""
+        plan = self.tile_plan(max_region_bytes=max_region_bytes)
+        return plan.region_plan(plan.tiles)
+
+    def keeps_window(self, plan: RegionPlan) -> bool:
+        """Whether the update's levels fit in memory over its window (the build's RAM budget)."""
+        info = self.info
+        need = WindowCache.nbytes_for(plan, info.append_dim, info.new_length - info.old_length)
+        return bool(plan.levels) and need <= psutil.virtual_memory().available * KEEP_IN_MEMORY_RAM_FRACTION
 
     def prepare(self, store: Any) -> None:
         """Unpublish the root (one write, first), then grow the arrays along the append dim and
@@ -270,7 +278,8 @@ class PyramidUpdate:
 
         zstore = resolve_store(store)
         check_io(io, zstore)
-        plan = self.region_plan(max_region_bytes=max_region_bytes)
+        tiles = self.tile_plan(max_region_bytes=max_region_bytes)
+        plan = tiles.region_plan(tiles.tiles)
         info = self.info
         if not info.changed:
             return UpdateReport(info.append_dim, info.old_length, info.new_length, [], 0, 0, [],
@@ -278,9 +287,9 @@ class PyramidUpdate:
         workers = auto_workers(plan, max_workers) if plan.levels else (max_workers or 1)
         with lease_for(zstore):
             self.prepare(zstore)
-            ctx = WriteContext(plan=plan, source=self.pyramid.ds, store=zstore, cache=self.window_cache(plan),
-                               open_array=open_array_for(io, zstore))
-            written = run_plan(ctx, workers, progress=progress) if plan.levels else 0
+            written = write_tiles(tiles, tiles.tiles, source=self.pyramid.ds, store=zstore, workers=workers,
+                                  open_array=open_array_for(io, zstore), keep_in_memory=self.keeps_window(plan),
+                                  progress=progress, regions=plan).bytes_written if plan.levels else 0
             self.finish(zstore)
             self.publish(zstore)
         return UpdateReport(

@@ -36,7 +36,7 @@ class WindowCache(LevelCache):
         for lvl, lp in planned.items():
             if lvl == 0 or lvl - 1 not in planned or lvl in whole_levels or not aligned(plan, planned[lvl - 1], lp.step):
                 continue
-            if any(dim not in plan.var(r.var).dims for b in lp.batches for r in b.regions):
+            if any(dim not in plan.var(r.var).dims for r in lp.regions):
                 continue
             cache.precomputed.add(lvl)
             for spec in plan.variables:
