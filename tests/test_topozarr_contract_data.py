@@ -447,15 +447,15 @@ def test_published_pyramid_holds_no_scratch(tmp_path, keep, monkeypatch):
 
 
 def test_update_relaying_out_stays_exact_without_stored_counts(tmp_path, monkeypatch):
-    """11 -> 12 steps relays levels 1 and 2 out over every entry (not only the new one): level 2
-    then reduces level 1's old entries too. The build's counts were deleted when it was published;
+    """11 -> 12 steps relays every level out over every entry (not only the new one; the time shards,
+    11 at every level, grow to 12): level 2 then reduces level 1's old entries too. The build's counts were deleted when it was published;
     level 1 is rewritten whole by this update, so its counts are this update's own scratch."""
     ds = make_raster(ny=300, nx=420, nt=12, nan_fraction=0.05)
     create_pyramid(ds.isel(time=slice(0, 11)), levels=3, **KW).write(tmp_path / "u.zarr")
     recomputed = _spy_recomputed_counts(monkeypatch)
     report = update_pyramid(ds, tmp_path / "u.zarr", "time", max_workers=1)
     assert recomputed == []  # every count read back was written by this update
-    assert set(report.relayout) == {(1, "air"), (2, "air")}
+    assert set(report.relayout) == {(0, "air"), (1, "air"), (2, "air")}
     assert _nodes(tmp_path / "u.zarr") == ["0", "1", "2", "time"]  # no scratch; time: the root copy of 0/time
     for lvl, f in enumerate((1, 2, 4)):
         got = _level(tmp_path / "u.zarr", lvl)
@@ -509,3 +509,33 @@ def test_kernel_counts_from_level0_equal_chained_counts():
     _, m2 = block_reduce(block_reduce(values, 2, "mean", None)[0], 2, "mean", None, missing=m1, weight=4)
     got = counts_from_level0(lambda path, mode: values, plan, spec.variables[0], 2, (slice(0, 16), slice(0, 16)))
     np.testing.assert_array_equal(got, m2)
+
+
+# -- integer nodata declared in .encoding (how xarray holds it after decoding) -----------------------
+
+
+def test_integer_fill_value_in_encoding_marks_nodata(tmp_path):
+    """An integer variable whose ``_FillValue`` is only in ``.encoding`` has nodata, as topozarr reads it:
+    the values below are topozarr 0.2.1's for the same dataset (before, nodata was averaged in: -2495)."""
+    v = np.full((8, 8), 6, dtype="int16")
+    v[0, 0] = v[0, 1] = v[1, 0] = -9999  # one valid pixel in the first window
+    v[2:4, 2:4] = -9999  # a whole window of nodata
+    ds = xr.Dataset({"dem": (("y", "x"), v)}, coords={"y": np.arange(8.0), "x": np.arange(8.0)})
+    ds.dem.encoding["_FillValue"] = -9999
+    ds = ds.proj.assign_crs(spatial_ref="EPSG:32633")
+    p = create_pyramid(ds, levels=3)
+    assert p.fill_values == {"dem": -9999}
+    p.write(tmp_path / "p.zarr")
+    assert _level(tmp_path / "p.zarr", 1, "dem").tolist() == [[6, 6, 6, 6], [6, -9999, 6, 6], [6, 6, 6, 6],
+                                                             [6, 6, 6, 6]]
+    assert _level(tmp_path / "p.zarr", 2, "dem").tolist() == [[6, 6], [6, 6]]
+    for lvl in range(3):
+        meta = json.loads((tmp_path / "p.zarr" / str(lvl) / "dem" / "zarr.json").read_text())
+        assert meta["fill_value"] == -9999  # as topozarr's write()
+        assert meta["attributes"]["_FillValue"] == -9999  # and recorded, so xarray decodes nodata as NaN
+    level1 = xr.open_zarr(tmp_path / "p.zarr", group="1", consolidated=False).dem
+    assert int(level1.isnull().sum()) == 1
+    # a fill that does not fit the dtype is refused as one for the attribute is
+    ds.dem.encoding["_FillValue"] = 40000
+    with pytest.raises(ValueError, match="variable 'dem': encoding _FillValue 40000 does not fit dtype int16"):
+        create_pyramid(ds, levels=3)

@@ -95,11 +95,11 @@ def level_dataset(ds: xr.Dataset, spec: PyramidSpec, level: int, data: GriddedDa
         if name in coords or name in gridded or name == crs_name:
             continue
         coords[str(name)] = _carried(var, spec, f)
+    encoding: dict[str, dict] = {}
     wkt = spec.crs.to_wkt()
     coords[crs_name] = xr.Variable((), np.int64(0), attrs={"crs_wkt": wkt, "spatial_ref": wkt})
 
     data_vars: dict[str, xr.Variable] = {}
-    encoding: dict[str, dict] = {}
     for v in spec.variables:
         src = ds[v.name].variable
         attrs = {**{k: val for k, val in src.attrs.items() if k not in DROP_ATTRS}, **packing_attrs(v)}
@@ -110,6 +110,10 @@ def level_dataset(ds: xr.Dataset, spec: PyramidSpec, level: int, data: GriddedDa
         encoding[v.name] = gridded_encoding(v, level)
     for name in spec.carried:
         data_vars[name] = _carried(ds[name].variable, spec, f)
+    for name, layouts in spec.side_encodings.items():  # topozarr's chunks of long coordinates, 1-D profiles
+        if layouts[level] is not None:
+            var = coords.get(name, data_vars.get(name))
+            encoding[name] = {**(var.encoding if var is not None else {}), **layouts[level].to_xarray()}
     out = xr.Dataset(data_vars, coords=coords, attrs=level_attributes(grid, spec.crs, f, spec.source_attrs))
     return out, encoding
 

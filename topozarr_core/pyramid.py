@@ -315,8 +315,12 @@ class Pyramid:
                 src[v.name] = src[v.name].chunk(dict(zip(v.dims, write_unit(v, 0))))
         tree: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=self.attrs)}
         for lvl in range(self.levels):
-            level_ds, _ = level_dataset(self.ds, self.spec, lvl, lambda v, L: dsa.asarray(
+            level_ds, encoding = level_dataset(self.ds, self.spec, lvl, lambda v, L: dsa.asarray(
                 coarsened(src, self.spec, v, L)).rechunk(write_unit(v, L)))
+            for v in self.spec.variables:  # the encoding passed to to_zarr replaces the variable's: the
+                fill = encoding[v.name]["_FillValue"]  # nodata marker travels in the attributes
+                if fill is not None:
+                    level_ds[v.name].attrs["_FillValue"] = fill
             tree[f"/{lvl}"] = level_ds
         return xr.DataTree.from_dict(tree)
 
