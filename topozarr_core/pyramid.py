@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import psutil
@@ -24,6 +23,7 @@ from .paths import MISSING_GROUP
 from .plan import RegionPlan, build_region_plan
 from .planning import DEFAULT_MIN_DIM, CoarseningMethod, PyramidSpec, build_spec
 from .regions import WriteContext
+from .report import WriteReport
 from .root_doc import OPTIONS_KEY, creation_options
 from .stats import RegionTimer
 from .storable import short
@@ -36,34 +36,6 @@ DEFAULT_MAX_REGION_BYTES = 256_000_000
 KEEP_IN_MEMORY_RAM_FRACTION = 0.25
 
 IO = Literal["python", "rust"]
-
-
-@dataclass
-class WriteReport:
-    """Summary of a completed ``Pyramid.write``."""
-
-    levels: list[int]
-    regions: int
-    bytes_written: int
-    workers: int
-    kept_in_memory: bool
-    io: str
-    #: ``write(stats=True)``: per-level timings keyed "0", "1", ... (see :mod:`.stats`), else None
-    stats: dict[str, dict[str, Any]] | None = None
-    #: whether the root was published (False after a write that left levels unwritten)
-    published: bool = True
-
-    def __getitem__(self, level: str) -> dict[str, Any]:
-        """``report["0"]["write_s"]``: topozarr's ``write(stats=True)`` returns the stats dict itself."""
-        if self.stats is None:
-            raise KeyError(f"{level!r}: no stats were collected; call write(..., stats=True)")
-        return self.stats[level]
-
-    def keys(self):
-        return (self.stats or {}).keys()
-
-    def items(self):
-        return (self.stats or {}).items()
 
 
 class Pyramid:
@@ -212,7 +184,7 @@ class Pyramid:
         io: IO = "python",
         overwrite_foreign: bool = False,
         stats: bool = False,
-    ) -> WriteReport:
+    ) -> WriteReport | None:
         """Compute and write the levels through a local thread pool.
 
         Every check runs before the target changes: the edited ``encoding`` and ``attrs``, the target
@@ -223,8 +195,9 @@ class Pyramid:
 
         ``levels=[0, ...]`` with ``mode="w"`` into a missing or empty target creates the whole layout,
         writes those levels and leaves the root unpublished (:mod:`.partial`); ``mode="a"`` writes the
-        rest and publishes once every level holds data. ``stats=True`` adds per-level timings
-        (:mod:`.stats`) to the report, which ``report["0"]`` indexes as topozarr's returned dict."""
+        rest and publishes once every level holds data. As in topozarr, nothing is returned unless
+        ``stats=True``: then a :class:`~.report.WriteReport`, topozarr's per-level stats dict
+        (:mod:`.stats`) that also carries the write's summary (levels, regions, bytes, workers, published)."""
         from .io_select import open_array_for, check_io
 
         spec = self.spec  # applies (and checks) the edited encoding first
@@ -276,14 +249,16 @@ class Pyramid:
             else:
                 owned = {str(lvl) for lvl in every} | {MISSING_GROUP}
                 finish_partial(zstore, root, has_data, owned)
+        if timer is None:
+            return None  # as topozarr: a report only when asked for
         return WriteReport(
+            timer.as_dict(workers, _region_shapes(plan)),
             levels=planned,
             regions=sum(lp.n_regions for lp in plan.levels),
             bytes_written=written,
             workers=workers,
             kept_in_memory=keep,
             io=io,
-            stats=None if timer is None else timer.as_dict(workers, _region_shapes(plan)),
             published=complete,
         )
 
