@@ -228,6 +228,38 @@ def test_source_dims_method_fill_values_and_coarsening_method():
     assert get_args(CoarseningMethod) == tuple(METHODS)
 
 
+def test_method_is_editable_and_checked_before_anything_is_written(tmp_path, raster2d):
+    """topozarr's ``method`` is a plain field: edited after planning, it is re-checked at write time."""
+    pyramid = create_pyramid(raster2d, levels=3, **XY)
+    pyramid.method = "max"
+    assert pyramid.method == "max"
+    assert pyramid.attrs["multiscales"]["resampling_method"] == "max"  # the root follows the edit
+    assert [e.get("resampling_method") for e in pyramid.attrs["multiscales"]["layout"]] == [None, "max", "max"]
+    pyramid.write(str(tmp_path / "max.zarr"))
+    for level in (1, 2):
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "max.zarr" / str(level) / "air"), mode="r")[:],
+                                      coarsen_reference(raster2d, "air", 2**level, "max"))
+    assert root_attrs(tmp_path / "max.zarr")["multiscales"]["resampling_method"] == "max"
+    assert root_attrs(tmp_path / "max.zarr")["topozarr:options"]["method"] == "max"
+    # an unknown method: refused when the plan is used, before the target changes
+    pyramid.method = "median"
+    for attempt in (lambda: pyramid.write(str(tmp_path / "bad.zarr")), lambda: pyramid.as_datatree(),
+                    lambda: pyramid.region_plan()):
+        with pytest.raises(ValueError, match=r"unknown method 'median'; choose one of") as err:
+            attempt()
+        one_line(err)
+    assert not (tmp_path / "bad.zarr").exists()
+    # what a method implies is checked too: majority on integers needs a nodata value
+    ints = create_pyramid(make_raster(ny=64, nx=64, dtype="int16"), levels=2, **XY)
+    ints.method = "majority"
+    with pytest.raises(ValueError, match="method='majority' on integer variable 'air' needs a _FillValue"):
+        ints.write(str(tmp_path / "ints.zarr"))
+    assert not (tmp_path / "ints.zarr").exists()
+    ints.method = "sum"  # an integer sum widens, as when planned with it
+    ints.write(str(tmp_path / "sum.zarr"))
+    assert zarr.open_array(str(tmp_path / "sum.zarr" / "1" / "air"), mode="r").dtype == np.int64
+
+
 def test_level_templates_are_lazy_and_match_what_is_written(tmp_path, raster3d):
     pyramid = create_pyramid(raster3d, levels=3, **XY)
     templates = pyramid.level_templates

@@ -66,6 +66,24 @@ PLANNED_KEYS = ("fill_value",)
 FIXED_KEYS = ("dtype", "_FillValue", "fill_value")
 
 
+def replan_fixed_keys(encoding: Any, spec: PyramidSpec) -> None:
+    """After ``pyramid.method`` changed: the non-editable keys of ``encoding``'s gridded entries become
+    ``spec``'s (a method can change the nodata value: a packed variable's ``sum`` is stored unpacked),
+    in place; the chunks and shards, edited or not, stay."""
+    if not isinstance(encoding, Mapping):
+        return  # apply_encoding reports it
+    for lvl in range(len(spec.factors)):
+        entries = encoding.get(level_key(lvl))
+        if not isinstance(entries, Mapping):
+            continue
+        for v in spec.variables:
+            entry = entries.get(v.name)
+            if isinstance(entry, dict):
+                for k in FIXED_KEYS:
+                    entry.pop(k, None)
+                entry.update(fixed_encoding(v, lvl))
+
+
 def _same(a: Any, b: Any) -> bool:
     """Equal as encoding values: NaN equals NaN, dtypes compare by kind and size, sequences as tuples."""
     if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
@@ -172,4 +190,5 @@ def _sizes(where: str, value: Any, dims: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(int(n) for n in value)
 
 
-__all__ = ["planned_encoding", "level_encoding", "apply_encoding", "encoding_key", "level_key", "EDITABLE_KEYS"]
+__all__ = ["planned_encoding", "level_encoding", "apply_encoding", "replan_fixed_keys", "encoding_key", "level_key",
+           "EDITABLE_KEYS"]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import psutil
 import xarray as xr
 
 from .chunking import DEFAULT_TARGET_CHUNK_BYTES
-from .edits import apply_encoding, encoding_key, planned_encoding
+from .edits import apply_encoding, encoding_key, planned_encoding, replan_fixed_keys
 from .executor import auto_workers, run_plan
 from .init_ahead import LevelInitialiser
 from .layout import initialise_target, prepare_target, publish_root
@@ -17,7 +17,8 @@ from .lease import lease_for
 from .level_cache import LevelCache
 from .level_docs import LevelDocuments
 from .levels import gridded_encoding, level_dataset, template_data
-from .metadata import ZarrLayerVarConfig, dataset_attributes, multiscale_attributes, stored_attributes
+from .metadata import (ZarrLayerVarConfig, dataset_attributes, multiscale_attributes, rename_resampling,
+                       stored_attributes)
 from .partial import check_kept_levels, finish_partial
 from .paths import MISSING_GROUP
 from .plan import RegionPlan, build_region_plan
@@ -41,9 +42,13 @@ IO = Literal["python", "rust"]
 class Pyramid:
     """A planned pyramid: nothing is computed or written until ``write`` or ``as_datatree``."""
 
-    def __init__(self, ds: xr.Dataset, spec: PyramidSpec):
+    def __init__(self, ds: xr.Dataset, spec: PyramidSpec, replan: Callable[[str], PyramidSpec] | None = None):
         self.ds = ds
         self._planned = spec
+        #: plans the same pyramid for another ``method`` (topozarr lets the method be edited after planning)
+        self._replan = replan
+        self._method: Any = spec.method
+        self._named: str = spec.method
         #: The chunk/shard plan, computed once and editable (as topozarr documents): every write path
         #: (``write``, ``as_datatree``, ``initialise``/``publish``, ``region_plan``, the flows) uses it.
         self.encoding: dict[str, dict[str, dict]] = planned_encoding(spec)
@@ -51,15 +56,25 @@ class Pyramid:
         self.attrs: dict[str, Any] = {**stored_attributes(dataset_attributes(spec.source_attrs)),  # conventions win
                                       **multiscale_attributes(spec.grid, spec.crs, list(spec.factors), spec.method,
                                                               spec.layer_hints)}
-        self._applied: tuple[str, PyramidSpec] = (encoding_key(self.encoding), spec)
+        self._applied: tuple[str, PyramidSpec, PyramidSpec] = (encoding_key(self.encoding), spec, spec)
 
     @property
     def spec(self) -> PyramidSpec:
-        """The plan with the current ``encoding`` applied; raises a one-line error on a bad edit."""
+        """The plan with the current ``method`` and ``encoding``; raises a one-line error on a bad edit."""
+        planned = self._current()
         key = encoding_key(self.encoding)
-        if key != self._applied[0]:
-            self._applied = (key, apply_encoding(self._planned, self.encoding))
+        if key != self._applied[0] or planned is not self._applied[2]:
+            self._applied = (key, apply_encoding(planned, self.encoding), planned)
         return self._applied[1]
+
+    def _current(self) -> PyramidSpec:
+        """The plan for the current ``method``: re-planned (and so re-checked) once after an edit."""
+        if self._method != self._planned.method:
+            if self._replan is None:
+                raise ValueError("pyramid.method cannot be changed on this pyramid; create it with the method")
+            self._planned = self._replan(self._method)  # a bad method is refused here, before any write
+            replan_fixed_keys(self.encoding, self._planned)
+        return self._planned
 
     @property
     def source(self) -> xr.Dataset:
@@ -76,13 +91,22 @@ class Pyramid:
 
     @property
     def method(self) -> CoarseningMethod:
-        return self._planned.method  # type: ignore[return-value]
+        """The coarsening method. Editable as in topozarr: checked (with everything it implies, e.g. a
+        ``_FillValue`` for ``majority`` on integers) when the plan is next used, before anything is
+        written; the ``resampling_method`` entries of ``attrs`` follow a valid edit."""
+        return self._method
+
+    @method.setter
+    def method(self, value: Any) -> None:
+        self._method = value
+        if rename_resampling(self.attrs, self._named, value):
+            self._named = value  # the method attrs name (the last valid one)
 
     @property
     def fill_values(self) -> dict[str, float | int | None]:
         """Per gridded data variable, the ``_FillValue`` its arrays are written with (NaN for floats
         without one, None for integers without one)."""
-        return {v.name: gridded_encoding(v, 0)["_FillValue"] for v in self._planned.variables if not v.is_coord}
+        return {v.name: gridded_encoding(v, 0)["_FillValue"] for v in self._current().variables if not v.is_coord}
 
     @property
     def level_templates(self) -> dict[int, xr.Dataset]:
@@ -352,7 +376,13 @@ def create_pyramid(
     )
     if isinstance(ds, xr.DataArray):
         ds = ds.to_dataset(name=ds.name or "data")
-    return Pyramid(ds, spec)
+
+    def replan(new_method: str) -> PyramidSpec:
+        return build_spec(ds, levels=None, factors=list(spec.factors), x_dim=x_dim, y_dim=y_dim, method=new_method,
+                          crs=crs, layer_hints=layer_hints, chunks_per_shard=chunks_per_shard,
+                          target_chunk_bytes=target_chunk_bytes, min_dim=min_dim, pack=pack)
+
+    return Pyramid(ds, spec, replan)
 
 
 __all__ = ["create_pyramid", "Pyramid", "WriteReport"]
