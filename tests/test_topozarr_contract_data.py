@@ -271,8 +271,30 @@ def test_level0_coordinates_are_the_sources_bits(tmp_path, dtype):
     for axis, src in (("lat", lat), ("lon", lon)):
         got = zarr.open_array(str(tmp_path / "p.zarr"), path=f"0/{axis}", mode="r")[...]
         assert got.dtype == src.dtype and got.tobytes() == src.tobytes()
-    lvl1 = zarr.open_array(str(tmp_path / "p.zarr"), path="1/lon", mode="r")[...]
-    np.testing.assert_allclose(lvl1, ds.lon.coarsen(lon=2, boundary="trim").mean().values, rtol=1e-6)
+    # coarser levels: window means of the level before, bit for bit as topozarr 0.2.1 writes them (measured:
+    # its level 1 equals coarsen(2).mean() of the source exactly, its level 2 coarsen(2).mean() of level 1)
+    prev = {"lat": lat, "lon": lon}
+    for lvl in (1, 2):
+        for axis in ("lat", "lon"):
+            got = zarr.open_array(str(tmp_path / "p.zarr"), path=f"{lvl}/{axis}", mode="r")[...]
+            want = xr.DataArray(prev[axis], dims=axis).coarsen({axis: 2}, boundary="trim").mean().values
+            assert got.dtype == np.dtype(dtype) and got.tobytes() == want.tobytes(), (lvl, axis)
+            prev[axis] = want
+
+
+def test_integer_coordinates_keep_their_dtype_at_level_0(tmp_path):
+    """As topozarr 0.2.1 writes them (measured): int32/int64 at level 0, float64 window means above."""
+    ds = xr.Dataset({"a": (("y", "x"), np.zeros((8, 12), "f4"))},
+                    coords={"y": np.arange(8, dtype="i4") * 30, "x": (np.arange(12) * 30 + 15).astype("i8")})
+    create_pyramid(ds.proj.assign_crs(spatial_ref="EPSG:32633"), levels=3).write(tmp_path / "p.zarr")
+    got = {(lvl, ax): zarr.open_array(str(tmp_path / "p.zarr"), path=f"{lvl}/{ax}", mode="r")[...]
+           for lvl in range(3) for ax in "yx"}
+    assert {k: str(v.dtype) for k, v in got.items()} == {(0, "y"): "int32", (0, "x"): "int64", (1, "y"): "float64",
+                                                         (1, "x"): "float64", (2, "y"): "float64", (2, "x"): "float64"}
+    assert got[0, "y"].tolist() == [0, 30, 60, 90, 120, 150, 180, 210]
+    assert got[1, "y"].tolist() == [15.0, 75.0, 135.0, 195.0] and got[2, "y"].tolist() == [45.0, 165.0]
+    assert got[1, "x"].tolist() == [30.0, 90.0, 150.0, 210.0, 270.0, 330.0]
+    assert got[2, "x"].tolist() == [60.0, 180.0, 300.0]
 
 
 # -- integer nodata is the zarr fill_value ---------------------------------------------------------

@@ -50,20 +50,22 @@ def _coarsen_1d(values: np.ndarray, axis: int, f: int) -> np.ndarray:
     return np.take(trimmed, np.arange(0, n * f, f), axis=axis)
 
 
-def _carried(var: xr.Variable, spec: PyramidSpec, f: int) -> xr.Variable:
-    """A variable without both spatial dims: copied, or coarsened along its one spatial dim."""
+def _carried(var: xr.Variable, spec: PyramidSpec, level: int) -> xr.Variable:
+    """A variable without both spatial dims: copied, or coarsened along its one spatial dim (level by
+    level, as topozarr coarsens its coordinates)."""
     values = np.asarray(var.values)
     for d in (spec.x_dim, spec.y_dim):
         if d in var.dims:
-            values = _coarsen_1d(values, var.dims.index(d), f)
+            for prev, f in zip(spec.factors[:level], spec.factors[1 : level + 1]):
+                values = _coarsen_1d(values, var.dims.index(d), f // prev)
     out = xr.Variable(var.dims, values, attrs={k: v for k, v in var.attrs.items() if k not in DROP_ATTRS})
     out.encoding = {k: v for k, v in var.encoding.items() if k in _KEEP_ENCODING}
     return out
 
 
-def axis_centres(ds: xr.Dataset, axis: Axis, f: int) -> np.ndarray:
+def axis_centres(ds: xr.Dataset, spec: PyramidSpec, axis: Axis, level: int) -> np.ndarray:
     """A level's x or y coordinate (level 0: the source's, bit for bit; see ``grid.level_centres``)."""
-    return level_centres(ds, axis, f)
+    return level_centres(ds, axis, spec.factors[: level + 1])
 
 
 def gridded_encoding(spec_var: VarSpec, level: int) -> dict[str, Any]:
@@ -88,13 +90,13 @@ def level_dataset(ds: xr.Dataset, spec: PyramidSpec, level: int, data: GriddedDa
     coords: dict[str, xr.Variable] = {}
     for axis in (grid.y, grid.x):
         src = ds[axis.name].variable
-        coords[axis.name] = xr.Variable((axis.name,), axis_centres(ds, axis, f),
+        coords[axis.name] = xr.Variable((axis.name,), axis_centres(ds, spec, axis, level),
                                         attrs={k: v for k, v in src.attrs.items() if k not in DROP_ATTRS})
     gridded = {v.name: v for v in spec.variables}
     for name, var in ds.coords.variables.items():
         if name in coords or name in gridded or name == crs_name:
             continue
-        coords[str(name)] = _carried(var, spec, f)
+        coords[str(name)] = _carried(var, spec, level)
     encoding: dict[str, dict] = {}
     wkt = spec.crs.to_wkt()
     coords[crs_name] = xr.Variable((), np.int64(0), attrs={"crs_wkt": wkt, "spatial_ref": wkt})
@@ -109,7 +111,7 @@ def level_dataset(ds: xr.Dataset, spec: PyramidSpec, level: int, data: GriddedDa
         (coords if v.is_coord else data_vars)[v.name] = var
         encoding[v.name] = gridded_encoding(v, level)
     for name in spec.carried:
-        data_vars[name] = _carried(ds[name].variable, spec, f)
+        data_vars[name] = _carried(ds[name].variable, spec, level)
     for name, layouts in spec.side_encodings.items():  # topozarr's chunks of long coordinates, 1-D profiles
         if layouts[level] is not None:
             var = coords.get(name, data_vars.get(name))
