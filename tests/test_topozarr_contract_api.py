@@ -392,3 +392,66 @@ def test_recommend_encoding_on_non_uniform_coordinates():
     assert enc == recommend_encoding(ds, x_dim="lon", y_dim="lat")
     with pytest.raises(ValueError, match="x_dim='x' is not a dimension"):
         recommend_encoding(irregular)
+
+
+# -- defaults, and what is refused or accepted where topozarr differs ----------------------------------
+
+def test_defaults_are_topozarrs():
+    """topozarr 0.2.1's defaults (its signatures, measured): every one topozarr has is the same here."""
+    import inspect
+
+    from topozarr_core import Pyramid
+
+    def defaults(fn) -> dict:
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+    topozarr = {
+        create_pyramid: {"levels": None, "factors": None, "min_dim": 256, "x_dim": "x", "y_dim": "y",
+                         "method": "mean", "target_chunk_bytes": 524288, "chunks_per_shard": 4, "layer_hints": None},
+        recommend_encoding: {"x_dim": "x", "y_dim": "y", "target_chunk_bytes": 524288, "chunks_per_shard": 4},
+        Pyramid.write: {"mode": "w", "max_workers": None, "levels": None, "max_region_bytes": 268435456,
+                        "progress": False, "stats": False, "keep_levels_in_memory": None},
+    }
+    for fn, theirs in topozarr.items():
+        ours = defaults(fn)
+        assert {k: ours[k] for k in theirs} == theirs, fn.__qualname__
+    # the arguments only this project has
+    assert set(defaults(create_pyramid)) - set(topozarr[create_pyramid]) == {"crs", "pack"}
+    assert set(defaults(Pyramid.write)) - set(topozarr[Pyramid.write]) == {"io", "overwrite_foreign"}
+
+
+def test_refused_here_and_accepted_by_topozarr(raster2d):
+    """What topozarr 0.2.1 accepts (measured: levels=True plans 1 level, x_dim == y_dim and complex data plan
+    a pyramid, an unknown layer_hints variable lands in the root) is refused here, at planning time."""
+    cases = [
+        (dict(levels=True, **XY), TypeError, "levels must be an int, got bool"),
+        (dict(levels=2, x_dim="lon", y_dim="lon"), ValueError, "x_dim and y_dim must differ"),
+        (dict(levels=2, layer_hints={"nope": ZarrLayerVarConfig()}, **XY), ValueError, "layer_hints names 'nope'"),
+    ]
+    for kwargs, exc, match in cases:
+        with pytest.raises(exc, match=match) as err:
+            create_pyramid(raster2d, **kwargs)
+        one_line(err)
+    with pytest.raises(TypeError, match="unsupported dtype complex64") as err:
+        create_pyramid(raster2d.astype("complex64"), levels=2, **XY)  # topozarr fails in write, level 0 written
+    one_line(err)
+
+
+def test_accepted_here_and_refused_by_topozarr(tmp_path):
+    """topozarr 0.2.1 refuses 5-D variables, has no crs= and takes mode by keyword only; its write fails on
+    int8, uint32, uint64 and float16 after writing level 0 (measured). All work here."""
+    values = np.arange(2 * 2 * 2 * 8 * 8, dtype="f4").reshape(2, 2, 2, 8, 8)
+    ds = xr.Dataset({"air": (("a", "b", "c", "lat", "lon"), values)},
+                    coords={"lat": np.arange(8.0), "lon": np.arange(8.0)})
+    pyramid = create_pyramid(ds, levels=2, crs="EPSG:4326", **XY)
+    pyramid.write(str(tmp_path / "5d.zarr"), "w")
+    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "5d.zarr" / "1" / "air"), mode="r")[:],
+                               ds.air.coarsen(lat=2, lon=2).mean().values)
+    for dtype in ("i1", "u4", "u8", "f2"):
+        flat = xr.Dataset({"air": (("lat", "lon"), np.ones((8, 8), dtype))},
+                          coords={"lat": np.arange(8.0), "lon": np.arange(8.0)})
+        create_pyramid(flat, levels=2, crs="EPSG:4326", **XY).write(str(tmp_path / f"{dtype}.zarr"))
+        level1 = zarr.open_array(str(tmp_path / f"{dtype}.zarr" / "1" / "air"), mode="r")
+        assert level1.dtype == np.dtype(dtype) and (level1[:] == 1).all()
+    assert recommend_encoding(xr.Dataset({"m": (("lat", "lon"), np.zeros((8, 8), bool))}), **XY) == {
+        "m": {"chunks": (8, 8), "shards": (8, 8)}}  # a bool mask gets an encoding, as in topozarr

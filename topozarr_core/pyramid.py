@@ -31,7 +31,8 @@ from .storable import short
 from .target_contract import check_target
 from .targets import resolve_store
 
-DEFAULT_MAX_REGION_BYTES = 256_000_000
+#: topozarr's default: 256 MiB of level-0 input per region
+DEFAULT_MAX_REGION_BYTES = 256 * 1024 * 1024
 #: Auto keep_levels_in_memory when the level cache (LevelCache.nbytes_needed: a few blocks per
 #: precomputed level, unaligned levels whole) needs less than this share of available RAM.
 KEEP_IN_MEMORY_RAM_FRACTION = 0.25
