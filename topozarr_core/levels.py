@@ -14,9 +14,11 @@ import numpy as np
 import xarray as xr
 
 from .grid import Axis, level_centres
+from .kernels import SUPPORTED_DTYPES
 from .metadata import level_attributes
+from .one_axis import reduce_along
 from .packing import packing_attrs
-from .planning import PyramidSpec
+from .planning import PyramidSpec, nodata_value
 from .plan import VarSpec
 
 #: Encoding keys kept from the source for carried variables and coordinates (CF time encoding).
@@ -60,6 +62,23 @@ def _carried(var: xr.Variable, spec: PyramidSpec, level: int) -> xr.Variable:
                 values = _coarsen_1d(values, var.dims.index(d), f // prev)
     out = xr.Variable(var.dims, values, attrs={k: v for k, v in var.attrs.items() if k not in DROP_ATTRS})
     out.encoding = {k: v for k, v in var.encoding.items() if k in _KEEP_ENCODING}
+    return out
+
+
+def _along_one_axis(ds: xr.Dataset, name: str, spec: PyramidSpec, level: int) -> xr.Variable:
+    """A data variable over one spatial dim at ``level``: reduced along it with the pyramid's method in its
+    own dtype (a sum widens), nodata kept, as topozarr does (see :mod:`.one_axis`). A dtype the kernel
+    does not take (dates, text) is carried as before (window means, or the first value)."""
+    var = ds[name].variable
+    if var.dtype not in SUPPORTED_DTYPES:
+        return _carried(var, spec, level)
+    fill = nodata_value(ds[name])
+    (dim,) = [d for d in var.dims if d in (spec.x_dim, spec.y_dim)]
+    values = reduce_along(np.asarray(var.values), var.dims.index(dim), spec.factors[: level + 1], spec.method, fill)
+    out = xr.Variable(var.dims, values, attrs={k: v for k, v in var.attrs.items() if k not in DROP_ATTRS})
+    out.encoding = {k: v for k, v in var.encoding.items() if k in _KEEP_ENCODING and k != "dtype"}
+    if fill is not None:
+        out.encoding["_FillValue"] = out.encoding["fill_value"] = np.asarray(fill).astype(values.dtype).item()
     return out
 
 
@@ -111,7 +130,9 @@ def level_dataset(ds: xr.Dataset, spec: PyramidSpec, level: int, data: GriddedDa
         (coords if v.is_coord else data_vars)[v.name] = var
         encoding[v.name] = gridded_encoding(v, level)
     for name in spec.carried:
-        data_vars[name] = _carried(ds[name].variable, spec, level)
+        one_axis = name in spec.side_dims  # a data variable over one spatial dim
+        data_vars[name] = _along_one_axis(ds, name, spec, level) if one_axis else _carried(ds[name].variable, spec,
+                                                                                           level)
     for name, layouts in spec.side_encodings.items():  # topozarr's chunks of long coordinates, 1-D profiles
         if layouts[level] is not None:
             var = coords.get(name, data_vars.get(name))

@@ -376,6 +376,13 @@ def build_spec(
         )
     side = side_layouts(ds, x_dim, y_dim, fs, side_names(ds, x_dim, y_dim), chunks_per_shard, target_chunk_bytes,
                         layout_chunks)
+    for name in side:  # data variables over one spatial dim are reduced with the method too (see one_axis)
+        da = ds[name]
+        if name in ds.data_vars and da.dtype in SUPPORTED_DTYPES:
+            if method == "majority" and da.dtype.kind in "iu" and nodata_value(da) is None:
+                raise ValueError(f"method='majority' on integer variable {name!r} needs a _FillValue attribute to "
+                                 f"mark windows without a majority; set ds[{name!r}].attrs['_FillValue'] or use "
+                                 "method='mode'")
     return PyramidSpec(
         grid=grid,
         crs=resolved_crs,
