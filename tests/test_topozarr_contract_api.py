@@ -435,6 +435,35 @@ def test_refused_here_and_accepted_by_topozarr(raster2d):
     with pytest.raises(TypeError, match="unsupported dtype complex64") as err:
         create_pyramid(raster2d.astype("complex64"), levels=2, **XY)  # topozarr fails in write, level 0 written
     one_line(err)
+    hint = ZarrLayerVarConfig(clim=[1, 2])  # topozarr's is a mutable dataclass that takes any clim
+    with pytest.raises(AttributeError):
+        hint.clim = [0, 5]
+    with pytest.raises(ValueError, match=r"clim must be \[min, max\] with min < max"):
+        ZarrLayerVarConfig(clim=[5, 1])
+
+
+def test_root_metadata_follows_the_convention_schemas(tmp_path):
+    """Where the root differs from topozarr 0.2.1's (measured: resampling "mean", a transform per dataset
+    dim and none at level 0, both proj:code and proj:wkt2, v0.1 convention entries), it is what the
+    bundled schemas and the multiscales convention's geospatial example say."""
+    ds = xr.Dataset({"air": (("time", "lat", "lon"), np.zeros((2, 8, 8), "f4"))},
+                    coords={"time": [0, 1], "lat": np.arange(8.0), "lon": np.arange(8.0)})
+    pyramid = create_pyramid(ds.proj.assign_crs(spatial_ref="EPSG:4326"), levels=2, **XY)
+    pyramid.write(str(tmp_path / "p.zarr"))
+    attrs = root_attrs(tmp_path / "p.zarr")
+    layout = attrs["multiscales"]["layout"]
+    assert attrs["multiscales"]["resampling_method"] == layout[1]["resampling_method"] == "average"
+    assert [e["transform"] for e in layout] == [{"scale": [1.0, 1.0], "translation": [0.0, 0.0]},
+                                                {"scale": [2.0, 2.0], "translation": [0.0, 0.0]}]
+    raw = "https://raw.githubusercontent.com"
+    assert [(c["name"], c["schema_url"]) for c in attrs["zarr_conventions"]] == [
+        ("multiscales", f"{raw}/zarr-conventions/multiscales/refs/tags/v1/schema.json"),
+        ("spatial", f"{raw}/zarr-conventions/spatial/refs/tags/v0.1/schema.json"),
+        ("proj:", f"{raw}/zarr-experimental/geo-proj/refs/tags/v1/schema.json")]
+    assert attrs["proj:code"] == "EPSG:4326" and "proj:wkt2" not in attrs
+    validate_conventions({"zarr_format": 3, "node_type": "group", "attributes": attrs})
+    pyramid.method = "majority"
+    assert pyramid.attrs["multiscales"]["resampling_method"] == "mode"
 
 
 def test_accepted_here_and_refused_by_topozarr(tmp_path):

@@ -627,3 +627,33 @@ def test_variables_over_one_spatial_dim_keep_nodata(tmp_path):
     ints = ds.assign(prof=ds.prof.drop_attrs())
     with pytest.raises(ValueError, match="method='majority' on integer variable 'prof' needs a _FillValue"):
         create_pyramid(ints, levels=2, method="majority", **KW)
+
+
+@pytest.mark.parametrize("kind", ["netcdf", "zarr", "memory"])
+def test_packed_sources_are_written_as_topozarr_writes_them(tmp_path, kind):
+    """A CF-packed int16 variable from a NetCDF file (h5netcdf), a Zarr store or loaded in memory: the levels'
+    dtype, fill value, packing attributes, level-0 integers and the integer sums of levels 1 and 2 are
+    topozarr 0.2.1's (measured on the same data: -128491 and -32130)."""
+    rng = np.random.default_rng(0)
+    rng.normal(size=(60, 70))  # the measurement drew another raster first
+    src = xr.Dataset({"air": (("lat", "lon"), (250 + rng.normal(size=(64, 80))).astype("f4"))},
+                     coords={"lat": np.linspace(60, -60, 64), "lon": np.linspace(-100, 100, 80)})
+    src.air.values[:4, :4] = np.nan
+    src.air.encoding = {"dtype": "int16", "scale_factor": np.float32(0.01), "add_offset": np.float32(250.0),
+                        "_FillValue": np.int16(-32767)}
+    src.to_netcdf(tmp_path / "p.nc", engine="h5netcdf")
+    if kind == "zarr":
+        src.to_zarr(tmp_path / "src.zarr", zarr_format=3, consolidated=False)
+        opened = xr.open_zarr(tmp_path / "src.zarr", consolidated=False)
+    else:
+        opened = xr.open_dataset(tmp_path / "p.nc", engine="h5netcdf")
+        opened = opened.load() if kind == "memory" else opened
+    create_pyramid(opened.proj.assign_crs(spatial_ref="EPSG:4326"), levels=3, **KW).write(tmp_path / "p.zarr")
+    for lvl in range(3):
+        meta = json.loads((tmp_path / "p.zarr" / str(lvl) / "air" / "zarr.json").read_text())
+        a = meta["attributes"]
+        assert [meta["data_type"], meta["fill_value"], a["scale_factor"], a["add_offset"], a["_FillValue"]] == [
+            "int16", -32767, 0.009999999776482582, 250.0, -32767]
+    raw = xr.open_dataset(tmp_path / "p.nc", engine="h5netcdf", decode_cf=False).air.values
+    assert _level(tmp_path / "p.zarr", 0).tobytes() == raw.tobytes()
+    assert [int(_level(tmp_path / "p.zarr", lvl).astype("i8").sum()) for lvl in (1, 2)] == [-128491, -32130]
