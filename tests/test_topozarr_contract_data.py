@@ -20,7 +20,7 @@ import zarr
 
 from tests.compare import assert_same_pyramid
 from tests.conftest import make_raster, validate_conventions
-from topozarr_core import create_pyramid, update_pyramid
+from topozarr_core import create_pyramid, recommend_encoding, update_pyramid
 from topozarr_core.kernels import METHODS, block_reduce
 from topozarr_core.paths import MISSING_GROUP
 from topozarr_core.validate import validate_pyramid
@@ -618,8 +618,16 @@ def test_variables_over_one_spatial_dim_keep_nodata(tmp_path):
         [[47, 24, 23, 22], [16, -9999, 29, 12]], [[29, 22], [16, 20]]]
     valid = ds.prof.where(ds.prof != -9999).values[0, :8]
     assert np.rint(np.nanmean(valid)) == 29
-    meta = json.loads((tmp_path / "mean.zarr" / "1" / "prof" / "zarr.json").read_text())
-    assert (meta["fill_value"], meta["attributes"]["_FillValue"]) == (-9999, -9999)
+    # nodata is the zarr fill_value on both paths: the entries carry it, as_datatree the attribute
+    pyramid = create_pyramid(ds, levels=4, **KW)
+    assert pyramid.encoding["/1"]["prof"] == {"chunks": (1, 8), "shards": (2, 8), "fill_value": -9999}
+    assert pyramid.encoding["/0"] == recommend_encoding(ds, **KW)
+    pyramid.as_datatree().to_zarr(tmp_path / "dt.zarr", zarr_format=3, consolidated=False, encoding=pyramid.encoding)
+    for target in ("mean.zarr", "dt.zarr"):
+        for lvl in range(4):
+            meta = json.loads((tmp_path / target / str(lvl) / "prof" / "zarr.json").read_text())
+            assert (meta["data_type"], meta["fill_value"], meta["attributes"]["_FillValue"]) == ("int16", -9999, -9999)
+        np.testing.assert_array_equal(_level(tmp_path / target, 3, "prof"), [[29, 22], [16, 20]])
     create_pyramid(ds, levels=2, method="sum", **KW).write(tmp_path / "sum.zarr")
     summed = _level(tmp_path / "sum.zarr", 1, "prof")
     assert summed.dtype == np.int64 and summed.tolist() == [[0, 47, 8, 88, 27, 64, 54, 32],

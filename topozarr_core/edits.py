@@ -48,8 +48,14 @@ def level_encoding(spec: PyramidSpec, level: int) -> dict[str, dict[str, Any]]:
            for v in spec.variables}
     for name, layouts in spec.side_encodings.items():
         if layouts[level] is not None:
-            out[name] = _plain_entry(layouts[level].to_xarray())
+            out[name] = {**_plain_entry(layouts[level].to_xarray()), **side_fixed(spec, name)}
     return out
+
+
+def side_fixed(spec: PyramidSpec, name: str) -> dict[str, Any]:
+    """The non-editable part of a side entry: the zarr ``fill_value`` of a variable over one spatial dim
+    whose nodata value is not NaN."""
+    return {"fill_value": spec.side_fills[name]} if name in spec.side_fills else {}
 
 
 def fixed_encoding(var: Any, level: int) -> dict[str, Any]:
@@ -141,7 +147,8 @@ def apply_encoding(spec: PyramidSpec, encoding: Any) -> PyramidSpec:
             if name not in entries:  # no entry: one chunk (xarray's default), as topozarr writes it
                 new_side[name][lvl] = None
                 continue
-            chunks, shards = _checked(f"pyramid.encoding[{key!r}][{name!r}]", entries[name], dims, {})
+            chunks, shards = _checked(f"pyramid.encoding[{key!r}][{name!r}]", entries[name], dims,
+                                      side_fixed(spec, name))
             new_side[name][lvl] = VarEncoding(chunks=chunks, shards=shards)
     variables = tuple(replace(v, encodings=tuple(new_encodings[v.name])) for v in spec.variables)
     return replace(spec, variables=variables, side_encodings={k: tuple(v) for k, v in new_side.items()})

@@ -32,7 +32,7 @@ def recommend_encoding(
     out = {name: enc.to_xarray() for name, enc in layouts.items()}
     for name in out:
         da = ds[name]
-        if da.dtype.kind in "iuf" and {x_dim, y_dim} <= set(da.dims):
+        if da.dtype.kind in "iuf" and (name in ds.data_vars or {x_dim, y_dim} <= set(da.dims)):
             fill = nodata_value(da)
             if fill is not None:
                 out[name]["fill_value"] = np.asarray(fill).astype(da.dtype).item()

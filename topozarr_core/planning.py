@@ -58,6 +58,8 @@ class PyramidSpec:
     side_encodings: dict[str, tuple[VarEncoding | None, ...]] = field(default_factory=dict)
     #: the dims of each variable of ``side_encodings``
     side_dims: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: the nodata value (not NaN) of each data variable over one spatial dim that has one
+    side_fills: dict[str, float | int] = field(default_factory=dict)
 
     @property
     def x_dim(self) -> str:
@@ -376,13 +378,17 @@ def build_spec(
         )
     side = side_layouts(ds, x_dim, y_dim, fs, side_names(ds, x_dim, y_dim), chunks_per_shard, target_chunk_bytes,
                         layout_chunks)
+    side_fills: dict[str, float | int] = {}
     for name in side:  # data variables over one spatial dim are reduced with the method too (see one_axis)
         da = ds[name]
         if name in ds.data_vars and da.dtype in SUPPORTED_DTYPES:
-            if method == "majority" and da.dtype.kind in "iu" and nodata_value(da) is None:
+            fill = nodata_value(da)
+            if method == "majority" and da.dtype.kind in "iu" and fill is None:
                 raise ValueError(f"method='majority' on integer variable {name!r} needs a _FillValue attribute to "
                                  f"mark windows without a majority; set ds[{name!r}].attrs['_FillValue'] or use "
                                  "method='mode'")
+            if fill is not None:
+                side_fills[name] = np.asarray(fill).astype(da.dtype).item()
     return PyramidSpec(
         grid=grid,
         crs=resolved_crs,
@@ -398,6 +404,7 @@ def build_spec(
         pack=bool(pack),
         side_encodings=side,
         side_dims={name: tuple(map(str, ds[name].dims)) for name in side},
+        side_fills=side_fills,
     )
 
 

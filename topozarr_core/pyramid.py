@@ -321,6 +321,8 @@ class Pyramid:
                 fill = encoding[v.name]["_FillValue"]  # nodata marker travels in the attributes
                 if fill is not None:
                     level_ds[v.name].attrs["_FillValue"] = fill
+            for name in self.spec.side_fills:  # variables over one spatial dim, likewise
+                level_ds[name].attrs["_FillValue"] = level_ds[name].encoding.pop("_FillValue")
             tree[f"/{lvl}"] = level_ds
         return xr.DataTree.from_dict(tree)
 
