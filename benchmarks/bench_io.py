@@ -120,7 +120,8 @@ def run_case(name: str, ds: xr.Dataset, levels: int, args, base: Path) -> dict[s
             prof = Profile()
             with prof.installed() if args.profile else _null():
                 t0 = time.perf_counter()
-                rep_ = p.write(target, io=io, max_workers=args.workers, keep_levels_in_memory=args.keep)
+                rep_ = p.write(target, io=io, max_workers=args.workers, keep_levels_in_memory=args.keep,
+                               stats=True)
                 dt = time.perf_counter() - t0
             times[io].append(dt)
             profiles[io].append(dict(prof.totals))

@@ -180,7 +180,7 @@ def _warmup_ours(dims: list[str]) -> None:
 
 def _write_ours(ds, spec: dict[str, Any], phase: str, out: str):
     """Our write of one phase: the pyramid (all levels), or level 0 alone (``levels=1``)."""
-    kw = dict(mode="w", max_workers=spec["max_workers"], progress=False, io=spec["io"])
+    kw = dict(mode="w", max_workers=spec["max_workers"], progress=False, io=spec["io"], stats=True)  # the report
     if phase == PH_PYRAMID:
         return _ours_create(ds, spec["raster"]["levels"]).write(
             out, keep_levels_in_memory=spec["keep_levels_in_memory"], **kw)

@@ -109,9 +109,10 @@ def test_other_methods_on_the_cluster(tmp_path, cluster_client, method):
 
 
 def test_the_seed_lines_keep_integer_nodata_and_dtype(tmp_path):
-    """`to_zarr(..., encoding=pyramid.encoding)` replaces each variable's encoding, so the encoding carries
-    the dtype and nodata: an int16 DEM's zarr fill_value is its nodata value (-9999) at every level, as
-    in ``Pyramid.write``, not zarr's default 0 (which viewers would draw as data)."""
+    """`to_zarr(..., encoding=pyramid.encoding)` replaces each variable's encoding, so an entry of a variable
+    with nodata carries its ``fill_value`` (and ``as_datatree`` the dtype and ``_FillValue``): an int16 DEM's
+    zarr fill_value is its nodata value (-9999) at every level, as in ``Pyramid.write``, not zarr's default 0
+    (which viewers would draw as data)."""
     import zarr
 
     ny = nx = 256

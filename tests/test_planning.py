@@ -77,34 +77,46 @@ def test_crs_from_xproj_argument_and_cf_attrs(raster2d):
     assert create_pyramid(cf, levels=2, x_dim="lon", y_dim="lat").crs.to_epsg() == 3035
 
 
+# The layouts below are topozarr 0.2.1's, measured with its create_pyramid on the same datasets.
+
 def test_default_encoding_for_large_float32_grid():
+    # one dask chunk of 20000: the shard (4 chunks of 250) divides it, as topozarr snaps
     p = create_pyramid(_lazy(20000, 20000), levels=1)
+    assert _layout(p.encoding["/0"]["v"]) == {"chunks": (250, 250), "shards": (1000, 1000)}
+    p = create_pyramid(_lazy(20000, 20000).compute(), levels=1)  # unchunked: 56 balanced chunks of 358
     assert _layout(p.encoding["/0"]["v"]) == {"chunks": (358, 358), "shards": (1432, 1432)}
 
 
 def test_encoding_per_level_with_time_widening():
     p = create_pyramid(_lazy(2048, 2048, nt=32), levels=4)
-    assert _layout(p.encoding["/0"]["v"]) == {"chunks": (1, 358, 358), "shards": (1, 1432, 1432)}
-    # level 3 is 256x256: one spatial chunk per shard, the leftover budget (16) widens time
-    assert _layout(p.encoding["/3"]["v"]) == {"chunks": (1, 256, 256), "shards": (16, 256, 256)}
+    assert [_layout(p.encoding[f"/{i}"]["v"]) for i in range(4)] == [
+        {"chunks": (1, 256, 256), "shards": (2, 1024, 1024)}, {"chunks": (1, 256, 256), "shards": (2, 1024, 1024)},
+        {"chunks": (1, 256, 256), "shards": (2, 512, 512)}, {"chunks": (1, 256, 256), "shards": (32, 256, 256)}]
+    # a source chunked by one time step: every time shard divides it
+    p = create_pyramid(_lazy(2048, 2048, nt=32, chunks=(1, 2048, 2048)), levels=4)
+    assert [p.encoding[f"/{i}"]["v"]["shards"][0] for i in range(4)] == [1, 1, 1, 1]
 
 
-@pytest.mark.parametrize("cps,shard", [(None, None), (1, (358, 358)), (8, (2864, 2864)), (16, (5728, 5728))])
-def test_chunks_per_shard_values(cps, shard):
-    p = create_pyramid(_lazy(8192, 8192), levels=1, chunks_per_shard=cps)
-    enc = p.encoding["/0"]["v"]
-    assert enc["chunks"] == (358, 358)
+@pytest.mark.parametrize("cps,shard,unchunked", [(None, None, None), (1, (256, 256), (357, 357)),
+                                                  (8, (2048, 2048), (2856, 2856)), (16, (4096, 4096), (5712, 5712))])
+def test_chunks_per_shard_values(cps, shard, unchunked):
+    enc = create_pyramid(_lazy(8192, 8192), levels=1, chunks_per_shard=cps).encoding["/0"]["v"]
+    assert enc["chunks"] == (256, 256)
     assert enc.get("shards") == shard
+    enc = create_pyramid(_lazy(8192, 8192).compute(), levels=1, chunks_per_shard=cps).encoding["/0"]["v"]
+    assert enc["chunks"] == (357, 357)  # 8192 in 23 balanced chunks
+    assert enc.get("shards") == unchunked
 
 
 def test_uint8_and_float64_chunk_edges():
-    assert create_pyramid(_lazy(4096, 4096, "u1"), levels=1).encoding["/0"]["v"]["chunks"] == (716, 716)
-    assert create_pyramid(_lazy(4096, 4096, "f8"), levels=1).encoding["/0"]["v"]["chunks"] == (252, 252)
+    assert create_pyramid(_lazy(4096, 4096, "u1"), levels=1).encoding["/0"]["v"]["chunks"] == (512, 512)
+    assert create_pyramid(_lazy(4096, 4096, "f8"), levels=1).encoding["/0"]["v"]["chunks"] == (256, 256)
 
 
 def test_snaps_to_source_chunks():
     p = create_pyramid(_lazy(4096, 4096, chunks=(1024, 1024)), levels=2)
-    assert p.encoding["/0"]["v"]["chunks"] == (512, 512)
+    assert [_layout(e["v"]) for e in p.encoding.values()] == [{"chunks": (256, 256), "shards": (1024, 1024)},
+                                                              {"chunks": (256, 256), "shards": (512, 512)}]
     # level-0 regions cover whole source chunks (1024 does not divide the 2048 shard evenly? it does)
     plan = p.region_plan()
     boxes = {r.box for r in plan.levels[0].regions}
@@ -112,17 +124,18 @@ def test_snaps_to_source_chunks():
 
 
 def test_level0_regions_widen_to_whole_source_chunks():
-    # source chunks 2000 x 4000: chunk edge snaps to 400 (2000/5), shards 800 at chunks_per_shard=2
+    # source chunks 2000 x 4000: shards that divide them, 2 x 250 along y and 2 x 400 along x
     ds = _lazy(4000, 4000, chunks=(2000, 4000))
     p = create_pyramid(ds, levels=1, chunks_per_shard=2)
-    assert _layout(p.encoding["/0"]["v"]) == {"chunks": (400, 400), "shards": (800, 800)}
-    # y widens to lcm(800, 2000) = 4000 (12.8 MB); widening x too (64 MB) would exceed the budget
+    assert _layout(p.encoding["/0"]["v"]) == {"chunks": (250, 400), "shards": (500, 800)}
+    # y widens to lcm(500, 2000) = 2000 (6.4 MB); widening x too (32 MB) would exceed the budget
     plan = p.region_plan(max_region_bytes=20_000_000)
     regions = [r for r in plan.levels[0].regions]
-    assert {r.box[0][1] - r.box[0][0] for r in regions} == {4000}
+    assert {r.box[0][1] - r.box[0][0] for r in regions} == {2000}
     assert {r.box[1][1] - r.box[1][0] for r in regions} == {800}
-    # a generous budget reads each source chunk exactly once with one region
-    assert len([r for r in p.region_plan(max_region_bytes=10**9).levels[0].regions]) == 1
+    # a generous budget reads each source chunk exactly once: the shards divide them, one region per chunk
+    regions = [r for r in p.region_plan(max_region_bytes=10**9).levels[0].regions]
+    assert sorted(r.box for r in regions) == [((0, 2000), (0, 4000)), ((2000, 4000), (0, 4000))]
 
 
 def test_layer_hints_in_attrs(raster2d):
@@ -133,7 +146,7 @@ def test_layer_hints_in_attrs(raster2d):
 
 def test_recommend_encoding_flat(raster2d):
     enc = recommend_encoding(raster2d, x_dim="lon", y_dim="lat")
-    assert enc == {"air": {"chunks": (300, 358), "shards": (300, 716)}} or enc["air"]["chunks"][0] <= 358
+    assert enc == {"air": {"chunks": (300, 210), "shards": (300, 420)}}  # topozarr's: 420 px in 2 chunks
 
 
 # -- bad input: every case raises at planning time ------------------------------------------------

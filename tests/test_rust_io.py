@@ -205,9 +205,9 @@ def test_rust_output_identical_and_written_by_zarrs(kind, dim, make_store, monke
     spy = PipelineSpy(monkeypatch)
 
     store_py = make_store(kind, "py")
-    rep_py = p.write(store_py, io="python", max_region_bytes=SMALL_REGIONS, keep_levels_in_memory=keep)
+    rep_py = p.write(store_py, io="python", max_region_bytes=SMALL_REGIONS, keep_levels_in_memory=keep, stats=True)
     store_rs = make_store(kind, "rs")
-    rep_rs = p.write(store_rs, io="rust", max_region_bytes=SMALL_REGIONS, keep_levels_in_memory=keep)
+    rep_rs = p.write(store_rs, io="rust", max_region_bytes=SMALL_REGIONS, keep_levels_in_memory=keep, stats=True)
     assert (rep_py.io, rep_rs.io) == ("python", "rust")
     assert rep_rs.regions >= 14  # several shards per level, partial edge shards included
 
@@ -232,7 +232,7 @@ def test_rust_write_to_s3_url(s3_endpoint, monkeypatch):
     ds = make_raster(ny=300, nx=360, nan_fraction=0.05)
     p = create_pyramid(ds, levels=2, x_dim="lon", y_dim="lat", chunks_per_shard=1, target_chunk_bytes=64 * 1024)
     url = f"s3://{BUCKET}/{uuid.uuid4().hex}/url.zarr"
-    assert p.write(url, io="rust").io == "rust"
+    assert p.write(url, io="rust", stats=True).io == "rust"
     store = _s3_store(s3_endpoint, url.split(f"{BUCKET}/", 1)[1])
     on_store = {k for k in _all_keys(store) if _is_region_key(k)}
     assert on_store and spy.keys("rust") == on_store and spy.keys("python") == set()

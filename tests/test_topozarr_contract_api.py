@@ -52,10 +52,8 @@ def edited(ds: xr.Dataset) -> "object":
 def test_encoding_and_attrs_are_stored_once_and_keep_edits(raster2d):
     pyramid = create_pyramid(raster2d, levels=3, **XY)
     assert pyramid.encoding is pyramid.encoding and pyramid.attrs is pyramid.attrs
-    # chunks and shards, plus what the arrays need that an edit may not change (dtype, nodata)
-    entry = pyramid.encoding["/1"]["air"]
-    assert {k: entry[k] for k in ("chunks", "shards")} == {"chunks": (150, 210), "shards": (150, 210)}
-    assert set(entry) == {"chunks", "shards", "dtype", "_FillValue"} and np.isnan(entry["_FillValue"])
+    # topozarr's entries: chunks and shards, nothing else (a float variable's nodata is NaN)
+    assert pyramid.encoding["/1"]["air"] == {"chunks": (150, 210), "shards": (150, 210)}
     pyramid.encoding["/1"]["air"]["chunks"] = (50, 50)
     pyramid.encoding["/1"]["air"]["shards"] = (100, 150)
     pyramid.attrs["title"] = "kept"
@@ -230,6 +228,38 @@ def test_source_dims_method_fill_values_and_coarsening_method():
     assert get_args(CoarseningMethod) == tuple(METHODS)
 
 
+def test_method_is_editable_and_checked_before_anything_is_written(tmp_path, raster2d):
+    """topozarr's ``method`` is a plain field: edited after planning, it is re-checked at write time."""
+    pyramid = create_pyramid(raster2d, levels=3, **XY)
+    pyramid.method = "max"
+    assert pyramid.method == "max"
+    assert pyramid.attrs["multiscales"]["resampling_method"] == "max"  # the root follows the edit
+    assert [e.get("resampling_method") for e in pyramid.attrs["multiscales"]["layout"]] == [None, "max", "max"]
+    pyramid.write(str(tmp_path / "max.zarr"))
+    for level in (1, 2):
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "max.zarr" / str(level) / "air"), mode="r")[:],
+                                      coarsen_reference(raster2d, "air", 2**level, "max"))
+    assert root_attrs(tmp_path / "max.zarr")["multiscales"]["resampling_method"] == "max"
+    assert root_attrs(tmp_path / "max.zarr")["topozarr:options"]["method"] == "max"
+    # an unknown method: refused when the plan is used, before the target changes
+    pyramid.method = "median"
+    for attempt in (lambda: pyramid.write(str(tmp_path / "bad.zarr")), lambda: pyramid.as_datatree(),
+                    lambda: pyramid.region_plan()):
+        with pytest.raises(ValueError, match=r"unknown method 'median'; choose one of") as err:
+            attempt()
+        one_line(err)
+    assert not (tmp_path / "bad.zarr").exists()
+    # what a method implies is checked too: majority on integers needs a nodata value
+    ints = create_pyramid(make_raster(ny=64, nx=64, dtype="int16"), levels=2, **XY)
+    ints.method = "majority"
+    with pytest.raises(ValueError, match="method='majority' on integer variable 'air' needs a _FillValue"):
+        ints.write(str(tmp_path / "ints.zarr"))
+    assert not (tmp_path / "ints.zarr").exists()
+    ints.method = "sum"  # an integer sum widens, as when planned with it
+    ints.write(str(tmp_path / "sum.zarr"))
+    assert zarr.open_array(str(tmp_path / "sum.zarr" / "1" / "air"), mode="r").dtype == np.int64
+
+
 def test_level_templates_are_lazy_and_match_what_is_written(tmp_path, raster3d):
     pyramid = create_pyramid(raster3d, levels=3, **XY)
     templates = pyramid.level_templates
@@ -256,7 +286,11 @@ def test_write_stats_per_level(tmp_path, raster2d):
     pyramid = create_pyramid(raster2d, levels=3, **XY)
     plan = pyramid.region_plan()
     report = pyramid.write(str(tmp_path / "p.zarr"), stats=True)
-    assert sorted(report.stats) == ["0", "1", "2"] == sorted(report.keys())
+    # topozarr's returned dict: keys, membership, length, JSON, equality with a plain dict
+    assert isinstance(report, dict) and set(report) == {"0", "1", "2"} and "0" in report and len(report) == 3
+    assert json.loads(json.dumps(report)) == json.loads(json.dumps(report.stats)) and report == report.stats
+    assert all(set(row) == {"workers", "region_shapes", "wall_s", "regions", "skipped", "bytes", "read_s",
+                            "reduce_s", "write_s"} and row["skipped"] == 0 for row in report.values())
     for lp in plan.levels:
         row = report[str(lp.level)]
         assert row["regions"] == lp.n_regions
@@ -267,10 +301,7 @@ def test_write_stats_per_level(tmp_path, raster2d):
     assert report["0"]["bytes"] == 300 * 420 * 4 and report["1"]["bytes"] == 150 * 210 * 4
     assert sum(row["bytes"] for _, row in report.items()) == report.bytes_written
     assert report["0"]["write_s"] > 0 and report["1"]["write_s"] > 0
-    plain = create_pyramid(raster2d, levels=3, **XY).write(str(tmp_path / "q.zarr"))
-    assert plain.stats is None
-    with pytest.raises(KeyError, match="stats=True"):
-        plain["0"]
+    assert create_pyramid(raster2d, levels=3, **XY).write(str(tmp_path / "q.zarr")) is None  # as topozarr
 
 
 # -- write(levels=[0]) into a fresh target --------------------------------------------------------------
@@ -281,7 +312,7 @@ def test_write_level_0_into_a_fresh_target_then_the_rest(tmp_path, raster2d, fre
     if fresh == "empty dir":
         target.mkdir()
     pyramid = create_pyramid(raster2d, levels=3, **XY)
-    report = pyramid.write(str(target), levels=[0])
+    report = pyramid.write(str(target), levels=[0], stats=True)
     assert report.levels == [0] and report.published is False
     attrs = root_attrs(target)
     # the layout exists, level 0 holds the source, and the root is not published over missing levels
@@ -298,9 +329,9 @@ def test_write_level_0_into_a_fresh_target_then_the_rest(tmp_path, raster2d, fre
     one_line(err)
     assert tree_state(target) == before
 
-    assert pyramid.write(str(target), mode="a", levels=[1]).published is False
+    assert pyramid.write(str(target), mode="a", levels=[1], stats=True).published is False
     assert root_attrs(target)["topozarr:levels_written"] == [0, 1]
-    assert pyramid.write(str(target), mode="a", levels=[2]).published is True
+    assert pyramid.write(str(target), mode="a", levels=[2], stats=True).published is True
     attrs = root_attrs(target)
     assert "topozarr:status" not in attrs and "topozarr:levels_written" not in attrs
     validate_conventions({"zarr_format": 3, "node_type": "group", "attributes": attrs})
@@ -357,7 +388,99 @@ def test_recommend_encoding_on_non_uniform_coordinates():
     with pytest.raises(ValueError, match="not uniformly spaced"):
         create_pyramid(irregular, levels=2, crs="EPSG:4326", **XY)  # a pyramid needs a regular grid
     enc = recommend_encoding(irregular, x_dim="lon", y_dim="lat")
-    assert enc == {"air": {"chunks": (300, 358), "shards": (300, 716)}}
+    assert enc == {"air": {"chunks": (300, 210), "shards": (300, 420)}}  # topozarr 0.2.1's for 300 x 420 float32
     assert enc == recommend_encoding(ds, x_dim="lon", y_dim="lat")
     with pytest.raises(ValueError, match="x_dim='x' is not a dimension"):
         recommend_encoding(irregular)
+
+
+# -- defaults, and what is refused or accepted where topozarr differs ----------------------------------
+
+def test_defaults_are_topozarrs():
+    """topozarr 0.2.1's defaults (its signatures, measured): every one topozarr has is the same here."""
+    import inspect
+
+    from topozarr_core import Pyramid
+
+    def defaults(fn) -> dict:
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+    topozarr = {
+        create_pyramid: {"levels": None, "factors": None, "min_dim": 256, "x_dim": "x", "y_dim": "y",
+                         "method": "mean", "target_chunk_bytes": 524288, "chunks_per_shard": 4, "layer_hints": None},
+        recommend_encoding: {"x_dim": "x", "y_dim": "y", "target_chunk_bytes": 524288, "chunks_per_shard": 4},
+        Pyramid.write: {"mode": "w", "max_workers": None, "levels": None, "max_region_bytes": 268435456,
+                        "progress": False, "stats": False, "keep_levels_in_memory": None},
+    }
+    for fn, theirs in topozarr.items():
+        ours = defaults(fn)
+        assert {k: ours[k] for k in theirs} == theirs, fn.__qualname__
+    # the arguments only this project has
+    assert set(defaults(create_pyramid)) - set(topozarr[create_pyramid]) == {"crs", "pack"}
+    assert set(defaults(Pyramid.write)) - set(topozarr[Pyramid.write]) == {"io", "overwrite_foreign"}
+
+
+def test_refused_here_and_accepted_by_topozarr(raster2d):
+    """What topozarr 0.2.1 accepts (measured: levels=True plans 1 level, x_dim == y_dim and complex data plan
+    a pyramid, an unknown layer_hints variable lands in the root) is refused here, at planning time."""
+    cases = [
+        (dict(levels=True, **XY), TypeError, "levels must be an int, got bool"),
+        (dict(levels=2, x_dim="lon", y_dim="lon"), ValueError, "x_dim and y_dim must differ"),
+        (dict(levels=2, layer_hints={"nope": ZarrLayerVarConfig()}, **XY), ValueError, "layer_hints names 'nope'"),
+    ]
+    for kwargs, exc, match in cases:
+        with pytest.raises(exc, match=match) as err:
+            create_pyramid(raster2d, **kwargs)
+        one_line(err)
+    with pytest.raises(TypeError, match="unsupported dtype complex64") as err:
+        create_pyramid(raster2d.astype("complex64"), levels=2, **XY)  # topozarr fails in write, level 0 written
+    one_line(err)
+    hint = ZarrLayerVarConfig(clim=[1, 2])  # topozarr's is a mutable dataclass that takes any clim
+    with pytest.raises(AttributeError):
+        hint.clim = [0, 5]
+    with pytest.raises(ValueError, match=r"clim must be \[min, max\] with min < max"):
+        ZarrLayerVarConfig(clim=[5, 1])
+
+
+def test_root_metadata_follows_the_convention_schemas(tmp_path):
+    """Where the root differs from topozarr 0.2.1's (measured: resampling "mean", a transform per dataset
+    dim and none at level 0, both proj:code and proj:wkt2, v0.1 convention entries), it is what the
+    bundled schemas and the multiscales convention's geospatial example say."""
+    ds = xr.Dataset({"air": (("time", "lat", "lon"), np.zeros((2, 8, 8), "f4"))},
+                    coords={"time": [0, 1], "lat": np.arange(8.0), "lon": np.arange(8.0)})
+    pyramid = create_pyramid(ds.proj.assign_crs(spatial_ref="EPSG:4326"), levels=2, **XY)
+    pyramid.write(str(tmp_path / "p.zarr"))
+    attrs = root_attrs(tmp_path / "p.zarr")
+    layout = attrs["multiscales"]["layout"]
+    assert attrs["multiscales"]["resampling_method"] == layout[1]["resampling_method"] == "average"
+    assert [e["transform"] for e in layout] == [{"scale": [1.0, 1.0], "translation": [0.0, 0.0]},
+                                                {"scale": [2.0, 2.0], "translation": [0.0, 0.0]}]
+    raw = "https://raw.githubusercontent.com"
+    assert [(c["name"], c["schema_url"]) for c in attrs["zarr_conventions"]] == [
+        ("multiscales", f"{raw}/zarr-conventions/multiscales/refs/tags/v1/schema.json"),
+        ("spatial", f"{raw}/zarr-conventions/spatial/refs/tags/v0.1/schema.json"),
+        ("proj:", f"{raw}/zarr-experimental/geo-proj/refs/tags/v1/schema.json")]
+    assert attrs["proj:code"] == "EPSG:4326" and "proj:wkt2" not in attrs
+    validate_conventions({"zarr_format": 3, "node_type": "group", "attributes": attrs})
+    pyramid.method = "majority"
+    assert pyramid.attrs["multiscales"]["resampling_method"] == "mode"
+
+
+def test_accepted_here_and_refused_by_topozarr(tmp_path):
+    """topozarr 0.2.1 refuses 5-D variables, has no crs= and takes mode by keyword only; its write fails on
+    int8, uint32, uint64 and float16 after writing level 0 (measured). All work here."""
+    values = np.arange(2 * 2 * 2 * 8 * 8, dtype="f4").reshape(2, 2, 2, 8, 8)
+    ds = xr.Dataset({"air": (("a", "b", "c", "lat", "lon"), values)},
+                    coords={"lat": np.arange(8.0), "lon": np.arange(8.0)})
+    pyramid = create_pyramid(ds, levels=2, crs="EPSG:4326", **XY)
+    pyramid.write(str(tmp_path / "5d.zarr"), "w")
+    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "5d.zarr" / "1" / "air"), mode="r")[:],
+                               ds.air.coarsen(lat=2, lon=2).mean().values)
+    for dtype in ("i1", "u4", "u8", "f2"):
+        flat = xr.Dataset({"air": (("lat", "lon"), np.ones((8, 8), dtype))},
+                          coords={"lat": np.arange(8.0), "lon": np.arange(8.0)})
+        create_pyramid(flat, levels=2, crs="EPSG:4326", **XY).write(str(tmp_path / f"{dtype}.zarr"))
+        level1 = zarr.open_array(str(tmp_path / f"{dtype}.zarr" / "1" / "air"), mode="r")
+        assert level1.dtype == np.dtype(dtype) and (level1[:] == 1).all()
+    assert recommend_encoding(xr.Dataset({"m": (("lat", "lon"), np.zeros((8, 8), bool))}), **XY) == {
+        "m": {"chunks": (8, 8), "shards": (8, 8)}}  # a bool mask gets an encoding, as in topozarr

@@ -20,7 +20,7 @@ import zarr
 
 from tests.compare import assert_same_pyramid
 from tests.conftest import make_raster, validate_conventions
-from topozarr_core import create_pyramid, update_pyramid
+from topozarr_core import create_pyramid, recommend_encoding, update_pyramid
 from topozarr_core.kernels import METHODS, block_reduce
 from topozarr_core.paths import MISSING_GROUP
 from topozarr_core.validate import validate_pyramid
@@ -271,8 +271,30 @@ def test_level0_coordinates_are_the_sources_bits(tmp_path, dtype):
     for axis, src in (("lat", lat), ("lon", lon)):
         got = zarr.open_array(str(tmp_path / "p.zarr"), path=f"0/{axis}", mode="r")[...]
         assert got.dtype == src.dtype and got.tobytes() == src.tobytes()
-    lvl1 = zarr.open_array(str(tmp_path / "p.zarr"), path="1/lon", mode="r")[...]
-    np.testing.assert_allclose(lvl1, ds.lon.coarsen(lon=2, boundary="trim").mean().values, rtol=1e-6)
+    # coarser levels: window means of the level before, bit for bit as topozarr 0.2.1 writes them (measured:
+    # its level 1 equals coarsen(2).mean() of the source exactly, its level 2 coarsen(2).mean() of level 1)
+    prev = {"lat": lat, "lon": lon}
+    for lvl in (1, 2):
+        for axis in ("lat", "lon"):
+            got = zarr.open_array(str(tmp_path / "p.zarr"), path=f"{lvl}/{axis}", mode="r")[...]
+            want = xr.DataArray(prev[axis], dims=axis).coarsen({axis: 2}, boundary="trim").mean().values
+            assert got.dtype == np.dtype(dtype) and got.tobytes() == want.tobytes(), (lvl, axis)
+            prev[axis] = want
+
+
+def test_integer_coordinates_keep_their_dtype_at_level_0(tmp_path):
+    """As topozarr 0.2.1 writes them (measured): int32/int64 at level 0, float64 window means above."""
+    ds = xr.Dataset({"a": (("y", "x"), np.zeros((8, 12), "f4"))},
+                    coords={"y": np.arange(8, dtype="i4") * 30, "x": (np.arange(12) * 30 + 15).astype("i8")})
+    create_pyramid(ds.proj.assign_crs(spatial_ref="EPSG:32633"), levels=3).write(tmp_path / "p.zarr")
+    got = {(lvl, ax): zarr.open_array(str(tmp_path / "p.zarr"), path=f"{lvl}/{ax}", mode="r")[...]
+           for lvl in range(3) for ax in "yx"}
+    assert {k: str(v.dtype) for k, v in got.items()} == {(0, "y"): "int32", (0, "x"): "int64", (1, "y"): "float64",
+                                                         (1, "x"): "float64", (2, "y"): "float64", (2, "x"): "float64"}
+    assert got[0, "y"].tolist() == [0, 30, 60, 90, 120, 150, 180, 210]
+    assert got[1, "y"].tolist() == [15.0, 75.0, 135.0, 195.0] and got[2, "y"].tolist() == [45.0, 165.0]
+    assert got[1, "x"].tolist() == [30.0, 90.0, 150.0, 210.0, 270.0, 330.0]
+    assert got[2, "x"].tolist() == [60.0, 180.0, 300.0]
 
 
 # -- integer nodata is the zarr fill_value ---------------------------------------------------------
@@ -447,15 +469,15 @@ def test_published_pyramid_holds_no_scratch(tmp_path, keep, monkeypatch):
 
 
 def test_update_relaying_out_stays_exact_without_stored_counts(tmp_path, monkeypatch):
-    """11 -> 12 steps relays levels 1 and 2 out over every entry (not only the new one): level 2
-    then reduces level 1's old entries too. The build's counts were deleted when it was published;
+    """11 -> 12 steps relays every level out over every entry (not only the new one; the time shards,
+    11 at every level, grow to 12): level 2 then reduces level 1's old entries too. The build's counts were deleted when it was published;
     level 1 is rewritten whole by this update, so its counts are this update's own scratch."""
     ds = make_raster(ny=300, nx=420, nt=12, nan_fraction=0.05)
     create_pyramid(ds.isel(time=slice(0, 11)), levels=3, **KW).write(tmp_path / "u.zarr")
     recomputed = _spy_recomputed_counts(monkeypatch)
     report = update_pyramid(ds, tmp_path / "u.zarr", "time", max_workers=1)
     assert recomputed == []  # every count read back was written by this update
-    assert set(report.relayout) == {(1, "air"), (2, "air")}
+    assert set(report.relayout) == {(0, "air"), (1, "air"), (2, "air")}
     assert _nodes(tmp_path / "u.zarr") == ["0", "1", "2", "time"]  # no scratch; time: the root copy of 0/time
     for lvl, f in enumerate((1, 2, 4)):
         got = _level(tmp_path / "u.zarr", lvl)
@@ -509,3 +531,137 @@ def test_kernel_counts_from_level0_equal_chained_counts():
     _, m2 = block_reduce(block_reduce(values, 2, "mean", None)[0], 2, "mean", None, missing=m1, weight=4)
     got = counts_from_level0(lambda path, mode: values, plan, spec.variables[0], 2, (slice(0, 16), slice(0, 16)))
     np.testing.assert_array_equal(got, m2)
+
+
+# -- integer nodata declared in .encoding (how xarray holds it after decoding) -----------------------
+
+
+def test_integer_fill_value_in_encoding_marks_nodata(tmp_path):
+    """An integer variable whose ``_FillValue`` is only in ``.encoding`` has nodata, as topozarr reads it:
+    the values below are topozarr 0.2.1's for the same dataset (before, nodata was averaged in: -2495)."""
+    v = np.full((8, 8), 6, dtype="int16")
+    v[0, 0] = v[0, 1] = v[1, 0] = -9999  # one valid pixel in the first window
+    v[2:4, 2:4] = -9999  # a whole window of nodata
+    ds = xr.Dataset({"dem": (("y", "x"), v)}, coords={"y": np.arange(8.0), "x": np.arange(8.0)})
+    ds.dem.encoding["_FillValue"] = -9999
+    ds = ds.proj.assign_crs(spatial_ref="EPSG:32633")
+    p = create_pyramid(ds, levels=3)
+    assert p.fill_values == {"dem": -9999}
+    p.write(tmp_path / "p.zarr")
+    assert _level(tmp_path / "p.zarr", 1, "dem").tolist() == [[6, 6, 6, 6], [6, -9999, 6, 6], [6, 6, 6, 6],
+                                                             [6, 6, 6, 6]]
+    assert _level(tmp_path / "p.zarr", 2, "dem").tolist() == [[6, 6], [6, 6]]
+    for lvl in range(3):
+        meta = json.loads((tmp_path / "p.zarr" / str(lvl) / "dem" / "zarr.json").read_text())
+        assert meta["fill_value"] == -9999  # as topozarr's write()
+        assert meta["attributes"]["_FillValue"] == -9999  # and recorded, so xarray decodes nodata as NaN
+    level1 = xr.open_zarr(tmp_path / "p.zarr", group="1", consolidated=False).dem
+    assert int(level1.isnull().sum()) == 1
+    # a fill that does not fit the dtype is refused as one for the attribute is
+    ds.dem.encoding["_FillValue"] = 40000
+    with pytest.raises(ValueError, match="variable 'dem': encoding _FillValue 40000 does not fit dtype int16"):
+        create_pyramid(ds, levels=3)
+
+
+# -- variables over one spatial dim: reduced with the method, in their dtype ---------------------------
+
+
+def _one_axis_source(nodata: bool) -> xr.Dataset:
+    rng = np.random.default_rng(1 if nodata else 0)
+    if nodata:
+        prof = rng.integers(0, 50, (2, 16)).astype("i2")
+        prof[0, :3] = -9999
+        prof[1, 4:8] = -9999
+        ds = xr.Dataset({"air": (("time", "lat", "lon"), rng.normal(size=(2, 8, 16)).astype("f4")),
+                         "prof": (("time", "lon"), prof, {"_FillValue": -9999})},
+                        coords={"lat": np.arange(8.0), "lon": np.arange(16.0), "time": [0, 1]})
+    else:
+        ds = xr.Dataset({"air": (("time", "lat", "lon"), rng.normal(size=(2, 8, 12)).astype("f4")),
+                         "prof": (("time", "lon"), np.arange(24, dtype="i2").reshape(2, 12) * 3 % 7),
+                         "colw": (("lat",), np.arange(8, dtype="f4") ** 2)},
+                        coords={"lat": np.arange(8.0), "lon": np.arange(12.0), "time": [0, 1]})
+    return ds.proj.assign_crs(spatial_ref="EPSG:4326")
+
+
+#: topozarr 0.2.1's levels 1 and 2 of the variables over one spatial dim (measured on the same dataset)
+ONE_AXIS = {
+    "mean": {"1/prof": [[2, 4, 3, 2, 4, 4], [2, 2, 4, 3, 2, 4]], "1/colw": [0.5, 6.5, 20.5, 42.5],
+             "2/prof": [[3, 2, 4], [2, 4, 3]], "2/colw": [3.5, 31.5]},
+    "max": {"1/prof": [[3, 6, 5, 4, 6, 5], [4, 3, 6, 5, 4, 6]], "1/colw": [1.0, 9.0, 25.0, 49.0],
+            "2/prof": [[6, 5, 6], [4, 6, 6]], "2/colw": [9.0, 49.0]},
+    "nearest": {"1/prof": [[0, 6, 5, 4, 3, 2], [1, 0, 6, 5, 4, 3]], "1/colw": [0.0, 4.0, 16.0, 36.0],
+                "2/prof": [[0, 5, 3], [1, 6, 4]], "2/colw": [0.0, 16.0]},
+}
+
+
+@pytest.mark.parametrize("method", sorted(ONE_AXIS))
+def test_variables_over_one_spatial_dim_use_the_method(tmp_path, method):
+    create_pyramid(_one_axis_source(False), levels=3, method=method, **KW).write(tmp_path / "p.zarr")
+    for key, want in ONE_AXIS[method].items():
+        lvl, var = key.split("/")
+        got = _level(tmp_path / "p.zarr", int(lvl), var)
+        assert got.dtype == (np.int16 if var == "prof" else np.float32) and got.tolist() == want, key
+
+
+def test_variables_over_one_spatial_dim_keep_nodata(tmp_path):
+    """With nodata: max equals topozarr 0.2.1's at every level (measured); means equal it at levels 1 and 2
+    and stay exact at level 3 (topozarr averages level 2's means: 36 where the valid pixels average 29);
+    an integer sum widens to int64 (topozarr keeps int16: same values here)."""
+    ds = _one_axis_source(True)
+    create_pyramid(ds, levels=4, method="max", **KW).write(tmp_path / "max.zarr")
+    assert [_level(tmp_path / "max.zarr", lvl, "prof").tolist() for lvl in (1, 2, 3)] == [
+        [[-9999, 47, 7, 47, 15, 43, 41, 20], [32, 4, -9999, -9999, 40, 39, 15, 22]],
+        [[47, 47, 43, 41], [32, -9999, 40, 22]], [[47, 43], [32, 40]]]
+    create_pyramid(ds, levels=4, **KW).write(tmp_path / "mean.zarr")
+    assert [_level(tmp_path / "mean.zarr", lvl, "prof").tolist() for lvl in (1, 2, 3)] == [
+        [[-9999, 47, 4, 44, 14, 32, 27, 16], [30, 2, -9999, -9999, 28, 30, 10, 14]],
+        [[47, 24, 23, 22], [16, -9999, 29, 12]], [[29, 22], [16, 20]]]
+    valid = ds.prof.where(ds.prof != -9999).values[0, :8]
+    assert np.rint(np.nanmean(valid)) == 29
+    # nodata is the zarr fill_value on both paths: the entries carry it, as_datatree the attribute
+    pyramid = create_pyramid(ds, levels=4, **KW)
+    assert pyramid.encoding["/1"]["prof"] == {"chunks": (1, 8), "shards": (2, 8), "fill_value": -9999}
+    assert pyramid.encoding["/0"] == recommend_encoding(ds, **KW)
+    pyramid.as_datatree().to_zarr(tmp_path / "dt.zarr", zarr_format=3, consolidated=False, encoding=pyramid.encoding)
+    for target in ("mean.zarr", "dt.zarr"):
+        for lvl in range(4):
+            meta = json.loads((tmp_path / target / str(lvl) / "prof" / "zarr.json").read_text())
+            assert (meta["data_type"], meta["fill_value"], meta["attributes"]["_FillValue"]) == ("int16", -9999, -9999)
+        np.testing.assert_array_equal(_level(tmp_path / target, 3, "prof"), [[29, 22], [16, 20]])
+    create_pyramid(ds, levels=2, method="sum", **KW).write(tmp_path / "sum.zarr")
+    summed = _level(tmp_path / "sum.zarr", 1, "prof")
+    assert summed.dtype == np.int64 and summed.tolist() == [[0, 47, 8, 88, 27, 64, 54, 32],
+                                                           [59, 5, 0, 0, 56, 61, 21, 28]]
+    ints = ds.assign(prof=ds.prof.drop_attrs())
+    with pytest.raises(ValueError, match="method='majority' on integer variable 'prof' needs a _FillValue"):
+        create_pyramid(ints, levels=2, method="majority", **KW)
+
+
+@pytest.mark.parametrize("kind", ["netcdf", "zarr", "memory"])
+def test_packed_sources_are_written_as_topozarr_writes_them(tmp_path, kind):
+    """A CF-packed int16 variable from a NetCDF file (h5netcdf), a Zarr store or loaded in memory: the levels'
+    dtype, fill value, packing attributes, level-0 integers and the integer sums of levels 1 and 2 are
+    topozarr 0.2.1's (measured on the same data: -128491 and -32130)."""
+    rng = np.random.default_rng(0)
+    rng.normal(size=(60, 70))  # the measurement drew another raster first
+    src = xr.Dataset({"air": (("lat", "lon"), (250 + rng.normal(size=(64, 80))).astype("f4"))},
+                     coords={"lat": np.linspace(60, -60, 64), "lon": np.linspace(-100, 100, 80)})
+    src.air.values[:4, :4] = np.nan
+    src.air.encoding = {"dtype": "int16", "scale_factor": np.float32(0.01), "add_offset": np.float32(250.0),
+                        "_FillValue": np.int16(-32767)}
+    src.to_netcdf(tmp_path / "p.nc", engine="h5netcdf")
+    if kind == "zarr":
+        src.to_zarr(tmp_path / "src.zarr", zarr_format=3, consolidated=False)
+        opened = xr.open_zarr(tmp_path / "src.zarr", consolidated=False)
+    else:
+        opened = xr.open_dataset(tmp_path / "p.nc", engine="h5netcdf")
+        opened = opened.load() if kind == "memory" else opened
+    create_pyramid(opened.proj.assign_crs(spatial_ref="EPSG:4326"), levels=3, **KW).write(tmp_path / "p.zarr")
+    for lvl in range(3):
+        meta = json.loads((tmp_path / "p.zarr" / str(lvl) / "air" / "zarr.json").read_text())
+        a = meta["attributes"]
+        assert [meta["data_type"], meta["fill_value"], a["scale_factor"], a["add_offset"], a["_FillValue"]] == [
+            "int16", -32767, 0.009999999776482582, 250.0, -32767]
+    raw = xr.open_dataset(tmp_path / "p.nc", engine="h5netcdf", decode_cf=False).air.values
+    assert _level(tmp_path / "p.zarr", 0).tobytes() == raw.tobytes()
+    assert [int(_level(tmp_path / "p.zarr", lvl).astype("i8").sum()) for lvl in (1, 2)] == [-128491, -32130]

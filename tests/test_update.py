@@ -62,15 +62,16 @@ def test_update_equals_full_build(tmp_path, k):
 def test_short_levels_are_relaid_out_and_long_ones_only_appended(tmp_path):
     """The shard depth along time grows with a short time axis: such arrays are rewritten whole,
     the others only get the new steps."""
-    ds = _raster()
-    _build(ds.isel(time=slice(0, 11)), tmp_path / "u.zarr")
+    ds = _raster(nt=21)
+    _build(ds.isel(time=slice(0, 20)), tmp_path / "u.zarr")
     update = plan_update(ds, tmp_path / "u.zarr")
-    # 11 -> 12 steps: level 0's shard depth stays 8, levels 1 and 2 go from 11 to 12
+    # 20 -> 21 steps: level 0's shard depth stays 16 (its byte budget), levels 1 and 2 go from 20 to 21
+    assert [zarr.open_array(tmp_path / "u.zarr", path=f"{lvl}/air").shards[0] for lvl in range(3)] == [16, 20, 20]
     assert set(update.info.relayout) == {(1, "air"), (2, "air")}
     plan = update.region_plan()
     boxes = {lp.level: [r.box[0] for r in lp.regions] for lp in plan.levels}
-    assert boxes[0] == [(11, 12)]  # only the new step, inside its partly filled shard
-    assert boxes[1] == [(0, 12)] and boxes[2] == [(0, 12)]
+    assert boxes[0] == [(20, 21)]  # only the new step, inside its partly filled shard
+    assert boxes[1] == [(0, 21)] and boxes[2] == [(0, 21)]
 
 
 def test_incremental_updates_one_after_another(tmp_path):
@@ -124,17 +125,18 @@ def test_updated_pyramid_validates(tmp_path):
     assert report.ok, report.problems
     root = zarr.open_group(tmp_path / "u.zarr", mode="r")
     assert root.attrs[OPTIONS_KEY] == {"x_dim": "lon", "y_dim": "lat", "factors": [1, 2, 4], "method": "mean",
-                                       "chunks_per_shard": 4, "target_chunk_bytes": 512_000}
+                                       "chunks_per_shard": 4, "target_chunk_bytes": 524_288}
 
 
 def test_only_the_new_shards_are_touched(tmp_path):
     """Appending 1 step rewrites only the shards holding it: every other shard file is untouched."""
     ds = make_raster(ny=200, nx=240, nt=41)
     path = tmp_path / "u.zarr"
-    _build(ds.isel(time=slice(0, 40)), path)
+    small = {"target_chunk_bytes": 16384}  # shards 4, 5 and 21 steps deep at levels 0, 1, 2: none grows
+    _build(ds.isel(time=slice(0, 40)), path, **small)
     before = _files(path)
     report = update_pyramid(ds, path)
-    assert report.relayout == [] and report.regions == 3  # one region per level
+    assert report.relayout == [] and report.regions == 6  # one per spatial shard: 2 x 2 at level 0, 1 above
     after = _files(path)
     depth = {lvl: zarr.open_array(path, path=f"{lvl}/air").shards[0] for lvl in range(3)}
     touched = {k for k in after if before.get(k) != after[k]}
@@ -142,7 +144,8 @@ def test_only_the_new_shards_are_touched(tmp_path):
     assert len({p[3] for p in shards if p[0] == "0"}) > 1  # several shards along time at level 0
     for parts in shards:  # only the shards holding step 40 were rewritten
         assert (os.sep.join(parts) in touched) == (int(parts[3]) == 40 // depth[int(parts[0])]), parts
-    _build(ds, tmp_path / "full.zarr")
+    assert depth == {0: 4, 1: 5, 2: 21}
+    _build(ds, tmp_path / "full.zarr", **small)
     assert_same_pyramid(str(path), str(tmp_path / "full.zarr"))
 
 
@@ -382,7 +385,7 @@ def test_interrupted_update_then_longer_source(tmp_path, monkeypatch):
 
 def test_restrict_plan_keeps_regions_disjoint_per_shard():
     ds = _raster(nt=40)
-    p = create_pyramid(ds, levels=3, **KW)
+    p = create_pyramid(ds, levels=3, target_chunk_bytes=16384, **KW)  # shards 1, 4 and 8 steps deep
     full = p.region_plan()
     spec = full.var("air")
     for clip in (True, False):
@@ -397,11 +400,11 @@ def test_restrict_plan_keeps_regions_disjoint_per_shard():
                     assert not all(a0 <= b1 and b0 <= a1 for (a0, a1), (b0, b1) in zip(ri, rj))
             times = sorted({r.box[0] for r in regions})
             if lp.level == 2:  # whole: every shard along time
-                assert times == [(0, 16), (16, 32), (32, 40)]
-            elif clip:
-                assert times == [(37, 40)]
-            else:
-                assert all(t0 % unit[0] == 0 and t0 <= 37 < t1 for t0, t1 in times)
+                assert times == [(0, 8), (8, 16), (16, 24), (24, 32), (32, 40)]
+            elif clip:  # the new steps, split at level 0's one-step shards
+                assert times == ([(37, 38), (38, 39), (39, 40)] if lp.level == 0 else [(37, 40)])
+            else:  # whole shards from the one holding step 37 on
+                assert all(t0 % unit[0] == 0 and t1 > 37 for t0, t1 in times) and times[0][0] <= 37
     assert restrict_plan(full, "time", 40, 40).levels == ()
 
 

@@ -40,7 +40,7 @@ def test_levels_equal_coarsen_2d_with_nans(tmp_path, method):
 def test_levels_equal_coarsen_3d_time(tmp_path, keep):
     ds = make_raster(ny=400, nx=500, nt=5, nan_fraction=0.2)
     p = create_pyramid(ds, levels=4, x_dim="lon", y_dim="lat")
-    report = p.write(tmp_path / "p.zarr", keep_levels_in_memory=keep, max_workers=2)
+    report = p.write(tmp_path / "p.zarr", keep_levels_in_memory=keep, max_workers=2, stats=True)
     assert report.kept_in_memory is keep
     assert_levels_match(ds, tmp_path / "p.zarr", p)
     lvl = open_level(tmp_path / "p.zarr", 3)

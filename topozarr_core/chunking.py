@@ -1,32 +1,46 @@
-"""Chunk and shard heuristics for web-visualisation pyramids (sharded Zarr v3).
+"""Chunk and shard heuristics for web-visualisation pyramids (sharded Zarr v3): topozarr 0.2.1's rules.
 
-Pure functions on shapes: no I/O, no xarray/zarr imports.
+Pure functions on shapes: no I/O, no xarray/zarr imports. A topozarr user switching to this project
+gets the same ``pyramid.encoding`` for the same dataset, so the rules are topozarr's, value for value
+(``tests/test_topozarr_contract_layout.py`` pins them against values measured from topozarr 0.2.1).
 
 Model
 -----
-* Inner chunks are square in the two spatial dims and about
-  ``DEFAULT_TARGET_CHUNK_BYTES`` (~500 KB) uncompressed, so a browser tile fetch
-  pulls one chunk. Every non-spatial dim (time, band, ...) gets chunk 1, so a
-  client reading one time step reads only that step.
-* Shards group ``chunks_per_shard`` x ``chunks_per_shard`` spatial chunks (fewer
-  when the level is small), and any shard budget left over is spent widening
-  the non-spatial dims, so a small level does not end up as thousands of tiny
-  shard objects.
+* **Spatial chunks** aim at ``target_chunk_bytes`` (512 KiB): the ideal edge is
+  ``max(128, int(sqrt(target_chunk_bytes / itemsize)))`` (float32: 362, uint8: 724, float64: 256),
+  and each spatial dim is split into ``ceil(size / ideal)`` *balanced* chunks, so no thin last chunk
+  is left over (2000 px -> 334, 1000 -> 334, 500 -> 250; a dim of at most 128 px or at most the ideal
+  edge is one chunk). The two spatial dims are sized independently.
+* **Shards** hold ``min(chunks_per_shard, size // chunk)`` chunks along each spatial dim (at least
+  one): only whole chunks count, so a small level does not get a shard far larger than the array.
+* **Non-spatial dims** (time, band, ...) get chunk 1. The shard's byte budget,
+  ``target_chunk_bytes * chunks_per_shard ** n_spatial``, widens them innermost first when the
+  spatial part leaves room (a small raster, a coarse level), bounded by :data:`MAX_INNER_CHUNKS`
+  inner chunks per shard.
+* **A chunked source** (dask or a Zarr backend, see :func:`snap_to_source`): each spatial chunk is
+  chosen so that its shard *divides* the source chunk, which is what xarray's ``safe_chunks`` asks of
+  a Dask write of ``as_datatree()``; ``chunks_per_shard`` is an upper bound, lowered where that is
+  what makes a shard divide. Failing that, a shard that is a whole multiple of the source chunk
+  (each source chunk read once). A non-spatial shard is lowered to a divisor of the source chunk.
+* **1-D coordinates** along a spatial dim are chunked as 1-D arrays (``target_chunk_bytes //
+  itemsize`` elements, balanced) and never sharded; a coordinate that fits one chunk gets no entry.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from numbers import Integral
 
 #: Allowed number of inner chunks per shard, along each spatial dim.
 VALID_CHUNKS_PER_SHARD = (1, 2, 4, 8, 16, 32)
-#: Target uncompressed size of one inner chunk ("~500 KB").
-DEFAULT_TARGET_CHUNK_BYTES = 512_000
-#: Smallest spatial chunk edge :func:`spatial_chunk_size` returns.
-MIN_SPATIAL_CHUNK = 128
-#: Cap on inner chunks per shard when widening the non-spatial dims (never shrinks the spatial part).
+#: Target uncompressed size of one inner chunk (topozarr's 512 KiB).
+DEFAULT_TARGET_CHUNK_BYTES = 512 * 1024
+#: Smallest chunk edge the heuristics choose (a dim this small or smaller is one chunk).
+MIN_CHUNK = 128
+#: Cap on inner chunks per shard when widening the non-spatial dims: the zarr v3 shard index costs
+#: 16 B per inner chunk, so 128 keeps it at 2 KB, cheap next to the chunk it locates.
 MAX_INNER_CHUNKS = 128
 
 
@@ -81,54 +95,89 @@ def validate_chunks_per_shard(chunks_per_shard) -> None:
         )
 
 
-def spatial_chunk_size(
-    itemsize: int,
-    target_chunk_bytes: int = DEFAULT_TARGET_CHUNK_BYTES,
-    source_chunk: int | None = None,
-) -> int:
-    """Edge of a square spatial chunk of about ``target_chunk_bytes``.
+def ideal_chunk(itemsize: int, target_chunk_bytes: int = DEFAULT_TARGET_CHUNK_BYTES) -> int:
+    """Edge of a square chunk of about ``target_chunk_bytes``: ``max(128, int(sqrt(target / itemsize)))``.
 
-    Without ``source_chunk``::
-
-        edge = max(MIN_SPATIAL_CHUNK, 2 * round(sqrt(target_chunk_bytes / itemsize) / 2))
-
-    i.e. the square root rounded to the nearest *even* number, floored at
-    ``MIN_SPATIAL_CHUNK``. At the default target: uint8 -> 716, int16 -> 506,
-    float32 -> 358, float64 -> 252.
-
-    With ``source_chunk`` (the source is chunked along y/x; pass the smaller of the
-    two source chunk edges) the edge is snapped so output chunks nest with source
-    chunks, letting each output chunk be built from whole source chunks or each
-    source chunk split into whole output chunks:
-
-    * ``source_chunk >= edge``: ``edge = source_chunk // k`` where ``k`` is the
-      divisor of ``source_chunk`` nearest to ``source_chunk / edge`` (ties go to the
-      smaller ``k``, i.e. the larger chunk), considering only divisors that keep
-      ``edge >= MIN_SPATIAL_CHUNK`` (``k = 1`` always qualifies). When
-      ``round(source_chunk / edge)`` divides ``source_chunk`` this is that ``k``.
-      float32: 512 -> 512 (k=1), 1024 -> 512 (k=2; ratio 2.86, 3 does not divide),
-      2000 -> 400 (k=5; ratio 5.59, 6 does not divide).
-    * ``source_chunk < edge``: ``edge = source_chunk * m`` with
-      ``m = max(1, round(edge / source_chunk))``, raised if needed to the smallest
-      multiple that is ``>= MIN_SPATIAL_CHUNK``. float32: 100 -> 400 (m=4).
-
-    The snapped edge need not be even.
+    At the default target: uint8 -> 724, int16 -> 512, float32 -> 362, float64 -> 256.
     """
     itemsize = _require_positive_int("itemsize", itemsize)
     target_chunk_bytes = _require_positive_int("target_chunk_bytes", target_chunk_bytes)
-    edge = 2 * round(math.sqrt(target_chunk_bytes / itemsize) / 2)
-    edge = max(MIN_SPATIAL_CHUNK, edge)
-    if source_chunk is None:
-        return edge
+    return max(MIN_CHUNK, int(math.sqrt(target_chunk_bytes / itemsize)))
 
-    source_chunk = _require_positive_int("source_chunk", source_chunk)
-    if source_chunk >= edge:
-        ratio = source_chunk / edge
-        candidates = [k for k in _divisors(source_chunk) if source_chunk // k >= MIN_SPATIAL_CHUNK]
-        k = min(candidates, key=lambda k: (abs(k - ratio), k))
-        return source_chunk // k
-    m = max(1, round(edge / source_chunk), math.ceil(MIN_SPATIAL_CHUNK / source_chunk))
-    return source_chunk * m
+
+def ideal_chunk_1d(itemsize: int, target_chunk_bytes: int = DEFAULT_TARGET_CHUNK_BYTES) -> int:
+    """Elements per chunk of a 1-D array (a coordinate) of about ``target_chunk_bytes``."""
+    itemsize = _require_positive_int("itemsize", itemsize)
+    return max(MIN_CHUNK, _require_positive_int("target_chunk_bytes", target_chunk_bytes) // itemsize)
+
+
+def balanced_chunk(size: int, ideal: int) -> int:
+    """Chunk of a dim of ``size``: the whole dim when it is at most 128 or at most ``ideal``, else
+    ``ceil(size / n)`` for ``n = ceil(size / ideal)`` chunks (at least 128), so chunks come out even."""
+    if size <= MIN_CHUNK or size <= ideal:
+        return size
+    n = math.ceil(size / ideal)
+    return max(MIN_CHUNK, math.ceil(size / n))
+
+
+def shard_size(size: int, chunk: int, chunks_per_shard: int) -> int:
+    """Shard of a spatial dim: ``min(chunks_per_shard, size // chunk)`` whole chunks, at least one."""
+    return min(chunks_per_shard, max(1, size // chunk)) * chunk
+
+
+def _best_chunk(shards: set[int] | list[int], cps: int, ideal: int) -> int | None:
+    """The chunk nearest ``ideal`` (ties: the smaller) among ``shards`` split into ``cps`` chunks of
+    at least 128 and within ``[ideal / 2, 2 * ideal]``."""
+    valid = [s // cps for s in shards
+             if s % cps == 0 and s // cps >= MIN_CHUNK and ideal / 2 <= s // cps <= ideal * 2]
+    return min(valid, key=lambda c: (abs(c - ideal), c)) if valid else None
+
+
+def snap_to_source(size: int, ideal: int, source_chunk: int,
+                   chunks_per_shard: int | None) -> tuple[int, int] | None:
+    """``(chunk, chunks_per_shard)`` for a spatial dim whose source is chunked by ``source_chunk``, or
+    None when nothing fits (the plain :func:`balanced_chunk` then applies).
+
+    First a shard that *divides* the source chunk, trying ``chunks_per_shard`` and then every smaller
+    allowed value (largest first): a Dask write of the source chunks needs it (``safe_chunks``).
+    Else a shard that is a whole multiple of the source chunk at ``chunks_per_shard`` (each source chunk
+    is read once). The chunk is the one nearest ``ideal`` among those at least 128 and within
+    ``[ideal / 2, 2 * ideal]``. A dim of at most 128 or at most ``ideal`` is one chunk: nothing to snap.
+    float32 (ideal 362), ``chunks_per_shard=4``: source 1024 -> (256, 4); 512 -> (256, 2);
+    2000 -> (250, 4); 100 -> (350, 4) (shard 1400 = 14 source chunks).
+    """
+    if source_chunk <= 0 or size <= MIN_CHUNK or size <= ideal:
+        return None
+    max_cps = chunks_per_shard or 1
+    divisors = _divisors(source_chunk)
+    for cps in sorted((c for c in VALID_CHUNKS_PER_SHARD if c <= max_cps), reverse=True):
+        chunk = _best_chunk(divisors, cps, ideal)
+        if chunk is not None:
+            return chunk, cps
+    max_mult = max(1, (2 * ideal * max_cps) // source_chunk + 1)  # no larger shard yields a chunk in band
+    chunk = _best_chunk([source_chunk * m for m in range(1, max_mult + 1)], max_cps, ideal)
+    return None if chunk is None else (chunk, max_cps)
+
+
+def widen_non_spatial(shards: list[int], chunks: list[int], shape: tuple[int, ...], non_spatial: list[int],
+                      itemsize: int, target_chunk_bytes: int, chunks_per_shard: int) -> list[int]:
+    """``shards`` with the budget the spatial dims leave unused spent on the non-spatial dims (innermost
+    first, chunks stay 1): the shard budget is ``target_chunk_bytes * chunks_per_shard ** n_spatial``
+    bytes and at most :data:`MAX_INNER_CHUNKS` inner chunks. Nothing widens at ``chunks_per_shard=1``."""
+    out = list(shards)
+    if chunks_per_shard <= 1 or not non_spatial:
+        return out
+    n_spatial = len(shape) - len(non_spatial)
+    headroom = (target_chunk_bytes * chunks_per_shard**n_spatial) // (math.prod(out) * itemsize)
+    inner = math.prod(s // c for s, c in zip(out, chunks))
+    headroom = min(headroom, MAX_INNER_CHUNKS // inner)
+    for i in reversed(non_spatial):
+        if headroom <= 1:
+            break
+        take = max(1, min(headroom, shape[i]))
+        out[i] = take
+        headroom //= take
+    return out
 
 
 def variable_encoding(
@@ -137,65 +186,77 @@ def variable_encoding(
     itemsize: int,
     y_dim: str,
     x_dim: str,
-    chunk_edge: int,
     chunks_per_shard: int | None,
+    target_chunk_bytes: int = DEFAULT_TARGET_CHUNK_BYTES,
+    source_chunks: Mapping[str, int] | None = None,
 ) -> VarEncoding:
-    """Chunks and shards for one variable with spatial dims ``y_dim``/``x_dim`` (anywhere in ``dims``).
+    """Chunks and shards of a variable over one or both spatial dims (anywhere in ``dims``).
 
-    Chunks: both spatial dims get ``e = min(chunk_edge, max(ny, nx))`` (square), each then
-    clipped to its own dim size (and to at least 1); every non-spatial dim gets 1.
-
-    Shards (``chunks_per_shard = c``; ``None`` -> no sharding):
-
-    * each spatial dim: ``chunk * min(c, ceil(size / chunk))`` (at least one chunk), so a small
-      level does not get a shard far larger than the array;
-    * leftover budget ``L = (c * c) // (spatial chunks per shard)`` widens the non-spatial dims,
-      innermost (last in dim order) first: multiplier ``m = min(size, L, MAX_INNER_CHUNKS // n)``
-      (at least 1) where ``n`` is the running number of inner chunks per shard; then ``L //= m``.
-      The ``MAX_INNER_CHUNKS`` cap only limits this widening: the spatial count alone may
-      exceed it (c=32 gives up to 1024).
-
-    ``itemsize`` is validated but does not change the result (the edge already encodes it).
+    ``source_chunks`` maps dim names to the source's chunk along them (absent: not chunked, or the
+    variables disagree). See the module docstring for the rules.
     """
-    dims = tuple(dims)
-    shape = tuple(shape)
+    dims, shape = tuple(dims), tuple(shape)
     if len(dims) != len(shape):
         raise ValueError(f"dims {dims} and shape {shape} differ in length")
     if len(set(dims)) != len(dims):
         raise ValueError(f"duplicate dims in {dims}")
     if y_dim == x_dim:
         raise ValueError(f"y_dim and x_dim must differ, both are {y_dim!r}")
-    for name in (y_dim, x_dim):
-        if name not in dims:
-            raise ValueError(f"spatial dim {name!r} not in dims {dims}")
+    if y_dim not in dims and x_dim not in dims:
+        raise ValueError(f"neither spatial dim {y_dim!r} nor {x_dim!r} is in dims {dims}")
     for n in shape:
         if not _is_int(n) or n < 0:
             raise ValueError(f"shape must hold non-negative ints, got {shape}")
     shape = tuple(int(n) for n in shape)
-    _require_positive_int("itemsize", itemsize)
-    chunk_edge = _require_positive_int("chunk_edge", chunk_edge)
+    itemsize = _require_positive_int("itemsize", itemsize)
+    ideal = ideal_chunk(itemsize, target_chunk_bytes)
     validate_chunks_per_shard(chunks_per_shard)
+    cps = None if chunks_per_shard is None else int(chunks_per_shard)
+    src = dict(source_chunks or {})
 
-    iy, ix = dims.index(y_dim), dims.index(x_dim)
-    spatial = {iy, ix}
-    edge = min(chunk_edge, max(shape[iy], shape[ix]))
-    chunks = [max(1, min(edge, n)) if i in spatial else 1 for i, n in enumerate(shape)]
-
-    if chunks_per_shard is None:
-        return VarEncoding(chunks=tuple(chunks), shards=None)
-
-    c = int(chunks_per_shard)
-    mult = [1] * len(shape)
-    for i in (iy, ix):
-        mult[i] = max(1, min(c, math.ceil(shape[i] / chunks[i])))
-    n_inner = mult[iy] * mult[ix]
-    budget = (c * c) // n_inner
-    for i in reversed(range(len(shape))):
-        if i in spatial:
+    chunks = [1] * len(shape)
+    shards = [1] * len(shape)
+    effective: list[int] = []  # chunks_per_shard per spatial dim, after snapping may lower it
+    for i, dim in enumerate(dims):
+        if dim not in (y_dim, x_dim):
             continue
-        m = max(1, min(shape[i], budget, MAX_INNER_CHUNKS // n_inner))
-        mult[i] = m
-        budget //= m
-        n_inner *= m
-    shards = tuple(ch * m for ch, m in zip(chunks, mult))
-    return VarEncoding(chunks=tuple(chunks), shards=shards)
+        snapped = snap_to_source(shape[i], ideal, src[dim], cps) if dim in src else None
+        chunk, dim_cps = snapped if snapped is not None else (balanced_chunk(shape[i], ideal), cps)
+        chunks[i] = max(1, chunk)
+        if dim_cps is not None:
+            effective.append(dim_cps)
+            shards[i] = shard_size(shape[i], chunks[i], dim_cps)
+    if cps is None:
+        return VarEncoding(chunks=tuple(chunks), shards=None)
+    non_spatial = [i for i, d in enumerate(dims) if d not in (y_dim, x_dim)]
+    shards = widen_non_spatial(shards, chunks, shape, non_spatial, itemsize, target_chunk_bytes, min(effective))
+    for i in non_spatial:  # a shard divides the source chunk, so a Dask write of it is safe
+        source = src.get(dims[i])
+        if source is not None and source < shape[i]:
+            shards[i] = max(d for d in _divisors(source) if d <= shards[i])
+    return VarEncoding(chunks=tuple(chunks), shards=tuple(shards))
+
+
+def coordinate_encoding(size: int, itemsize: int,
+                        target_chunk_bytes: int = DEFAULT_TARGET_CHUNK_BYTES) -> VarEncoding | None:
+    """Chunks of a 1-D coordinate along a spatial dim (never sharded), or None when one chunk holds it."""
+    chunk = balanced_chunk(int(size), ideal_chunk_1d(itemsize, target_chunk_bytes))
+    return VarEncoding(chunks=(chunk,), shards=None) if chunk < size else None
+
+
+def level_source_chunks(source_chunks: Mapping[str, int] | None, factor: int,
+                        spatial: tuple[str, str]) -> dict[str, int] | None:
+    """The source chunks as a level coarsened by ``factor`` sees them: a spatial chunk divided by the
+    factor when the factor divides it (``xarray.coarsen`` splits other blocks unevenly: nothing to snap
+    to), non-spatial chunks as they are."""
+    if source_chunks is None:
+        return None
+    if any(source_chunks[d] % factor for d in spatial if d in source_chunks):
+        return {d: c for d, c in source_chunks.items() if d not in spatial}
+    return {d: c // factor if d in spatial else c for d, c in source_chunks.items()}
+
+
+__all__ = ["VarEncoding", "DEFAULT_TARGET_CHUNK_BYTES", "VALID_CHUNKS_PER_SHARD", "MIN_CHUNK", "MAX_INNER_CHUNKS",
+           "validate_chunks_per_shard", "ideal_chunk", "ideal_chunk_1d", "balanced_chunk", "shard_size",
+           "snap_to_source", "widen_non_spatial", "variable_encoding", "coordinate_encoding",
+           "level_source_chunks"]

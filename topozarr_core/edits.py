@@ -31,28 +31,63 @@ def level_key(level: int) -> str:
 
 
 def planned_encoding(spec: PyramidSpec) -> dict[str, dict[str, dict[str, Any]]]:
-    """A fresh, mutable copy of the recommended encoding: ``{"/<level>": {var: {"chunks", "shards", ...}}}``.
+    """A fresh, mutable copy of the recommended encoding: ``{"/<level>": {var: {"chunks", "shards"}}}``.
 
-    Besides the editable chunks and shards, each entry carries what the written arrays need and an edit
-    may not change: the dtype and the nodata value (``_FillValue``, and the zarr ``fill_value`` for
-    integer nodata), so the seed's ``as_datatree().to_zarr(..., encoding=pyramid.encoding)`` writes the
-    same arrays as :meth:`Pyramid.write` (xarray replaces a variable's encoding by the one passed)."""
-    return {
-        level_key(lvl): {v.name: {**_plain_entry(v.encodings[lvl].to_xarray()), **fixed_encoding(v, lvl)}
-                         for v in spec.variables}
-        for lvl in range(len(spec.factors))
-    }
+    The entries are topozarr's: the gridded variables, the variables over one spatial dim and the long
+    1-D coordinates (see :mod:`.chunking`), so level 0 equals ``recommend_encoding`` of the source. A
+    variable with a nodata value other than NaN also carries ``fill_value``, its nodata value, which an
+    edit may not change: xarray replaces a variable's encoding by the one passed, so the seed's
+    ``as_datatree().to_zarr(..., encoding=pyramid.encoding)`` then marks nodata in the zarr ``fill_value``
+    as :meth:`Pyramid.write` does (readers such as zarr-layer mask by it)."""
+    return {level_key(lvl): level_encoding(spec, lvl) for lvl in range(len(spec.factors))}
+
+
+def level_encoding(spec: PyramidSpec, level: int) -> dict[str, dict[str, Any]]:
+    """The planned encoding entries of one level (see :func:`planned_encoding`)."""
+    out = {v.name: {**_plain_entry(v.encodings[level].to_xarray()), **fixed_encoding(v, level)}
+           for v in spec.variables}
+    for name, layouts in spec.side_encodings.items():
+        if layouts[level] is not None:
+            out[name] = {**_plain_entry(layouts[level].to_xarray()), **side_fixed(spec, name)}
+    return out
+
+
+def side_fixed(spec: PyramidSpec, name: str) -> dict[str, Any]:
+    """The non-editable part of a side entry: the zarr ``fill_value`` of a variable over one spatial dim
+    whose nodata value is not NaN."""
+    return {"fill_value": spec.side_fills[name]} if name in spec.side_fills else {}
 
 
 def fixed_encoding(var: Any, level: int) -> dict[str, Any]:
-    """The non-editable part of a variable's encoding at ``level`` (dtype, nodata)."""
+    """The non-editable part of a gridded variable's entry at ``level``: the zarr ``fill_value`` of a
+    variable whose nodata value is not NaN (nothing otherwise)."""
     from .levels import gridded_encoding  # levels imports the planning modules this one builds on
 
-    return {k: v for k, v in gridded_encoding(var, level).items() if k in FIXED_KEYS}
+    return {k: v for k, v in gridded_encoding(var, level).items() if k in PLANNED_KEYS}
 
 
-#: The keys of an entry that are planned, shown, and must stay as planned.
+#: The non-editable keys an entry shows.
+PLANNED_KEYS = ("fill_value",)
+#: Non-editable keys an entry may also hold when they equal what the arrays are written with.
 FIXED_KEYS = ("dtype", "_FillValue", "fill_value")
+
+
+def replan_fixed_keys(encoding: Any, spec: PyramidSpec) -> None:
+    """After ``pyramid.method`` changed: the non-editable keys of ``encoding``'s gridded entries become
+    ``spec``'s (a method can change the nodata value: a packed variable's ``sum`` is stored unpacked),
+    in place; the chunks and shards, edited or not, stay."""
+    if not isinstance(encoding, Mapping):
+        return  # apply_encoding reports it
+    for lvl in range(len(spec.factors)):
+        entries = encoding.get(level_key(lvl))
+        if not isinstance(entries, Mapping):
+            continue
+        for v in spec.variables:
+            entry = entries.get(v.name)
+            if isinstance(entry, dict):
+                for k in FIXED_KEYS:
+                    entry.pop(k, None)
+                entry.update(fixed_encoding(v, lvl))
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -78,6 +113,8 @@ def encoding_key(encoding: Any) -> str:
 
 def apply_encoding(spec: PyramidSpec, encoding: Any) -> PyramidSpec:
     """``spec`` with the chunks/shards of ``encoding``; raises ValueError/TypeError on a bad edit."""
+    from .levels import gridded_encoding
+
     if not isinstance(encoding, Mapping):
         raise TypeError(f"pyramid.encoding must be a dict keyed '/0', '/1', ..., got {type(encoding).__name__}")
     n = len(spec.factors)
@@ -87,33 +124,41 @@ def apply_encoding(spec: PyramidSpec, encoding: Any) -> PyramidSpec:
             raise ValueError(f"pyramid.encoding has an unknown level {short(key)}; the levels are "
                              f"{short(list(levels))}")
     new_encodings: dict[str, list[VarEncoding]] = {v.name: list(v.encodings) for v in spec.variables}
+    new_side: dict[str, list[VarEncoding | None]] = {k: list(v) for k, v in spec.side_encodings.items()}
+    names = [v.name for v in spec.variables] + list(spec.side_encodings)
     for key, lvl in levels.items():
         if key not in encoding:
             raise ValueError(f"pyramid.encoding has no entry for level {key!r}; every level needs one")
         entries = encoding[key]
         if not isinstance(entries, Mapping):
             raise TypeError(f"pyramid.encoding[{key!r}] must be a dict of variables, got {type(entries).__name__}")
-        names = [v.name for v in spec.variables]
         for name in entries:
             if name not in names:
                 raise ValueError(f"pyramid.encoding[{key!r}] names an unknown variable {short(name)}; the "
-                                 f"gridded variables are {short(names)}")
+                                 f"variables it can hold are {short(names)}")
         for v in spec.variables:
             if v.name not in entries:
                 raise ValueError(f"pyramid.encoding[{key!r}] has no entry for variable {v.name!r}")
-            where = f"pyramid.encoding[{key!r}][{v.name!r}]"
-            new_encodings[v.name][lvl] = _checked(where, entries[v.name], v.encodings[lvl], v.dims, v.shapes[lvl],
-                                                  fixed_encoding(v, lvl))
+            fixed = {k: val for k, val in gridded_encoding(v, lvl).items() if k in FIXED_KEYS}
+            chunks, shards = _checked(f"pyramid.encoding[{key!r}][{v.name!r}]", entries[v.name], v.dims,
+                                      fixed)
+            new_encodings[v.name][lvl] = replace(v.encodings[lvl], chunks=chunks, shards=shards)
+        for name, dims in spec.side_dims.items():
+            if name not in entries:  # no entry: one chunk (xarray's default), as topozarr writes it
+                new_side[name][lvl] = None
+                continue
+            chunks, shards = _checked(f"pyramid.encoding[{key!r}][{name!r}]", entries[name], dims,
+                                      side_fixed(spec, name))
+            new_side[name][lvl] = VarEncoding(chunks=chunks, shards=shards)
     variables = tuple(replace(v, encodings=tuple(new_encodings[v.name])) for v in spec.variables)
-    return replace(spec, variables=variables)
+    return replace(spec, variables=variables, side_encodings={k: tuple(v) for k, v in new_side.items()})
 
 
-def _checked(where: str, entry: Any, planned: VarEncoding, dims: tuple[str, ...],
-             shape: tuple[int, ...], fixed_keys: dict[str, Any]) -> VarEncoding:
-    """One variable's entry at one level, checked against its dims, as a VarEncoding."""
+def _checked(where: str, entry: Any, dims: tuple[str, ...],
+             fixed: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """One variable's entry at one level, checked against its dims: its (chunks, shards)."""
     if not isinstance(entry, Mapping):
         raise TypeError(f"{where} must be a dict with 'chunks' (and 'shards'), got {type(entry).__name__}")
-    fixed = {**{k: v for k, v in planned.to_xarray().items() if k not in EDITABLE_KEYS}, **fixed_keys}
     for k in entry:
         if k in EDITABLE_KEYS:
             continue
@@ -128,13 +173,13 @@ def _checked(where: str, entry: Any, planned: VarEncoding, dims: tuple[str, ...]
     chunks = _sizes(f"{where}['chunks']", entry["chunks"], dims)
     shards = entry.get("shards")
     if shards is None:
-        return replace(planned, chunks=chunks, shards=None)
+        return chunks, None
     shards = _sizes(f"{where}['shards']", shards, dims)
     for dim, c, s in zip(dims, chunks, shards):
         if s % c:
             raise ValueError(f"{where}['shards'] {shards} is not a multiple of chunks {chunks} along {dim!r} "
                              f"({s} % {c} = {s % c})")
-    return replace(planned, chunks=chunks, shards=shards)
+    return chunks, shards
 
 
 def _sizes(where: str, value: Any, dims: tuple[str, ...]) -> tuple[int, ...]:
@@ -152,4 +197,5 @@ def _sizes(where: str, value: Any, dims: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(int(n) for n in value)
 
 
-__all__ = ["planned_encoding", "apply_encoding", "encoding_key", "level_key", "EDITABLE_KEYS"]
+__all__ = ["planned_encoding", "level_encoding", "apply_encoding", "replan_fixed_keys", "encoding_key", "level_key",
+           "EDITABLE_KEYS"]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from .chunking import DEFAULT_TARGET_CHUNK_BYTES
 from .metadata import ZarrLayerVarConfig, flat_attributes, validate_layer_hints
-from .planning import build_spec, recommend_encodings
+from .planning import build_spec, nodata_value, recommend_encodings
 
 
 def recommend_encoding(
@@ -18,10 +19,24 @@ def recommend_encoding(
     chunks_per_shard: int | None = 4,
     target_chunk_bytes: int = DEFAULT_TARGET_CHUNK_BYTES,
 ) -> dict[str, dict[str, Any]]:
-    """``{var: {"chunks", "shards"}}`` for ``ds.to_zarr(zarr_format=3, encoding=...)``. Needs no CRS and no
-    uniform grid (1-pixel and irregular axes are fine): only the sizes and dtypes matter."""
+    """``{var: {"chunks", "shards"}}`` for ``ds.to_zarr(zarr_format=3, encoding=...)``, topozarr's layout (see
+    :mod:`.chunking`): variables over both or one spatial dim, and 1-D coordinates along one that need more
+    than one chunk. Needs no CRS and no uniform grid (1-pixel and irregular axes are fine): only the sizes
+    matter. A variable with a nodata value other than NaN (its ``_FillValue``) also gets ``fill_value``, so
+    the written zarr ``fill_value`` marks nodata as in a pyramid's levels.
+
+    Parameters: ``ds`` the dataset; ``x_dim``/``y_dim`` its spatial dims; ``chunks_per_shard`` chunks per
+    shard along each spatial dim (1, 2, 4, 8, 16, 32, or None for no sharding); ``target_chunk_bytes`` the
+    uncompressed size a chunk aims at."""
     layouts = recommend_encodings(ds, x_dim, y_dim, chunks_per_shard, target_chunk_bytes)
-    return {name: enc.to_xarray() for name, enc in layouts.items()}
+    out = {name: enc.to_xarray() for name, enc in layouts.items()}
+    for name in out:
+        da = ds[name]
+        if da.dtype.kind in "iuf" and (name in ds.data_vars or {x_dim, y_dim} <= set(da.dims)):
+            fill = nodata_value(da)
+            if fill is not None:
+                out[name]["fill_value"] = np.asarray(fill).astype(da.dtype).item()
+    return out
 
 
 def attach_geozarr_metadata(

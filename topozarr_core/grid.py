@@ -31,24 +31,21 @@ class Axis:
         """Outer edge of the first pixel (what an affine transform anchors to)."""
         return self.start - self.step / 2
 
-    def coarse_centres(self, factor: int) -> np.ndarray:
-        """Window means of the centres, as xarray.coarsen(...).mean() gives for coordinates."""
-        n = self.size // factor
-        return self.start + self.step * (np.arange(n) * factor + (factor - 1) / 2)
 
+def level_centres(ds: xr.Dataset, axis: Axis, factors: tuple[int, ...] | list[int]) -> np.ndarray:
+    """The x or y coordinate of the level reached through cumulative ``factors`` (level 0 first).
 
-def level_centres(ds: xr.Dataset, axis: Axis, factor: int) -> np.ndarray:
-    """A level's x or y coordinate values, in a float dtype.
-
-    Level 0 is the source's own coordinate, copied bit for bit (regenerating it from start and step
-    is up to a few ulps off); coarser levels are window means of the centres, as
-    ``xarray.coarsen(...).mean()`` gives. A dim without coordinate gets its indices as float64.
+    Level 0 is the source's own coordinate, bit for bit (its dtype too). Each coarser level holds the
+    window means of the level before, ``values.reshape(n, step).mean(axis=1)`` per step as topozarr
+    computes them (``xarray.coarsen(...).mean()`` step by step): float coordinates keep their dtype,
+    others become float64. A dim without coordinate gets its indices as float64.
     """
-    dtype = np.dtype("f8") if axis.implicit else ds[axis.name].dtype
-    dtype = dtype if dtype.kind == "f" else np.dtype("f8")
-    if factor == 1 and not axis.implicit:
-        return np.array(ds[axis.name].values, dtype=dtype)
-    return axis.coarse_centres(factor).astype(dtype)
+    values = np.arange(axis.size, dtype="f8") if axis.implicit else np.asarray(ds[axis.name].values)
+    for prev, f in zip(factors, factors[1:]):
+        step = f // prev
+        n = values.size // step
+        values = values[: n * step].reshape(n, step).mean(axis=1)
+    return np.array(values)
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,9 @@ def derive_level(ref_keys: dict[str, Buffer], ds: xr.Dataset, spec: PyramidSpec,
         elif name in axes and dims == [name]:
             if doc["chunk_grid"]["configuration"]["chunk_shape"] != doc["shape"]:
                 return None  # several chunks: zarr's chunk choice for the new length is not ours to guess
-            coords[name] = axis_centres(ds, axes[name], spec.factors[level])
+            coords[name] = axis_centres(ds, spec, axes[name], level)
+            if str(coords[name].dtype) != doc["data_type"]:
+                return None  # integer level-0 coordinates: the coarser levels hold float means
             edited = _rechunked(doc, coords[name].shape, coords[name].shape, None)
         elif set(dims) & set(axes):
             return None  # a carried variable along a spatial dim: its values change, xarray knows how

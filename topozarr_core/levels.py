@@ -14,9 +14,11 @@ import numpy as np
 import xarray as xr
 
 from .grid import Axis, level_centres
+from .kernels import SUPPORTED_DTYPES
 from .metadata import level_attributes
+from .one_axis import reduce_along
 from .packing import packing_attrs
-from .planning import PyramidSpec
+from .planning import PyramidSpec, nodata_value
 from .plan import VarSpec
 
 #: Encoding keys kept from the source for carried variables and coordinates (CF time encoding).
@@ -50,20 +52,39 @@ def _coarsen_1d(values: np.ndarray, axis: int, f: int) -> np.ndarray:
     return np.take(trimmed, np.arange(0, n * f, f), axis=axis)
 
 
-def _carried(var: xr.Variable, spec: PyramidSpec, f: int) -> xr.Variable:
-    """A variable without both spatial dims: copied, or coarsened along its one spatial dim."""
+def _carried(var: xr.Variable, spec: PyramidSpec, level: int) -> xr.Variable:
+    """A variable without both spatial dims: copied, or coarsened along its one spatial dim (level by
+    level, as topozarr coarsens its coordinates)."""
     values = np.asarray(var.values)
     for d in (spec.x_dim, spec.y_dim):
         if d in var.dims:
-            values = _coarsen_1d(values, var.dims.index(d), f)
+            for prev, f in zip(spec.factors[:level], spec.factors[1 : level + 1]):
+                values = _coarsen_1d(values, var.dims.index(d), f // prev)
     out = xr.Variable(var.dims, values, attrs={k: v for k, v in var.attrs.items() if k not in DROP_ATTRS})
     out.encoding = {k: v for k, v in var.encoding.items() if k in _KEEP_ENCODING}
     return out
 
 
-def axis_centres(ds: xr.Dataset, axis: Axis, f: int) -> np.ndarray:
+def _along_one_axis(ds: xr.Dataset, name: str, spec: PyramidSpec, level: int) -> xr.Variable:
+    """A data variable over one spatial dim at ``level``: reduced along it with the pyramid's method in its
+    own dtype (a sum widens), nodata kept, as topozarr does (see :mod:`.one_axis`). A dtype the kernel
+    does not take (dates, text) is carried as before (window means, or the first value)."""
+    var = ds[name].variable
+    if var.dtype not in SUPPORTED_DTYPES:
+        return _carried(var, spec, level)
+    fill = nodata_value(ds[name])
+    (dim,) = [d for d in var.dims if d in (spec.x_dim, spec.y_dim)]
+    values = reduce_along(np.asarray(var.values), var.dims.index(dim), spec.factors[: level + 1], spec.method, fill)
+    out = xr.Variable(var.dims, values, attrs={k: v for k, v in var.attrs.items() if k not in DROP_ATTRS})
+    out.encoding = {k: v for k, v in var.encoding.items() if k in _KEEP_ENCODING and k != "dtype"}
+    if fill is not None:
+        out.encoding["_FillValue"] = out.encoding["fill_value"] = np.asarray(fill).astype(values.dtype).item()
+    return out
+
+
+def axis_centres(ds: xr.Dataset, spec: PyramidSpec, axis: Axis, level: int) -> np.ndarray:
     """A level's x or y coordinate (level 0: the source's, bit for bit; see ``grid.level_centres``)."""
-    return level_centres(ds, axis, f)
+    return level_centres(ds, axis, spec.factors[: level + 1])
 
 
 def gridded_encoding(spec_var: VarSpec, level: int) -> dict[str, Any]:
@@ -88,18 +109,18 @@ def level_dataset(ds: xr.Dataset, spec: PyramidSpec, level: int, data: GriddedDa
     coords: dict[str, xr.Variable] = {}
     for axis in (grid.y, grid.x):
         src = ds[axis.name].variable
-        coords[axis.name] = xr.Variable((axis.name,), axis_centres(ds, axis, f),
+        coords[axis.name] = xr.Variable((axis.name,), axis_centres(ds, spec, axis, level),
                                         attrs={k: v for k, v in src.attrs.items() if k not in DROP_ATTRS})
     gridded = {v.name: v for v in spec.variables}
     for name, var in ds.coords.variables.items():
         if name in coords or name in gridded or name == crs_name:
             continue
-        coords[str(name)] = _carried(var, spec, f)
+        coords[str(name)] = _carried(var, spec, level)
+    encoding: dict[str, dict] = {}
     wkt = spec.crs.to_wkt()
     coords[crs_name] = xr.Variable((), np.int64(0), attrs={"crs_wkt": wkt, "spatial_ref": wkt})
 
     data_vars: dict[str, xr.Variable] = {}
-    encoding: dict[str, dict] = {}
     for v in spec.variables:
         src = ds[v.name].variable
         attrs = {**{k: val for k, val in src.attrs.items() if k not in DROP_ATTRS}, **packing_attrs(v)}
@@ -109,7 +130,13 @@ def level_dataset(ds: xr.Dataset, spec: PyramidSpec, level: int, data: GriddedDa
         (coords if v.is_coord else data_vars)[v.name] = var
         encoding[v.name] = gridded_encoding(v, level)
     for name in spec.carried:
-        data_vars[name] = _carried(ds[name].variable, spec, f)
+        one_axis = name in spec.side_dims  # a data variable over one spatial dim
+        data_vars[name] = _along_one_axis(ds, name, spec, level) if one_axis else _carried(ds[name].variable, spec,
+                                                                                           level)
+    for name, layouts in spec.side_encodings.items():  # topozarr's chunks of long coordinates, 1-D profiles
+        if layouts[level] is not None:
+            var = coords.get(name, data_vars.get(name))
+            encoding[name] = {**(var.encoding if var is not None else {}), **layouts[level].to_xarray()}
     out = xr.Dataset(data_vars, coords=coords, attrs=level_attributes(grid, spec.crs, f, spec.source_attrs))
     return out, encoding
 

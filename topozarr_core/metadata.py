@@ -158,6 +158,20 @@ def multiscale_attributes(
     return attrs
 
 
+def rename_resampling(attrs: Any, old: str, new: Any) -> bool:
+    """After ``pyramid.method`` changed from ``old`` to ``new``: the ``multiscales`` resampling names in
+    ``attrs`` that still name ``old`` name ``new``, in place. False (nothing changed) when ``new`` is not a
+    method."""
+    if not isinstance(new, str) or new not in RESAMPLING_NAMES:
+        return False
+    before, after = RESAMPLING_NAMES[old], RESAMPLING_NAMES[new]
+    ms = attrs.get("multiscales") if isinstance(attrs, dict) else None
+    for entry in [ms] + (ms.get("layout", []) if isinstance(ms, dict) else []):
+        if isinstance(entry, dict) and entry.get("resampling_method") == before:
+            entry["resampling_method"] = after
+    return True
+
+
 def comparable(doc: Any) -> Any:
     """A metadata document in comparable form: NaN-safe, tuples as lists, numpy scalars as Python."""
     import json

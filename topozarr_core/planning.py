@@ -15,7 +15,8 @@ import xarray as xr
 from .chunking import (
     DEFAULT_TARGET_CHUNK_BYTES,
     VarEncoding,
-    spatial_chunk_size,
+    coordinate_encoding,
+    level_source_chunks,
     validate_chunks_per_shard,
     variable_encoding,
 )
@@ -52,6 +53,13 @@ class PyramidSpec:
     source_attrs: dict[str, Any] = field(default_factory=dict)
     #: CF-packed integer variables stay packed (``create_pyramid(pack=...)``, see packing)
     pack: bool = True
+    #: per level, the layout of the data variables over one spatial dim and the 1-D coordinates along a
+    #: spatial dim (None: one chunk, xarray's default); see :func:`side_layouts`
+    side_encodings: dict[str, tuple[VarEncoding | None, ...]] = field(default_factory=dict)
+    #: the dims of each variable of ``side_encodings``
+    side_dims: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: the nodata value (not NaN) of each data variable over one spatial dim that has one
+    side_fills: dict[str, float | int] = field(default_factory=dict)
 
     @property
     def x_dim(self) -> str:
@@ -113,21 +121,27 @@ def auto_levels(ny: int, nx: int, min_dim: int = DEFAULT_MIN_DIM) -> int:
     return levels
 
 
-def _fill_value(da: xr.DataArray) -> float | int | None:
-    fill = da.attrs.get("_FillValue")
+def nodata_value(da: xr.DataArray) -> float | int | None:
+    """The variable's nodata value: its ``_FillValue`` attribute, or for an integer variable also its
+    ``encoding["_FillValue"]`` (where xarray keeps it after decoding, as topozarr reads it). A float
+    variable's encoding fill is already NaN in the decoded data, so NaN stays its nodata."""
+    fill, where = da.attrs.get("_FillValue"), "attribute"
+    if fill is None and da.dtype.kind in "iu":
+        fill, where = da.encoding.get("_FillValue"), "encoding"
     if fill is None:
         return None
     dtype = da.dtype
     fill_arr = np.asarray(fill)
     if fill_arr.dtype.kind not in "biuf" or fill_arr.size != 1:
-        raise ValueError(f"variable {da.name!r}: attribute _FillValue {short(fill)} is not a number; set "
-                         f"ds[{da.name!r}].attrs['_FillValue'] to a number of dtype {dtype} (or delete it)")
+        place = "attrs" if where == "attribute" else "encoding"
+        raise ValueError(f"variable {da.name!r}: {where} _FillValue {short(fill)} is not a number; set "
+                         f"ds[{da.name!r}].{place}['_FillValue'] to a number of dtype {dtype} (or delete it)")
     if dtype.kind in "iu":
         if not np.isfinite(fill_arr).all() or fill_arr != np.round(fill_arr):
-            raise ValueError(f"variable {da.name!r}: _FillValue {fill!r} is not an integer for dtype {dtype}")
+            raise ValueError(f"variable {da.name!r}: {where} _FillValue {fill!r} is not an integer for dtype {dtype}")
         info = np.iinfo(dtype)
         if not info.min <= int(fill) <= info.max:
-            raise ValueError(f"variable {da.name!r}: _FillValue {fill!r} does not fit dtype {dtype}")
+            raise ValueError(f"variable {da.name!r}: {where} _FillValue {fill!r} does not fit dtype {dtype}")
         return int(fill)
     value = float(fill)
     return None if np.isnan(value) else value
@@ -146,25 +160,75 @@ def _source_chunks(da: xr.DataArray) -> tuple[int, ...] | None:
     return None
 
 
+def layout_chunks(da: xr.DataArray) -> tuple[int, ...] | None:
+    """The source chunk shape the layout snaps to, as topozarr sniffs it: the first dask chunk per dim,
+    else the Zarr backend's ``encoding["chunks"]`` (a NetCDF file's chunking is not snapped to)."""
+    if da.chunks:
+        return tuple(int(c[0]) if len(c) else 1 for c in da.chunks)
+    chunks = da.encoding.get("chunks")
+    if chunks is not None and len(chunks) == da.ndim:
+        return tuple(int(c) for c in chunks)
+    return None
+
+
+def layout_source_chunks(ds: xr.Dataset, x_dim: str, y_dim: str) -> dict[str, int] | None:
+    """The source chunk per dim that every layout snaps to: one value for the whole dataset, taken from
+    the data variables over both spatial dims. None when one of them is not chunked or they disagree
+    along x or y (then nothing snaps, as in topozarr); a non-spatial dim they disagree on is left out."""
+    sizes: dict[str, set[int]] = {x_dim: set(), y_dim: set()}
+    for da in ds.data_vars.values():
+        if not {x_dim, y_dim} <= set(da.dims):
+            continue
+        chunks = layout_chunks(da)
+        if chunks is None:
+            return None
+        for dim, chunk in zip(da.dims, chunks):
+            sizes.setdefault(str(dim), set()).add(chunk)
+    if any(len(sizes[dim]) != 1 for dim in (x_dim, y_dim)):
+        return None
+    return {dim: next(iter(s)) for dim, s in sizes.items() if len(s) == 1}
+
+
 def level_layouts(da: xr.DataArray, x_dim: str, y_dim: str, factors: tuple[int, ...],
-                  chunks_per_shard: int | None, target_chunk_bytes: int, itemsize: int | None = None
-                  ) -> tuple[list[tuple[int, ...]], list[VarEncoding]]:
-    """Shape and chunk/shard layout of one gridded variable at every factor. Needs only the sizes (and
-    the source chunks), not a uniform grid: :func:`recommend_encodings` uses it on any raster."""
-    chunks = _source_chunks(da)
-    yi, xi = da.get_axis_num(y_dim), da.get_axis_num(x_dim)
-    src_spatial = min(chunks[yi], chunks[xi]) if chunks else None
-    if src_spatial is not None and src_spatial >= min(da.shape[yi], da.shape[xi]):
-        src_spatial = None  # one chunk over the whole grid: nothing to snap to
+                  chunks_per_shard: int | None, target_chunk_bytes: int, source_chunks: dict[str, int] | None,
+                  itemsize: int | None = None) -> tuple[list[tuple[int, ...]], list[VarEncoding]]:
+    """Shape and chunk/shard layout at every factor of a variable over one or both spatial dims. Needs only
+    the sizes (and the source chunks), not a uniform grid: :func:`recommend_encodings` uses it on any raster."""
     itemsize = itemsize or da.dtype.itemsize  # a packed variable's stored dtype (see packing)
-    edge = spatial_chunk_size(itemsize, target_chunk_bytes, src_spatial)
+    dims = tuple(map(str, da.dims))
     shapes, encodings = [], []
     for f in factors:
-        shape = tuple((n // f if d in (x_dim, y_dim) else n) for d, n in zip(da.dims, da.shape))
+        shape = tuple((n // f if d in (x_dim, y_dim) else n) for d, n in zip(dims, da.shape))
         shapes.append(shape)
-        encodings.append(variable_encoding(tuple(map(str, da.dims)), shape, itemsize, y_dim, x_dim, edge,
-                                           chunks_per_shard))
+        encodings.append(variable_encoding(dims, shape, itemsize, y_dim, x_dim, chunks_per_shard, target_chunk_bytes,
+                                           level_source_chunks(source_chunks, f, (x_dim, y_dim))))
     return shapes, encodings
+
+
+def side_layouts(ds: xr.Dataset, x_dim: str, y_dim: str, factors: tuple[int, ...], names: list[str],
+                 chunks_per_shard: int | None, target_chunk_bytes: int, source_chunks: dict[str, int] | None,
+                 ) -> dict[str, tuple[VarEncoding | None, ...]]:
+    """Per level, the layout of what is written beside the gridded variables, as topozarr plans it: data
+    variables over one spatial dim (chunked and sharded like a gridded one along the dim they have) and
+    1-D coordinates along a spatial dim (1-D chunks, unsharded, none when one chunk holds them)."""
+    out: dict[str, tuple[VarEncoding | None, ...]] = {}
+    for name in names:
+        da = ds[name]
+        if name in ds.data_vars:
+            out[name] = tuple(level_layouts(da, x_dim, y_dim, factors, chunks_per_shard, target_chunk_bytes,
+                                            source_chunks)[1])
+            continue
+        dtype = da.dtype if da.dtype.kind == "f" else np.dtype("f8")  # coarse coordinates are window means
+        out[name] = tuple(coordinate_encoding(da.size // f, (da.dtype if f == 1 else dtype).itemsize,
+                                              target_chunk_bytes) for f in factors)
+    return out
+
+
+def side_names(ds: xr.Dataset, x_dim: str, y_dim: str) -> list[str]:
+    """Data variables over exactly one spatial dim, then 1-D coordinates along a spatial dim."""
+    spatial = {x_dim, y_dim}
+    names = [str(n) for n, da in ds.data_vars.items() if len(spatial & set(da.dims)) == 1]
+    return names + [str(n) for n, da in ds.coords.items() if da.ndim == 1 and da.dims[0] in spatial]
 
 
 def check_dtype(da: xr.DataArray, name: str) -> None:
@@ -177,8 +241,9 @@ def check_dtype(da: xr.DataArray, name: str) -> None:
 
 def recommend_encodings(ds: xr.Dataset, x_dim: str, y_dim: str, chunks_per_shard: int | None,
                         target_chunk_bytes: int) -> dict[str, VarEncoding]:
-    """Level-0 layout of every gridded variable of a flat dataset. Only the dims are checked: an encoding
-    needs no CRS and no uniform (or even 2-pixel) grid."""
+    """Level-0 layout of a flat dataset: gridded variables, variables over one spatial dim and long 1-D
+    coordinates (see :mod:`.chunking`). Only the dims are checked: an encoding needs no CRS, no uniform (or
+    even 2-pixel) grid and no particular dtype (a bool mask gets one too), only the sizes."""
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"recommend_encoding needs an xarray Dataset, got {type(ds).__name__}")
     if x_dim == y_dim:
@@ -193,14 +258,17 @@ def recommend_encodings(ds: xr.Dataset, x_dim: str, y_dim: str, chunks_per_shard
     gridded, grid_coords, _ = _gridded_names(ds, x_dim, y_dim)
     if not gridded:
         raise ValueError(f"no data variable has both {y_dim!r} and {x_dim!r}; nothing to recommend an encoding for")
+    source_chunks = layout_source_chunks(ds, x_dim, y_dim)
     out = {}
     for name in gridded + grid_coords:
         da = ds[name]
-        check_dtype(da, name)
         empty = [dim for dim, n in da.sizes.items() if n == 0]
         if empty:
             raise ValueError(f"variable {name!r} has a zero-length {empty[0]!r} dimension: nothing to encode")
-        out[name] = level_layouts(da, x_dim, y_dim, (1,), chunks_per_shard, target_chunk_bytes)[1][0]
+        out[name] = level_layouts(da, x_dim, y_dim, (1,), chunks_per_shard, target_chunk_bytes, source_chunks)[1][0]
+    side = side_layouts(ds, x_dim, y_dim, (1,), side_names(ds, x_dim, y_dim), chunks_per_shard, target_chunk_bytes,
+                        source_chunks)
+    out.update({name: layouts[0] for name, layouts in side.items() if layouts[0] is not None})
     return out
 
 
@@ -276,6 +344,7 @@ def build_spec(
 
     specs = []
     source_chunks: dict[str, tuple[int, ...] | None] = {}
+    layout_chunks = layout_source_chunks(ds, x_dim, y_dim)
     for name in gridded + grid_coords:
         da = ds[name]
         check_dtype(da, name)
@@ -283,14 +352,14 @@ def build_spec(
         var_method = method if not is_coord else ("mean" if da.dtype.kind == "f" else "nearest")
         packing = None if is_coord else source_packing(da, var_method, pack)
         dtype = np.dtype(packing.dtype) if packing else da.dtype  # what level 0 stores
-        fill = packing.fill_value if packing else _fill_value(da)
+        fill = packing.fill_value if packing else nodata_value(da)
         if var_method == "majority" and dtype.kind in "iu" and fill is None:
             raise ValueError(
                 f"method='majority' on integer variable {name!r} needs a _FillValue attribute to mark "
                 f"windows without a majority; set ds[{name!r}].attrs['_FillValue'] or use method='mode'"
             )
         source_chunks[name] = _source_chunks(da)
-        shapes, encodings = level_layouts(da, x_dim, y_dim, fs, chunks_per_shard, target_chunk_bytes,
+        shapes, encodings = level_layouts(da, x_dim, y_dim, fs, chunks_per_shard, target_chunk_bytes, layout_chunks,
                                           itemsize=dtype.itemsize)
         specs.append(
             VarSpec(
@@ -307,6 +376,19 @@ def build_spec(
                 packing=packing,
             )
         )
+    side = side_layouts(ds, x_dim, y_dim, fs, side_names(ds, x_dim, y_dim), chunks_per_shard, target_chunk_bytes,
+                        layout_chunks)
+    side_fills: dict[str, float | int] = {}
+    for name in side:  # data variables over one spatial dim are reduced with the method too (see one_axis)
+        da = ds[name]
+        if name in ds.data_vars and da.dtype in SUPPORTED_DTYPES:
+            fill = nodata_value(da)
+            if method == "majority" and da.dtype.kind in "iu" and fill is None:
+                raise ValueError(f"method='majority' on integer variable {name!r} needs a _FillValue attribute to "
+                                 f"mark windows without a majority; set ds[{name!r}].attrs['_FillValue'] or use "
+                                 "method='mode'")
+            if fill is not None:
+                side_fills[name] = np.asarray(fill).astype(da.dtype).item()
     return PyramidSpec(
         grid=grid,
         crs=resolved_crs,
@@ -320,8 +402,12 @@ def build_spec(
         layer_hints=dict(layer_hints or {}),
         source_attrs=dict(ds.attrs),
         pack=bool(pack),
+        side_encodings=side,
+        side_dims={name: tuple(map(str, ds[name].dims)) for name in side},
+        side_fills=side_fills,
     )
 
 
-__all__ = ["PyramidSpec", "build_spec", "resolve_factors", "auto_levels", "recommend_encodings", "CoarseningMethod",
+__all__ = ["PyramidSpec", "build_spec", "resolve_factors", "auto_levels", "recommend_encodings", "nodata_value",
+           "CoarseningMethod",
            "DEFAULT_MIN_DIM", "DEFAULT_TARGET_CHUNK_BYTES", "VarEncoding"]

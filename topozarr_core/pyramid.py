@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import psutil
 import xarray as xr
 
 from .chunking import DEFAULT_TARGET_CHUNK_BYTES
-from .edits import apply_encoding, encoding_key, planned_encoding
+from .edits import apply_encoding, encoding_key, planned_encoding, replan_fixed_keys
 from .executor import auto_workers, write_tiles
 from .init_ahead import LevelInitialiser
 from .layout import initialise_target, prepare_target, publish_root
@@ -18,11 +17,13 @@ from .lease import lease_for
 from .level_cache import LevelCache
 from .level_docs import LevelDocuments
 from .levels import gridded_encoding, level_dataset, template_data
-from .metadata import ZarrLayerVarConfig, dataset_attributes, multiscale_attributes, stored_attributes
+from .metadata import (ZarrLayerVarConfig, dataset_attributes, multiscale_attributes, rename_resampling,
+                       stored_attributes)
 from .partial import check_kept_levels, finish_partial
 from .paths import MISSING_GROUP
 from .plan import RegionPlan, build_region_plan
 from .planning import DEFAULT_MIN_DIM, CoarseningMethod, PyramidSpec, build_spec
+from .report import WriteReport
 from .root_doc import OPTIONS_KEY, creation_options
 from .stats import RegionTimer
 from .storable import short
@@ -30,7 +31,8 @@ from .target_contract import check_target
 from .targets import resolve_store
 from .tiles import DEFAULT_TILE_BYTES, TilePlan, build_tile_plan
 
-DEFAULT_MAX_REGION_BYTES = 256_000_000
+#: topozarr's default: 256 MiB of level-0 input per region
+DEFAULT_MAX_REGION_BYTES = 256 * 1024 * 1024
 #: Auto keep_levels_in_memory when the level cache (LevelCache.nbytes_needed: a few blocks per
 #: precomputed level, unaligned levels whole) needs less than this share of available RAM.
 KEEP_IN_MEMORY_RAM_FRACTION = 0.25
@@ -38,40 +40,16 @@ KEEP_IN_MEMORY_RAM_FRACTION = 0.25
 IO = Literal["python", "rust"]
 
 
-@dataclass
-class WriteReport:
-    """Summary of a completed ``Pyramid.write``."""
-
-    levels: list[int]
-    regions: int
-    bytes_written: int
-    workers: int
-    kept_in_memory: bool
-    io: str
-    #: ``write(stats=True)``: per-level timings keyed "0", "1", ... (see :mod:`.stats`), else None
-    stats: dict[str, dict[str, Any]] | None = None
-    #: whether the root was published (False after a write that left levels unwritten)
-    published: bool = True
-
-    def __getitem__(self, level: str) -> dict[str, Any]:
-        """``report["0"]["write_s"]``: topozarr's ``write(stats=True)`` returns the stats dict itself."""
-        if self.stats is None:
-            raise KeyError(f"{level!r}: no stats were collected; call write(..., stats=True)")
-        return self.stats[level]
-
-    def keys(self):
-        return (self.stats or {}).keys()
-
-    def items(self):
-        return (self.stats or {}).items()
-
-
 class Pyramid:
     """A planned pyramid: nothing is computed or written until ``write`` or ``as_datatree``."""
 
-    def __init__(self, ds: xr.Dataset, spec: PyramidSpec):
+    def __init__(self, ds: xr.Dataset, spec: PyramidSpec, replan: Callable[[str], PyramidSpec] | None = None):
         self.ds = ds
         self._planned = spec
+        #: plans the same pyramid for another ``method`` (topozarr lets the method be edited after planning)
+        self._replan = replan
+        self._method: Any = spec.method
+        self._named: str = spec.method
         #: The chunk/shard plan, computed once and editable (as topozarr documents): every write path
         #: (``write``, ``as_datatree``, ``initialise``/``publish``, ``region_plan``, the flows) uses it.
         self.encoding: dict[str, dict[str, dict]] = planned_encoding(spec)
@@ -79,15 +57,25 @@ class Pyramid:
         self.attrs: dict[str, Any] = {**stored_attributes(dataset_attributes(spec.source_attrs)),  # conventions win
                                       **multiscale_attributes(spec.grid, spec.crs, list(spec.factors), spec.method,
                                                               spec.layer_hints)}
-        self._applied: tuple[str, PyramidSpec] = (encoding_key(self.encoding), spec)
+        self._applied: tuple[str, PyramidSpec, PyramidSpec] = (encoding_key(self.encoding), spec, spec)
 
     @property
     def spec(self) -> PyramidSpec:
-        """The plan with the current ``encoding`` applied; raises a one-line error on a bad edit."""
+        """The plan with the current ``method`` and ``encoding``; raises a one-line error on a bad edit."""
+        planned = self._current()
         key = encoding_key(self.encoding)
-        if key != self._applied[0]:
-            self._applied = (key, apply_encoding(self._planned, self.encoding))
+        if key != self._applied[0] or planned is not self._applied[2]:
+            self._applied = (key, apply_encoding(planned, self.encoding), planned)
         return self._applied[1]
+
+    def _current(self) -> PyramidSpec:
+        """The plan for the current ``method``: re-planned (and so re-checked) once after an edit."""
+        if self._method != self._planned.method:
+            if self._replan is None:
+                raise ValueError("pyramid.method cannot be changed on this pyramid; create it with the method")
+            self._planned = self._replan(self._method)  # a bad method is refused here, before any write
+            replan_fixed_keys(self.encoding, self._planned)
+        return self._planned
 
     @property
     def source(self) -> xr.Dataset:
@@ -104,13 +92,22 @@ class Pyramid:
 
     @property
     def method(self) -> CoarseningMethod:
-        return self._planned.method  # type: ignore[return-value]
+        """The coarsening method. Editable as in topozarr: checked (with everything it implies, e.g. a
+        ``_FillValue`` for ``majority`` on integers) when the plan is next used, before anything is
+        written; the ``resampling_method`` entries of ``attrs`` follow a valid edit."""
+        return self._method
+
+    @method.setter
+    def method(self, value: Any) -> None:
+        self._method = value
+        if rename_resampling(self.attrs, self._named, value):
+            self._named = value  # the method attrs name (the last valid one)
 
     @property
     def fill_values(self) -> dict[str, float | int | None]:
         """Per gridded data variable, the ``_FillValue`` its arrays are written with (NaN for floats
         without one, None for integers without one)."""
-        return {v.name: gridded_encoding(v, 0)["_FillValue"] for v in self._planned.variables if not v.is_coord}
+        return {v.name: gridded_encoding(v, 0)["_FillValue"] for v in self._current().variables if not v.is_coord}
 
     @property
     def level_templates(self) -> dict[int, xr.Dataset]:
@@ -230,7 +227,7 @@ class Pyramid:
         overwrite_foreign: bool = False,
         stats: bool = False,
         max_tile_bytes: int | None = None,
-    ) -> WriteReport:
+    ) -> WriteReport | None:
         """Compute and write the levels through a local thread pool.
 
         Every check runs before the target changes: the edited ``encoding`` and ``attrs``, the target
@@ -241,8 +238,9 @@ class Pyramid:
 
         ``levels=[0, ...]`` with ``mode="w"`` into a missing or empty target creates the whole layout,
         writes those levels and leaves the root unpublished (:mod:`.partial`); ``mode="a"`` writes the
-        rest and publishes once every level holds data. ``stats=True`` adds per-level timings
-        (:mod:`.stats`) to the report, which ``report["0"]`` indexes as topozarr's returned dict.
+        rest and publishes once every level holds data. As in topozarr, nothing is returned unless
+        ``stats=True``: then a :class:`~.report.WriteReport`, topozarr's per-level stats dict
+        (:mod:`.stats`) that also carries the write's summary (levels, regions, bytes, workers, published).
         ``max_tile_bytes`` runs the tiles of :meth:`tile_plan` with that size here, stage by stage
         (default: one tile, the whole pyramid, which reads nothing back from the target)."""
         from .io_select import open_array_for, check_io
@@ -295,14 +293,16 @@ class Pyramid:
             else:
                 owned = {str(lvl) for lvl in every} | {MISSING_GROUP}
                 finish_partial(zstore, root, has_data, owned)
+        if timer is None:
+            return None  # as topozarr: a report only when asked for
         return WriteReport(
+            timer.as_dict(workers, _region_shapes(list(regions.values()))),
             levels=planned,
             regions=sum(lp.n_regions for r in regions.values() for lp in r.levels),
             bytes_written=written,
             workers=workers,
             kept_in_memory=keep,
             io=io,
-            stats=None if timer is None else timer.as_dict(workers, _region_shapes(list(regions.values()))),
             published=complete,
         )
 
@@ -334,8 +334,14 @@ class Pyramid:
                 src[v.name] = src[v.name].chunk(dict(zip(v.dims, write_unit(v, 0))))
         tree: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=self.attrs)}
         for lvl in range(self.levels):
-            level_ds, _ = level_dataset(self.ds, self.spec, lvl, lambda v, L: dsa.asarray(
+            level_ds, encoding = level_dataset(self.ds, self.spec, lvl, lambda v, L: dsa.asarray(
                 coarsened(src, self.spec, v, L)).rechunk(write_unit(v, L)))
+            for v in self.spec.variables:  # the encoding passed to to_zarr replaces the variable's: the
+                fill = encoding[v.name]["_FillValue"]  # nodata marker travels in the attributes
+                if fill is not None:
+                    level_ds[v.name].attrs["_FillValue"] = fill
+            for name in self.spec.side_fills:  # variables over one spatial dim, likewise
+                level_ds[name].attrs["_FillValue"] = level_ds[name].encoding.pop("_FillValue")
             tree[f"/{lvl}"] = level_ds
         return xr.DataTree.from_dict(tree)
 
@@ -397,7 +403,13 @@ def create_pyramid(
     )
     if isinstance(ds, xr.DataArray):
         ds = ds.to_dataset(name=ds.name or "data")
-    return Pyramid(ds, spec)
+
+    def replan(new_method: str) -> PyramidSpec:
+        return build_spec(ds, levels=None, factors=list(spec.factors), x_dim=x_dim, y_dim=y_dim, method=new_method,
+                          crs=crs, layer_hints=layer_hints, chunks_per_shard=chunks_per_shard,
+                          target_chunk_bytes=target_chunk_bytes, min_dim=min_dim, pack=pack)
+
+    return Pyramid(ds, spec, replan)
 
 
 __all__ = ["create_pyramid", "Pyramid", "WriteReport"]

@@ -93,15 +93,16 @@ def appended_variables(ds: xr.Dataset, spec: Any, dim: str) -> tuple[MemoryStore
     Variables without a spatial dim are the same at every level: written once, copied to each."""
     mem = MemoryStore()
     gridded = {v.name for v in spec.variables}
-    first, _ = level_dataset(ds, spec, 0, placeholder)
-    names = {str(n): bool({spec.x_dim, spec.y_dim} & set(var.dims)) for n, var in first.variables.items()
+    first = level_dataset(ds, spec, 0, placeholder)
+    names = {str(n): bool({spec.x_dim, spec.y_dim} & set(var.dims)) for n, var in first[0].variables.items()
              if dim in var.dims and n not in gridded}  # name -> has a spatial dim (differs per level)
     copies: list[tuple[str, str]] = []
     for lvl in range(len(spec.factors)):
         if lvl == 0 or any(names.values()):
-            level_ds = first if lvl == 0 else level_dataset(ds, spec, lvl, placeholder)[0]
+            level_ds, encoding = first if lvl == 0 else level_dataset(ds, spec, lvl, placeholder)
             sub = level_ds.drop_vars([n for n in level_ds.variables if n in gridded])
-            sub.to_zarr(mem, group=str(lvl), mode="w", consolidated=False, zarr_format=3)
+            sub.to_zarr(mem, group=str(lvl), mode="w", consolidated=False, zarr_format=3,  # chunked as built
+                        encoding={n: e for n, e in encoding.items() if n in sub.variables})
         for name, per_level in names.items():
             src_lvl = lvl if per_level else 0
             copies.append((f"{src_lvl}/{name}", f"{lvl}/{name}"))
