@@ -28,7 +28,7 @@ def source(tmp_path):
 
 
 def _params(src, target, **kw) -> BuildParams:
-    # 1 MB tiles of 358-px shards: 8 tiles of level 0, 2 of level 1 (reading level 0), 1 of level 2
+    # 1 MB tiles of 300 x 350 shards: 4 tiles of level 0, 2 of level 1 (reading level 0), 1 of level 2
     base = dict(source=src, target=target, levels=3, x_dim="lon", y_dim="lat", crs="EPSG:4326",
                 chunks_per_shard=1, max_tile_bytes=1_000_000)
     base.update(kw)
@@ -130,7 +130,8 @@ def test_concurrency_limit_is_never_exceeded(prefect_harness, source, tmp_path, 
     prefect_harness.ensure_concurrency_limit("test-writes-2", 2)
     monkeypatch.setenv("TOPOZARR_FAULTS", "delay=0.4")
     flow = build_pyramid.with_options(task_runner=ThreadPoolTaskRunner(max_workers=8))
-    result = flow(_params(src, str(tmp_path / "c.zarr"), levels=2, concurrency_limit="test-writes-2"),
+    result = flow(_params(src, str(tmp_path / "c.zarr"), levels=2, concurrency_limit="test-writes-2",
+                          max_tile_bytes=200_000),  # one shard a tile: 8 tiles of level 0, 2 of level 1
                   return_state=True)
     assert result.is_completed()
     runs = _tile_results(prefect_harness, result)
@@ -257,7 +258,7 @@ def test_flow_runs_unchanged_on_dask_process_cluster(prefect_harness, source, tm
         params = _params(src, target, target_format=target_format)
         state = build_pyramid.with_options(task_runner=runner)(params, return_state=True)
         assert state.is_completed(), state.message
-        assert len(_tile_results(prefect_harness, state)) == 11
+        assert len(_tile_results(prefect_harness, state)) == 7
         with prefect_harness.client() as c:
             assert c.read_global_concurrency_limit_by_name("tag:" + params.concurrency_limit).active_slots == 0
             assert c.read_concurrency_limit_by_tag(params.concurrency_limit).active_slots == []

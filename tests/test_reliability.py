@@ -27,17 +27,17 @@ from tests.conftest import make_raster
 from topozarr_core import create_pyramid
 
 ROOT = Path(__file__).resolve().parents[1]
-# 400 x 400 x 4 time steps, levels=3, one chunk per shard, 600 kB tiles: 16 tiles of level 0 (one shard
+# 400 x 400 x 4 time steps, levels=3, one chunk per shard, 600 kB tiles: 8 tiles of level 0 (one shard
 # and time step each), 4 of level 1, 2 of level 2 (each its own task run).
 TILE_BYTES = 600_000
-STAGE_TILES = {0: 16, 1: 4, 2: 2}
+STAGE_TILES = {0: 8, 1: 4, 2: 2}
 TILE_KEYS = [f"S{stage}-{i:05d}" for stage, n in STAGE_TILES.items() for i in range(n)]
 FAULT_RATE = 0.2
 #: With 3 task retries a tile fails the run only if 4 consecutive attempts fail (0.2**4 = 0.16 %
-#: per tile). Attempts are seeded (flows/faults.py), so the outcome of a seed is fixed: seed 3
-#: injects 10 failures over 22 tiles (some tiles fail twice) and no tile exhausts its retries, so
+#: per tile). Attempts are seeded (flows/faults.py), so the outcome of a seed is fixed: seed 9
+#: injects 6 failures over 14 tiles (some tiles fail twice) and no tile exhausts its retries, so
 #: the run completes. (Seed 17, for instance, would exhaust one tile's retries and fail the run.)
-FAULT_SEED = "3"
+FAULT_SEED = "9"
 TASK_ATTEMPTS = 4  # 1 + RETRYING["retries"]
 
 
@@ -92,7 +92,7 @@ def test_fault_seed_is_a_completing_one(source):
     assert [t.key for t in plan.tiles] == TILE_KEYS
     predicted = predicted_attempts(FAULT_SEED)
     assert None not in predicted.values()
-    assert sum(n - 1 for n in predicted.values()) >= 5  # 10 injected failures
+    assert sum(n - 1 for n in predicted.values()) >= 5  # 6 injected failures
     assert None in predicted_attempts("17").values()  # a seed that would fail the run
 
 

@@ -99,7 +99,7 @@ def test_dependencies_are_the_tiles_under_a_window():
     ds = make_raster(ny=720, nx=720, nt=2)
     pyramid = create_pyramid(ds, levels=3, chunks_per_shard=1, **KW)
     plan = pyramid.tile_plan(max_tile_bytes=1_100_000)
-    assert [(r["stage"], r["tiles"], r["levels"]) for r in plan.summary()] == [(0, 9, [0]), (1, 8, [1]), (2, 1, [2])]
+    assert [(r["stage"], r["tiles"], r["levels"]) for r in plan.summary()] == [(0, 4, [0]), (1, 2, [1]), (2, 1, [2])]
     depends = plan.depends()
     by_key = {t.key: t for t in plan.tiles}
     for tile in plan.tiles:
