@@ -59,10 +59,11 @@ class PyramidStore:
         return f"{self.root_aliases[head]}/{rest}" if head in self.root_aliases and rest else key
 
     def info(self) -> dict[str, Any]:
-        """Root attributes, gridded variables and non-spatial coordinate values (the time slider)."""
+        """Root attributes, gridded variables (with their display attributes and default clim),
+        non-spatial coordinate values and their labels (the time slider), and the pyramid's label."""
         if self._info is None:
             self._info = self._read_info()
-        return self._info
+        return {**self._info, "label": self.label}
 
     def _read_info(self) -> dict[str, Any]:
         attrs = self.root.get("attributes") or {}
@@ -94,7 +95,7 @@ class PyramidStore:
             if clim is not None:
                 var["range"] = [float(clim[0]), float(clim[1])]
         return {"attributes": attrs, "variables": variables, "coordinates": coords, "labels": labels,
-                "units": units, "x_dim": x_dim, "y_dim": y_dim, "levels": levels, "label": self.label,
+                "units": units, "x_dim": x_dim, "y_dim": y_dim, "levels": levels,
                 "title": str(attrs.get("title") or ""), "lonlat_bounds": lonlat_bounds(attrs)}
 
 
