@@ -222,17 +222,21 @@ def level_values(ds: xr.Dataset, factor: int, x_dim: str, y_dim: str, time_index
     return da.coarsen({x_dim: factor, y_dim: factor}, boundary="trim").mean()
 
 
+def centres_on_screen(v: Viewer, grid: Grid):
+    """(column, row, x, y) of each block centre the view shows (away from the screen's edge)."""
+    xs, ys = grid.block_centres()
+    for (px, py), x, y in zip(v.project(grid.lonlat(xs, ys)), xs, ys):
+        col, row = int(round(px)), int(round(py))
+        if 2 <= col < VIEW[0] - 2 and 2 <= row < VIEW[1] - 2:
+            yield col, row, x, y
+
+
 def check_pixels(v: Viewer, grid: Grid, factor: int, time_index: int | None = None, min_samples: int = 4) -> int:
     """Every block centre on screen shows the grey of the stored value there (quantisation: 3 levels)."""
     img = v.pixels()
     ref = level_values(grid.ds, factor, grid.x_dim, grid.y_dim, time_index)
-    xs, ys = grid.block_centres()
-    screen = v.project(grid.lonlat(xs, ys))
     checked = 0
-    for (px, py), x, y in zip(screen, xs, ys):
-        col, row = int(round(px)), int(round(py))
-        if not (2 <= col < VIEW[0] - 2 and 2 <= row < VIEW[1] - 2):
-            continue
+    for col, row, x, y in centres_on_screen(v, grid):
         r, g, b, _ = img[row, col].astype(int)
         want = float(ref.sel({grid.x_dim: x, grid.y_dim: y}, method="nearest"))
         assert (r, g, b) != MAGENTA, f"no data drawn at block centre {x:.6g},{y:.6g} (pixel {col},{row})"
@@ -865,13 +869,8 @@ def test_colormaps_unknown_refused_or_shown_as_unknown(tmp_path, view):
 def check_colours(v: Viewer, grid: Grid, table: np.ndarray, clim) -> None:
     """Block centres show the table's colour for their value (one step either way)."""
     img = v.pixels()
-    xs, ys = grid.block_centres()
-    screen = v.project(grid.lonlat(xs, ys))
     checked = 0
-    for (px, py), x, y in zip(screen, xs, ys):
-        col, row = int(round(px)), int(round(py))
-        if not (2 <= col < VIEW[0] - 2 and 2 <= row < VIEW[1] - 2):
-            continue
+    for col, row, x, y in centres_on_screen(v, grid):
         value = float(grid.ds["v"].sel({grid.x_dim: x, grid.y_dim: y}, method="nearest"))
         i = int(round((value - clim[0]) / (clim[1] - clim[0]) * 255))
         options = table[max(0, i - 1): i + 2].astype(int)
@@ -888,6 +887,7 @@ def test_integer_zeros_are_drawn_and_declared_nodata_is_not(tmp_path, view):
     ds = block_raster(256, 512, x0=-20.0, y0=50.0, step=40 / 512, crs="EPSG:4326", x_dim="lon", y_dim="lat")
     by, bx = np.meshgrid(np.arange(256) // BLOCK, np.arange(512) // BLOCK, indexing="ij")
     ds["v"] = ds["v"].where((by + bx) % 3 != 0, 0).astype("int16")
+    ds["v"].attrs["units"] = "m"
     ds["w"] = ds["v"].copy()
     ds["w"].attrs["_FillValue"] = 0
     zero_lon, zero_lat = float(ds.lon[BLOCK // 2]), float(ds.lat[BLOCK // 2])  # block (0, 0): sea level
@@ -899,11 +899,15 @@ def test_integer_zeros_are_drawn_and_declared_nodata_is_not(tmp_path, view):
     (px, py), = v.project([[zero_lon, zero_lat]])
     assert tuple(int(c) for c in v.pixels()[int(py), int(px), :3]) == (0, 0, 0)
     assert v.query(zero_lon, zero_lat) == 0
+    v.page.mouse.move(float(px), float(py))  # the readout: a whole number and its units
+    v.page.wait_for_function("document.getElementById('value').textContent === '0 m'", timeout=30_000)
     check_pixels(v, Grid(ds, "lon", "lat", "EPSG:4326"), 1)  # every block, zeros included, is its grey
     v.page.evaluate("window.__topozarr.setVariable('w')")
     v.settle()
     assert tuple(int(c) for c in v.pixels()[int(py), int(px), :3]) == MAGENTA
     assert v.query(zero_lon, zero_lat) is None
+    v.page.mouse.move(float(px) + 1, float(py))
+    v.page.wait_for_function("document.getElementById('value').textContent === 'no data'", timeout=30_000)
     assert v.errors() == []
 
 

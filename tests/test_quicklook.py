@@ -196,22 +196,17 @@ def test_large_levels_are_subsampled(tmp_path):
     assert_pixels(decode_png(look.png), ref, colormaps.lut("viridis"), look.clim)
 
 
-def test_unknown_hint_colormap_falls_back_to_viridis_and_says_so(tmp_path):
+@pytest.mark.parametrize("hint, described, table", [
+    ("nope", "viridis (hint 'nope' is not a known colormap)", "viridis"),  # unknown: viridis, and it says so
+    ("warm", "warm", "warm"),  # CarbonPlan's, as zarr-layer pages name them
+])
+def test_hint_colormaps_known_or_unknown(tmp_path, hint, described, table):
     ds = make_raster(ny=32, nx=32)
-    hints = {"air": ZarrLayerVarConfig(colormap="nope", clim=[240, 260])}
+    hints = {"air": ZarrLayerVarConfig(colormap=hint, clim=[240, 260])}
     create_pyramid(ds, levels=1, x_dim="lon", y_dim="lat", layer_hints=hints).write(tmp_path / "p.zarr")
     look = render_quicklook(str(tmp_path / "p.zarr"))
-    assert look.colormap == "viridis (hint 'nope' is not a known colormap)"
-    assert_pixels(decode_png(look.png), ds["air"].values, colormaps.lut("viridis"), (240, 260))
-
-
-def test_carbonplan_hint_is_drawn_with_its_map(tmp_path):
-    ds = make_raster(ny=32, nx=32)
-    hints = {"air": ZarrLayerVarConfig(colormap="warm", clim=[240, 260])}
-    create_pyramid(ds, levels=1, x_dim="lon", y_dim="lat", layer_hints=hints).write(tmp_path / "p.zarr")
-    look = render_quicklook(str(tmp_path / "p.zarr"))
-    assert look.colormap == "warm"
-    assert_pixels(decode_png(look.png), ds["air"].values, colormaps.lut("warm"), (240, 260))
+    assert look.colormap == described
+    assert_pixels(decode_png(look.png), ds["air"].values, colormaps.lut(table), (240, 260))
 
 
 def test_integer_zeros_without_nodata_are_drawn(tmp_path):

@@ -99,12 +99,17 @@ class PyramidStore:
                 "title": str(attrs.get("title") or ""), "lonlat_bounds": lonlat_bounds(attrs)}
 
 
-#: Attributes of a gridded variable the page shows (legend, value readout).
-DISPLAY_ATTRS = ("long_name", "standard_name", "units", "scale_factor", "add_offset", "_FillValue")
+#: Attributes of a gridded variable the page uses: the legend's text, the readout's units and (for
+#: packed integers) precision.
+DISPLAY_ATTRS = ("long_name", "standard_name", "units", "scale_factor", "add_offset")
 
 
 def _display_attrs(attrs: dict) -> dict[str, Any]:
-    return {k.lstrip("_"): attrs[k] for k in DISPLAY_ATTRS if attrs.get(k) is not None}
+    """The display attributes that are text or finite numbers (what JSON and the page can carry)."""
+    def shown(value: Any) -> bool:
+        return isinstance(value, str) or (isinstance(value, (int, float)) and np.isfinite(value))
+
+    return {k: attrs[k] for k in DISPLAY_ATTRS if shown(attrs.get(k))}
 
 
 def coordinate_labels(dim: str, values: np.ndarray, attrs: dict) -> list[str]:
