@@ -5,8 +5,8 @@ Not run by the build: the table is committed, so neither matplotlib nor @carbonp
 the React/theme-ui packages it pulls in) is needed to build the page or to use the quicklook.
 Run it by hand after changing a version or the list below, in a throwaway environment:
 
-    python -m venv /tmp/cm && /tmp/cm/bin/pip install matplotlib==3.11.2
-    /tmp/cm/bin/python flows/preview/web/tools/make_colormaps.py   # needs node and npm on PATH
+    python -m venv ../cm-venv && ../cm-venv/bin/pip install matplotlib==3.11.2
+    ../cm-venv/bin/python flows/preview/web/tools/make_colormaps.py   # needs node and npm on PATH
 
 Every map is 256 colours (``rrggbb`` hex, low end first):
 - CarbonPlan's set (``@carbonplan/colormaps`` ``makeColormap(name, {count: 256, mode: 'dark'})``,
