@@ -10,7 +10,7 @@ PAGE := flows/preview/static/app.js
 
 # The preview page (maplibre-gl + zarr-layer, exact versions in package-lock.json), bundled by esbuild
 # into flows/preview/static: no CDN at run time.
-$(PAGE): $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/build.mjs $(wildcard $(WEB)/src/*)
+$(PAGE): $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/build.mjs $(wildcard $(WEB)/src/*) topozarr_core/colormaps.json
 	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error && npm run build
 
 preview-page: $(PAGE)

@@ -52,11 +52,13 @@ def _build_parser() -> argparse.ArgumentParser:
                    "state and message")
     cli_runs.add_parsers(sub)
     v = sub.add_parser("preview", help="serve a web map of PYRAMID (maplibre + zarr-layer) on 127.0.0.1")
-    v.add_argument("pyramid", help="a local path, an s3:// URL (AWS_* environment) or an Icechunk repository")
+    v.add_argument("pyramid", help="a local path, an s3:// URL (AWS_* environment, AWS_ENDPOINT_URL for another "
+                   "S3 service) or an Icechunk repository")
     v.add_argument("--icechunk", action="store_true", help="PYRAMID is an Icechunk repository (found by itself "
                    "for a local folder)")
     v.add_argument("--branch", default="main", help="the Icechunk branch to show")
     v.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    v.add_argument("--open", action="store_true", help="open the page in the default web browser ($BROWSER)")
     return p
 
 
@@ -75,6 +77,11 @@ def _preview(args: argparse.Namespace) -> int:
               "a free one)", file=sys.stderr)
         return 2
     print(f"previewing {server.pyramid.label} at {server.url}  (Ctrl-C stops)", flush=True)
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(server.url):
+            print(f"preview: no web browser to open; open {server.url} yourself", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ shown in the real Prefect UI (a `prefect server` started with infra/, headless C
 from __future__ import annotations
 
 import base64
+import json
 import os
 import struct
 import subprocess
@@ -110,7 +111,15 @@ def test_colormap_anchor_colours():
     assert tuple(colormaps.lut("magma")[0]) == (0, 0, 4) and tuple(colormaps.lut("magma")[255]) == (252, 253, 191)
     assert tuple(colormaps.lut("Blues")[255]) == (8, 48, 107)  # ColorBrewer Blues-9 darkest
     np.testing.assert_array_equal(colormaps.lut("blues_r"), colormaps.lut("blues")[::-1])
-    assert (np.diff(colormaps.lut("greys").astype(int), axis=0) <= 0).all()  # monotone white -> black
+    assert (np.diff(colormaps.lut("Greys").astype(int), axis=0) <= 0).all()  # monotone white -> black
+    assert [tuple(colormaps.lut("gray")[i]) for i in (0, 1, 128, 255)] == [(0, 0, 0), (1, 1, 1), (128,) * 3, (255,) * 3]
+    # CarbonPlan's maps (dark mode) as @carbonplan/colormaps 4.0.0 makes them: from its background colour
+    for name, last in (("warm", (0xdc, 0xc9, 0x63)), ("greys", (0x9c, 0x9c, 0x9c))):
+        assert tuple(colormaps.lut(name)[0]) == (0x1b, 0x1e, 0x23) and tuple(colormaps.lut(name)[255]) == last
+    # as written first, then case-insensitively (CarbonPlan's lowercase names first); aliases; _r
+    assert [colormaps.canonical(n) for n in ("blues", "Blues", "BLUES", "rdbu_r", "grey", "Turbo")] == [
+        ("blues", False), ("Blues", False), ("blues", False), ("RdBu", True), ("gray", False), ("turbo", False)]
+    assert {"warm", "earth", "fire", "viridis", "RdBu", "coolwarm", "terrain", "jet", "tab10"} <= set(colormaps.available())
     with pytest.raises(ValueError, match=r"colormap 'nope' is not known; choose one of \["):
         colormaps.lut("nope")
 
@@ -155,7 +164,7 @@ def test_defaults_robust_clim_viridis_and_first_time_step(tmp_path):
 def test_explicit_level_variable_and_integer_fill_values_are_transparent(tmp_path):
     ds = make_raster(ny=64, nx=64, dtype="uint16")
     ds["air"] = ds["air"].where(ds["lon"] > -50, 0).astype("uint16")
-    ds["air"].encoding["_FillValue"] = 0
+    ds["air"].attrs["_FillValue"] = 0  # declared nodata (an attribute, as the pyramid's readers see it)
     ds["other"] = ds["air"] * 0 + 7
     create_pyramid(ds, levels=2, x_dim="lon", y_dim="lat", method="nearest").write(tmp_path / "p.zarr")
     look = render_quicklook(str(tmp_path / "p.zarr"), variable="air", level=0, colormap="greys", clim=(200, 300))
@@ -187,13 +196,34 @@ def test_large_levels_are_subsampled(tmp_path):
     assert_pixels(decode_png(look.png), ref, colormaps.lut("viridis"), look.clim)
 
 
-def test_unknown_hint_colormap_falls_back_to_viridis(tmp_path):
+@pytest.mark.parametrize("hint, described, table", [
+    ("nope", "viridis (hint 'nope' is not a known colormap)", "viridis"),  # unknown: viridis, and it says so
+    ("warm", "warm", "warm"),  # CarbonPlan's, as zarr-layer pages name them
+])
+def test_hint_colormaps_known_or_unknown(tmp_path, hint, described, table):
     ds = make_raster(ny=32, nx=32)
-    hints = {"air": ZarrLayerVarConfig(colormap="warm", clim=[240, 260])}
+    hints = {"air": ZarrLayerVarConfig(colormap=hint, clim=[240, 260])}
     create_pyramid(ds, levels=1, x_dim="lon", y_dim="lat", layer_hints=hints).write(tmp_path / "p.zarr")
     look = render_quicklook(str(tmp_path / "p.zarr"))
-    assert look.colormap.startswith("viridis (hint 'warm'")
-    assert_pixels(decode_png(look.png), ds["air"].values, colormaps.lut("viridis"), (240, 260))
+    assert look.colormap == described
+    assert_pixels(decode_png(look.png), ds["air"].values, colormaps.lut(table), (240, 260))
+
+
+def test_integer_zeros_without_nodata_are_drawn(tmp_path):
+    """An integer variable without ``_FillValue`` has no nodata: its zeros are values (sea level),
+    also in a pyramid written when such arrays still had zarr's default fill value 0."""
+    ds = make_raster(ny=64, nx=64, dtype="int16")
+    ds["air"] = ds["air"].where(ds["lon"] > -50, 0).astype("int16")  # the west: real zeros
+    assert "_FillValue" not in ds["air"].encoding and (ds["air"].values == 0).sum() > 500
+    path = tmp_path / "p.zarr"
+    create_pyramid(ds, levels=1, x_dim="lon", y_dim="lat").write(path)
+    ref = ds["air"].values.astype("f8")
+    for fill in (-32767, 0):  # as written now; as written before (every chunk is written, so only the doc differs)
+        doc = json.loads((path / "0" / "air" / "zarr.json").read_text())
+        (path / "0" / "air" / "zarr.json").write_text(json.dumps({**doc, "fill_value": fill}))
+        img = decode_png(render_quicklook(str(path), clim=(0, 300)).png)
+        assert (img[..., 3] == 255).all(), f"fill_value {fill}: zeros drawn transparent"
+        assert_pixels(img, ref, colormaps.lut("viridis"), (0, 300))
 
 
 def test_bad_requests_name_the_parameter(tmp_path):
@@ -206,8 +236,8 @@ def test_bad_requests_name_the_parameter(tmp_path):
     for bad in ((300, 200), (1, 1), (0, float("nan")), "low-high", (1, 2, 3)):
         with pytest.raises(ValueError, match=r"quicklook: clim=.* must be \[min, max\] with finite min < max"):
             render_quicklook(str(tmp_path / "p.zarr"), clim=bad)
-    with pytest.raises(ValueError, match="colormap 'jet' is not known"):
-        render_quicklook(str(tmp_path / "p.zarr"), colormap="jet")
+    with pytest.raises(ValueError, match="colormap 'jett' is not known"):
+        render_quicklook(str(tmp_path / "p.zarr"), colormap="jett")
     ds.to_zarr(tmp_path / "flat.zarr", zarr_format=3, consolidated=False)
     with pytest.raises(ValueError, match="no published pyramid"):
         render_quicklook(str(tmp_path / "flat.zarr"))

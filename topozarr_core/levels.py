@@ -27,6 +27,18 @@ DROP_ATTRS = ("_FillValue", "coordinates", "grid_mapping", "missing_value")
 
 GriddedData = Callable[[VarSpec, int], Any]
 
+#: The zarr ``fill_value`` of an integer array without nodata (no ``_FillValue``): netCDF's default
+#: fill value for the dtype (``NC_FILL_*``, what the netCDF library writes into cells never written).
+#: Why not zarr's default 0: Zarr v3 gives every array a fill value, zarr-layer masks the cells equal
+#: to it and GDAL reports it as the band's nodata, so with 0 every real zero (sea level, class 0)
+#: vanished there. xarray masks nothing either way (it reads ``_FillValue``, which stays unset).
+#: The value is fixed when an array is created and never changed: chunks equal to it in full are
+#: left unwritten, so changing it later would change their values.
+NO_NODATA_FILL = {
+    "int8": -127, "uint8": 255, "int16": -32767, "uint16": 65535, "int32": -2147483647,
+    "uint32": 4294967295, "int64": -9223372036854775806, "uint64": 18446744073709551614,
+}
+
 
 def crs_coord_name(ds: xr.Dataset) -> str:
     """Name of the CF grid-mapping scalar written to every level (reuses xproj's if present)."""
@@ -97,6 +109,8 @@ def gridded_encoding(spec_var: VarSpec, level: int) -> dict[str, Any]:
         enc["_FillValue"] = np.nan
     else:
         enc["_FillValue"] = None
+        if dtype.name in NO_NODATA_FILL:
+            enc["fill_value"] = NO_NODATA_FILL[dtype.name]
     enc["dtype"] = dtype
     return enc
 

@@ -3,10 +3,13 @@
 Why: an operator wants to see at a glance that a run produced a sensible map, without a viewer.
 The image uses the pyramid's own display hints (the root's ``zarr-layer`` colormap and clim), so it
 looks like what zarr-layer will show; without hints the clim is the 2nd..98th percentile of the
-level's finite values and the map is viridis. NaN and cells equal to the array's Zarr
-``fill_value`` are transparent (zarr-layer treats the fill value as no data too), north is up
-(and east right) whatever the order of the level's coordinates, and for data with more dims than
-y/x the first entry of every other dim is shown. The PNG is encoded with the stdlib's zlib.
+level's finite values and the map is viridis. The colormap names are the preview page's
+(:mod:`.colormaps`). No data is transparent: NaN, and the declared nodata (``_FillValue``, which
+xarray decodes to NaN); an integer array without a ``_FillValue`` has no nodata, so its zeros are
+drawn (its Zarr ``fill_value`` is a value the data does not use, see ``levels.NO_NODATA_FILL``).
+North is up (and east right) whatever the order of the level's coordinates, and for data with
+more dims than y/x the first entry of every other dim is shown. The PNG is encoded with the
+stdlib's zlib.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def render_quicklook(target: Any, variable: str | None = None, level: int | None
     if colormaps.canonical(cmap_name) is None:
         if colormap is not None:
             colormaps.lut(colormap)  # raises the one-line error naming the known maps
-        cmap_name = f"{colormaps.DEFAULT} (hint {str(cmap_name)[:40]!r} not in the quicklook table)"
+        cmap_name = f"{colormaps.DEFAULT} (hint {str(cmap_name)[:40]!r} is not a known colormap)"
         table = colormaps.lut(colormaps.DEFAULT)
     else:
         table = colormaps.lut(cmap_name)
@@ -98,7 +101,7 @@ def render_quicklook(target: Any, variable: str | None = None, level: int | None
     selection = {d: 0 for d in da.dims if d not in (y_dim, x_dim)}
     step = max(1, -(-max(da.sizes[y_dim], da.sizes[x_dim]) // max_side))
     da = da.isel({**selection, y_dim: slice(None, None, step), x_dim: slice(None, None, step)})
-    values = _masked(np.asarray(da.transpose(y_dim, x_dim).values), group[f"{assets[level]}/{name}"].fill_value)
+    values = np.asarray(da.transpose(y_dim, x_dim).values).astype("f8")  # declared nodata decoded to NaN
     values = _north_up(values, ds.attrs.get("spatial:transform"), ds[y_dim].values, ds[x_dim].values)
     if clim is None and hint.get("clim"):
         clim = _checked_clim(hint["clim"])
@@ -131,15 +134,6 @@ def _pick_variable(ds: xr.Dataset, variable: str | None, hints: dict, y_dim: str
     if not gridded:
         raise ValueError(f"quicklook: the level has no variable along both {y_dim!r} and {x_dim!r}")
     return next((n for n in hints if n in gridded), gridded[0])
-
-
-def _masked(values: np.ndarray, fill_value: Any) -> np.ndarray:
-    """Float values with NaN where the data has none. xarray already masks floats (NaN, a
-    ``_FillValue``); integers keep the Zarr fill value, which zarr-layer shows as no data."""
-    out = values.astype("f8")
-    if values.dtype.kind in "iub" and fill_value is not None:
-        out[values == fill_value] = np.nan
-    return out
 
 
 def _north_up(values: np.ndarray, transform: Any, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:

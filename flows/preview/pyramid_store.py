@@ -13,12 +13,14 @@ from typing import Any
 
 import numpy as np
 import pyproj
+import xarray as xr
 import zarr
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from topozarr_core.icechunk_txn import IcechunkTarget
+from topozarr_core.quicklook import robust_clim
 from topozarr_core.storable import short
 from topozarr_core.targets import redact, resolve_store
 
@@ -57,36 +59,86 @@ class PyramidStore:
         return f"{self.root_aliases[head]}/{rest}" if head in self.root_aliases and rest else key
 
     def info(self) -> dict[str, Any]:
-        """Root attributes, gridded variables and non-spatial coordinate values (the time slider)."""
+        """Root attributes, gridded variables (with their display attributes and default clim),
+        non-spatial coordinate values and their labels (the time slider), and the pyramid's label."""
         if self._info is None:
             self._info = self._read_info()
-        return self._info
+        return {**self._info, "label": self.label}
 
     def _read_info(self) -> dict[str, Any]:
         attrs = self.root.get("attributes") or {}
         options = attrs.get("topozarr:options") or {}
         x_dim, y_dim = options.get("x_dim"), options.get("y_dim")
-        level0 = zarr.open_group(self.store, path=_level_paths(attrs)[0], mode="r")
-        variables, coords, units = {}, {}, {}
-        for name, arr in level0.arrays():
+        levels = _level_paths(attrs)
+        level0 = zarr.open_group(self.store, path=levels[0], mode="r")
+        arrays = dict(sorted(level0.arrays()))  # a stable order for the variable chooser
+        variables, coords, labels, units = {}, {}, {}, {}
+        for name, arr in arrays.items():
             dims = list(arr.metadata.dimension_names or [])
             if x_dim in dims and y_dim in dims:
-                variables[name] = {"dims": dims, "shape": list(arr.shape), "dtype": str(arr.dtype)}
+                variables[name] = {"dims": dims, "shape": list(arr.shape), "dtype": str(arr.dtype),
+                                   **_display_attrs(arr.attrs.asdict())}
         for dim in sorted({d for v in variables.values() for d in v["dims"]} - {x_dim, y_dim}):
-            if dim in {n for n, _ in level0.arrays()}:
-                values = level0[dim][:]  # as stored (CF-encoded numbers): what a value selector matches
+            if dim in arrays:
+                values = arrays[dim][:]  # as stored (CF-encoded numbers): what a value selector matches
+                dim_attrs = arrays[dim].attrs.asdict()
                 coords[dim] = [v.item() if hasattr(v, "item") else v for v in values]
-                if "units" in level0[dim].attrs:
-                    units[dim] = str(level0[dim].attrs["units"])
-        levels = _level_paths(attrs)
-        coarsest = zarr.open_group(self.store, path=levels[-1], mode="r")
-        for name, var in variables.items():  # the default clim: the value range of the coarsest level
-            values = np.asarray(coarsest[name][:], dtype="f8")
-            finite = values[np.isfinite(values)]
-            if finite.size and finite.min() < finite.max():
-                var["range"] = [float(finite.min()), float(finite.max())]
-        return {"attributes": attrs, "variables": variables, "coordinates": coords, "units": units, "x_dim": x_dim,
-                "y_dim": y_dim, "levels": levels, "label": self.label, "lonlat_bounds": lonlat_bounds(attrs)}
+                labels[dim] = coordinate_labels(dim, values, dim_attrs)
+                if "units" in dim_attrs:
+                    units[dim] = str(dim_attrs["units"])
+        coarsest = xr.open_zarr(self.store, group=levels[-1], consolidated=False, zarr_format=3, chunks=None,
+                                decode_times=False)
+        for name, var in variables.items():  # the default clim: the 2..98th percentile of the first
+            da = coarsest[name]                 # step of the coarsest level, as the quicklook's
+            first = np.asarray(da.isel({d: 0 for d in da.dims if d not in (x_dim, y_dim)}).values, dtype="f8")
+            clim = robust_clim(first)
+            if clim is not None:
+                var["range"] = [float(clim[0]), float(clim[1])]
+        return {"attributes": attrs, "variables": variables, "coordinates": coords, "labels": labels,
+                "units": units, "x_dim": x_dim, "y_dim": y_dim, "levels": levels,
+                "title": str(attrs.get("title") or ""), "lonlat_bounds": lonlat_bounds(attrs)}
+
+
+#: Attributes of a gridded variable the page uses: the legend's text, the readout's units and (for
+#: packed integers) precision.
+DISPLAY_ATTRS = ("long_name", "standard_name", "units", "scale_factor", "add_offset")
+
+
+def _display_attrs(attrs: dict) -> dict[str, Any]:
+    """The display attributes that are text or finite numbers (what JSON and the page can carry)."""
+    def shown(value: Any) -> bool:
+        return isinstance(value, str) or (isinstance(value, (int, float)) and np.isfinite(value))
+
+    return {k: attrs[k] for k in DISPLAY_ATTRS if shown(attrs.get(k))}
+
+
+def coordinate_labels(dim: str, values: np.ndarray, attrs: dict) -> list[str]:
+    """What the time slider shows for each step: dates for a CF time axis (any calendar xarray
+    decodes: cftime's for the non-standard ones), else the value with its units."""
+    units = str(attrs.get("units") or "")
+    if " since " in units:
+        try:
+            decoded = xr.decode_cf(xr.Dataset(coords={dim: (dim, np.asarray(values), dict(attrs))}))[dim].values
+            return _date_labels(decoded)
+        except (ValueError, TypeError, OverflowError, ImportError):  # e.g. a calendar without cftime
+            pass
+    suffix = f" {units}" if units and units != "1" else ""
+    return [f"{v:g}{suffix}" if isinstance(v, (int, float, np.number)) else f"{v}{suffix}" for v in values.tolist()]
+
+
+def _date_labels(times: np.ndarray) -> list[str]:
+    """ISO dates, with the time of day only when some step has one (to the minute, or second)."""
+    if times.dtype.kind == "M":
+        parts = [(str(t)[:10], str(t)[11:19]) for t in times.astype("datetime64[s]")]
+    else:  # cftime datetimes
+        parts = [(f"{t.year:04d}-{t.month:02d}-{t.day:02d}", f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}")
+                 for t in times]
+    clocks = {c for _, c in parts}
+    if clocks <= {"00:00:00"}:
+        return [d for d, _ in parts]
+    if all(c.endswith(":00") for c in clocks):
+        return [f"{d} {c[:5]}" for d, c in parts]
+    return [f"{d} {c}" for d, c in parts]
 
 
 def lonlat_bounds(attrs: dict) -> list[float]:
@@ -105,7 +157,7 @@ def _level_paths(attrs: dict) -> list[str]:
 def open_pyramid(pyramid: str, icechunk: bool = False, branch: str = "main") -> PyramidStore:
     """Open ``pyramid`` (path, ``s3://`` URL, or Icechunk repository at ``branch``) read-only and check
     that it is a published pyramid; a :class:`PreviewError` names what is wrong."""
-    shown = short(redact(pyramid), 120)
+    shown = _shown(pyramid)
     try:
         if icechunk or _is_local_icechunk(pyramid):
             repo = IcechunkTarget(pyramid, branch).open_repo(create=False)
@@ -131,6 +183,12 @@ def open_pyramid(pyramid: str, icechunk: bool = False, branch: str = "main") -> 
     out = PyramidStore(store=store, label=label, root=root)
     out.root_aliases = _root_aliases(out)
     return out
+
+
+def _shown(pyramid: str, limit: int = 120) -> str:
+    """``pyramid`` for messages and the page title: credentials redacted, cut to ``limit``, no quotes."""
+    text = redact(pyramid)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_local_icechunk(pyramid: str) -> bool:
