@@ -409,9 +409,9 @@ _IMG_PIXELS = """img => {
 
 def _open_quicklook_from_artifacts_tab(page, base: str, run_id, artifact_id, ui: str, shots: Path) -> dict:
     """Open the run's Artifacts tab in the classic (v1) or the new (v2) UI, find the quicklook's
-    card and follow it to the artifact's page (v1: the card opens it; v2: the card opens the key's
-    history, whose entry for this run, named by the artifact id's first 8 characters, opens it);
-    return what its <img> shows. The tab lists cards only: no UI shows an image in the tab itself."""
+    card and follow it to the artifact's page (in both UIs of Prefect 3.9 the card opens it; the v2 page
+    is titled with the key and the artifact's id); return what its <img> shows. The tab lists cards
+    only: no UI shows an image in the tab itself."""
     prefix = "/v2" if ui == "v2" else ""
     page.goto(f"{base}{prefix}/runs/flow-run/{run_id}")
     if ui == "v2":
@@ -424,7 +424,7 @@ def _open_quicklook_from_artifacts_tab(page, base: str, run_id, artifact_id, ui:
     page.screenshot(path=str(shots / f"{ui}-artifacts-tab.png"), full_page=True)
     card.click()
     if ui == "v2":
-        page.get_by_text(str(artifact_id)[:8], exact=True).first.click(timeout=60_000)
+        page.get_by_text(str(artifact_id), exact=True).first.wait_for(timeout=60_000)  # this run's artifact
     img = page.locator("img[src^='data:image/png;base64,']").first
     img.wait_for(timeout=60_000)
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img.element_handle(), timeout=30_000)

@@ -41,7 +41,7 @@ LAYOUTS = {
     "2d": lambda: (make_raster(ny=900, nx=1100, nan_fraction=0.05), dict(levels=4, chunks_per_shard=1)),
     "3d-time-shards": lambda: (make_raster(ny=300, nx=420, nt=40, nan_fraction=0.05), dict(levels=3)),
     "two-dtypes": lambda: (_two_dtypes(), dict(levels=3, chunks_per_shard=1)),
-    "factors-1-3-9": lambda: (make_raster(ny=800, nx=900, nan_fraction=0.05),
+    "factors-1-3-9": lambda: (make_raster(ny=1600, nx=1800, nan_fraction=0.05),
                               dict(factors=[1, 3, 9], chunks_per_shard=1)),
     "unsharded-int-sum": lambda: (make_raster(ny=1500, nx=1700, dtype="int16"),
                                   dict(levels=3, chunks_per_shard=None, method="sum")),
@@ -139,9 +139,10 @@ def test_source_read_once_and_target_read_back_only_where_a_stage_starts(tmp_pat
     else:
         assert len(plan.stages) >= 2 and handoff
         assert set(read_back) <= handoff | {MISSING_GROUP}, read_back
-        # what was read back is those levels once (they are a 4**-k share of level 0)
+        # what was read back is those levels (a 4**-k share of level 0), each shard at most twice: by the
+        # two tiles meeting inside it where the next level's shards do not line up with its own
         out = LocalStore(str(tmp_path / "out.zarr"))
-        assert sum(read_back.get(h, 0) for h in handoff) <= sum(stored_bytes(out, f"{h}/") for h in handoff)
+        assert sum(read_back.get(h, 0) for h in handoff) <= 2 * sum(stored_bytes(out, f"{h}/") for h in handoff)
 
 
 def test_max_tiles_is_a_hard_cap():

@@ -417,7 +417,7 @@ def test_defaults_are_topozarrs():
         assert {k: ours[k] for k in theirs} == theirs, fn.__qualname__
     # the arguments only this project has
     assert set(defaults(create_pyramid)) - set(topozarr[create_pyramid]) == {"crs", "pack"}
-    assert set(defaults(Pyramid.write)) - set(topozarr[Pyramid.write]) == {"io", "overwrite_foreign"}
+    assert set(defaults(Pyramid.write)) - set(topozarr[Pyramid.write]) == {"io", "overwrite_foreign", "max_tile_bytes"}
 
 
 def test_refused_here_and_accepted_by_topozarr(raster2d):

@@ -9,6 +9,7 @@ import xarray as xr
 
 from .chunking import DEFAULT_TARGET_CHUNK_BYTES
 from .metadata import ZarrLayerVarConfig, flat_attributes, validate_layer_hints
+from .levels import NO_NODATA_FILL
 from .planning import build_spec, nodata_value, recommend_encodings
 
 
@@ -23,7 +24,8 @@ def recommend_encoding(
     :mod:`.chunking`): variables over both or one spatial dim, and 1-D coordinates along one that need more
     than one chunk. Needs no CRS and no uniform grid (1-pixel and irregular axes are fine): only the sizes
     matter. A variable with a nodata value other than NaN (its ``_FillValue``) also gets ``fill_value``, so
-    the written zarr ``fill_value`` marks nodata as in a pyramid's levels.
+    the written zarr ``fill_value`` marks nodata as in a pyramid's levels; an integer raster without one
+    gets netCDF's default fill (:data:`.levels.NO_NODATA_FILL`), so its zeros stay data for zarr-layer and GDAL.
 
     Parameters: ``ds`` the dataset; ``x_dim``/``y_dim`` its spatial dims; ``chunks_per_shard`` chunks per
     shard along each spatial dim (1, 2, 4, 8, 16, 32, or None for no sharding); ``target_chunk_bytes`` the
@@ -36,6 +38,8 @@ def recommend_encoding(
             fill = nodata_value(da)
             if fill is not None:
                 out[name]["fill_value"] = np.asarray(fill).astype(da.dtype).item()
+            elif da.dtype.name in NO_NODATA_FILL and {x_dim, y_dim} <= set(da.dims):
+                out[name]["fill_value"] = NO_NODATA_FILL[da.dtype.name]  # as a pyramid's levels: zeros stay data
     return out
 
 

@@ -274,10 +274,15 @@ def _stages(group: list[VarSpec], levels: list[int], factors: tuple[int, ...], y
     i = 0
     while i < len(levels):
         size = _footprint(v, levels[i], factors, yi, xi)
-        chunks = source_chunks.get(v.name) if reads is None else None
-        if chunks and all(source_chunks.get(w.name) == chunks for w in group):
-            # tiles that also cut the source at its chunk boundaries read each source chunk once
-            aligned = _combine(size, tuple(min(int(c), n) for c, n in zip(chunks, extent)), extent)
+        if reads is None:
+            chunks = source_chunks.get(v.name)
+            same = chunks and all(source_chunks.get(w.name) == chunks for w in group)
+            read_unit = tuple(min(int(c), n) for c, n in zip(chunks, extent)) if same else None
+        else:
+            read_unit = _footprint(v, reads, factors, yi, xi)
+        if read_unit is not None:
+            # tiles that also cut their input at its chunk (shard) boundaries read each of them once
+            aligned = _combine(size, read_unit, extent)
             if fits(aligned):
                 size = aligned
         top = i
