@@ -1,61 +1,57 @@
-"""Lazy per-level data via ``xarray.coarsen``: the Dask-friendly path of ``Pyramid.as_datatree``."""
+"""Lazy levels for Dask: the data of ``Pyramid.as_datatree``, each level built from the level before.
+
+Level L of a variable is a dask array chunked by that level's write unit (its shards), each block
+reduced from the level-(L-1) window under it with :func:`.regions.reduce_values`, the function every
+write path uses, so ``as_datatree().to_zarr(..., encoding=pyramid.encoding)`` writes what
+``Pyramid.write`` writes, bit for bit. Means carry the level's missing counts as a second array, so they
+stay exact next to missing data. ``DataTree.to_zarr`` stores all levels in one dask computation, so a
+level's blocks are computed once and feed the next level: the source is read once, not once per level.
+"""
 
 from __future__ import annotations
 
+import dask.array as dsa
 import numpy as np
 import xarray as xr
 
-from .kernels import block_reduce
 from .packing import stored_values
-from .plan import VarSpec
+from .paths import missing_dtype
+from .plan import VarSpec, write_unit
 from .planning import PyramidSpec
+from .regions import reduce_values
 
 
-def _mask_fill(da: xr.DataArray, fill) -> xr.DataArray:
-    return da if fill is None else da.where(da != fill)
+def level_arrays(src: xr.Dataset, spec: PyramidSpec, v: VarSpec) -> list[dsa.Array]:
+    """Every level of variable ``v`` of ``src`` (a dask-backed dataset) as a lazy dask array chunked by
+    the level's write unit, level 0 first."""
+    axes = v.axes(spec.y_dim, spec.x_dim)
+    data = src[v.name].data
+    if v.packing is not None:  # levels reduce the packed integers, as write() does (see packing)
+        data = data.map_blocks(lambda block: stored_values(v, block), dtype=np.dtype(v.dtype))
+    level = dsa.asarray(data).astype(v.dtype).rechunk(write_unit(v.encodings[0]))
+    levels, counts = [level], None
+    for lvl in range(1, len(spec.factors)):
+        step = spec.factors[lvl] // spec.factors[lvl - 1]
+        prev_factor = spec.factors[lvl - 1]
+        unit = write_unit(v.encodings[lvl])
+        window = tuple(u * step if d in axes else u for d, u in enumerate(unit))
+        inputs = [level.rechunk(window)] + ([] if counts is None else [counts.rechunk(window)])
+        out_chunks = tuple(tuple(c // step for c in cs) if d in axes else cs
+                           for d, cs in enumerate(inputs[0].chunks))
+
+        def reduce(*blocks: np.ndarray, keep_counts: bool = False, step: int = step,
+                   prev_factor: int = prev_factor) -> np.ndarray:
+            values, missing = reduce_values(v, axes, blocks[0], blocks[1] if len(blocks) > 1 else None, step,
+                                            prev_factor)
+            return missing if keep_counts else values
+
+        level = dsa.map_blocks(reduce, *inputs, dtype=np.dtype(v.out_dtype), chunks=out_chunks,
+                               name=f"topozarr-{v.name}-level{lvl}")
+        levels.append(level)
+        if v.track_missing and lvl < len(spec.factors) - 1:
+            counts = dsa.map_blocks(reduce, *inputs, keep_counts=True, dtype=np.dtype(missing_dtype(spec.factors[lvl])),
+                                    chunks=out_chunks, name=f"topozarr-{v.name}-missing{lvl}")
+    return levels
 
 
-def coarsened(src: xr.Dataset, spec: PyramidSpec, v: VarSpec, level: int):
-    """Level-``level`` values of variable ``v`` as a lazy dask array (coarsen of level 0)."""
-    f = spec.factors[level]
-    da = src[v.name].variable
-    if v.packing is not None:  # reduced on the packed integers, as write() does (see packing)
-        da = da.copy(data=da.data.map_blocks(lambda block: stored_values(v, block), dtype=np.dtype(v.dtype)))
-    if f == 1:
-        return da.data.astype(v.dtype)
-    windows = {spec.x_dim: f, spec.y_dim: f}
-    arr = xr.DataArray(da)
-    out_dtype = np.dtype(v.level_dtype(level))
-    if v.method in ("mean", "max", "min", "sum"):
-        masked = _mask_fill(arr, v.fill_value)
-        red = getattr(masked.coarsen(windows, boundary="trim"), v.method)()
-        if v.method != "sum":
-            missing = v.fill_value if v.fill_value is not None else (np.nan if out_dtype.kind == "f" else 0)
-            red = red.fillna(missing)
-        if out_dtype.kind in "iu":
-            red = red.round()
-        return red.astype(out_dtype).data
-
-    def reduce(block: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
-        # coarsen.reduce hands windows as extra axes; move them to the front of the kernel's view.
-        return _window_reduce(block, axis, v)
-
-    return arr.coarsen(windows, boundary="trim").reduce(reduce).astype(out_dtype).data
-
-
-def _window_reduce(block: np.ndarray, axis: tuple[int, ...], v: VarSpec) -> np.ndarray:
-    """nearest/mode/majority on coarsen's (..., n1, f1, ..., n2, f2) windows via the compiled kernel.
-
-    Window axes come right after their coarse axes; the kernel is symmetric in the two spatial
-    axes, so they are taken in array order.
-    """
-    w1, w2 = sorted(axis)
-    c1, c2 = w1 - 1, w2 - 1
-    n1, f1, n2, f2 = block.shape[c1], block.shape[w1], block.shape[c2], block.shape[w2]
-    moved = np.moveaxis(block, (c1, w1, c2, w2), (-4, -3, -2, -1))
-    lead = moved.shape[:-4]
-    flat = moved.reshape(lead + (n1 * f1, n2 * f2))
-    out, _ = block_reduce(np.ascontiguousarray(flat), f1, v.method, v.fill_value)
-    kept = [i for i in range(block.ndim) if i not in (w1, w2)]
-    order = [d for d in kept if d not in (c1, c2)] + [c1, c2]
-    return np.moveaxis(out, list(range(out.ndim)), [kept.index(d) for d in order])
+__all__ = ["level_arrays"]

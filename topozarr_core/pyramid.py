@@ -21,7 +21,7 @@ from .metadata import (ZarrLayerVarConfig, dataset_attributes, multiscale_attrib
                        stored_attributes)
 from .partial import check_kept_levels, finish_partial
 from .paths import MISSING_GROUP
-from .plan import RegionPlan, build_region_plan
+from .plan import RegionPlan, build_region_plan, write_unit
 from .planning import DEFAULT_MIN_DIM, CoarseningMethod, PyramidSpec, build_spec
 from .report import WriteReport
 from .root_doc import OPTIONS_KEY, creation_options
@@ -314,28 +314,26 @@ class Pyramid:
 
     # -- lazy / Dask path ----------------------------------------------------------------------
     def as_datatree(self) -> xr.DataTree:
-        """A lazy DataTree, each level ``xarray.coarsen`` of the source; write with ``encoding=pyramid.encoding``.
+        """A lazy DataTree of every level, for Dask-distributed writes: write it with
+        ``dt.to_zarr(store, zarr_format=3, consolidated=False, encoding=pyramid.encoding)``.
 
-        Each level's dask chunks are its shards (the unit ``encoding`` writes), so ``DataTree.to_zarr``
-        accepts them and no two dask tasks write into one shard, whatever the source's own chunks. A
-        lazily opened (not dask) source is chunked by level-0 shards: each task reads one shard's window.
+        Each level is built from the level before (:mod:`.lazy`), with the kernels of :meth:`write`, so
+        the values are :meth:`write`'s, bit for bit, and ``DataTree.to_zarr`` (one dask computation for
+        every level) reads the source once. Each level's dask chunks are its shards (the unit
+        ``encoding`` writes), so no two dask tasks write into one shard, whatever the source's own
+        chunks. A lazily opened (not dask) source is chunked by level-0 shards: each task reads one
+        shard's window.
         """
-        import dask.array as dsa
-
-        from .lazy import coarsened
-
-        def write_unit(v, level: int) -> tuple[int, ...]:
-            enc = v.encodings[level]
-            return tuple(enc.shards if enc.shards is not None else enc.chunks)
+        from .lazy import level_arrays
 
         src = self.ds.copy()
         for v in self.spec.variables:
             if src[v.name].chunks is None:
-                src[v.name] = src[v.name].chunk(dict(zip(v.dims, write_unit(v, 0))))
+                src[v.name] = src[v.name].chunk(dict(zip(v.dims, write_unit(v.encodings[0]))))
+        arrays = {v.name: level_arrays(src, self.spec, v) for v in self.spec.variables}
         tree: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=self.attrs)}
         for lvl in range(self.levels):
-            level_ds, encoding = level_dataset(self.ds, self.spec, lvl, lambda v, L: dsa.asarray(
-                coarsened(src, self.spec, v, L)).rechunk(write_unit(v, L)))
+            level_ds, encoding = level_dataset(self.ds, self.spec, lvl, lambda v, L: arrays[v.name][L])
             for v in self.spec.variables:  # the encoding passed to to_zarr replaces the variable's: the
                 fill = encoding[v.name]["_FillValue"]  # nodata marker travels in the attributes
                 if fill is not None:

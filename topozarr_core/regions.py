@@ -74,15 +74,24 @@ def _prev_box(plan: RegionPlan, spec: VarSpec, region: Region, step: int) -> tup
     )
 
 
-def _reduce(plan: RegionPlan, spec: VarSpec, data: np.ndarray, missing: np.ndarray | None,
-            step: int, prev_factor: int,
-            into: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Reduce a window by ``step`` along the spatial axes, in the variable's own axis order.
+def reduce_values(spec: VarSpec, axes: tuple[int, int], data: np.ndarray, missing: np.ndarray | None,
+                  step: int, prev_factor: int,
+                  into: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """One level's values from a window of the level before: reduced by ``step`` along the spatial axes
+    (``axes``: their positions, y then x), in the variable's own axis order. What every level of every
+    write path is computed with (regions here, the lazy levels of ``Pyramid.as_datatree``), so they agree
+    bit for bit.
 
-    ``into``: (data, missing) views to write the result into (a level cache's window), so the
-    reduction needs no temporaries (only when :func:`_writes_into` says so).
+    :param spec: the variable.
+    :param data: the previous level's values (level 0: the stored source values).
+    :param missing: per pixel of ``data``, the level-0 pixels behind it that are missing (None at level 0).
+    :param step: the factor from the previous level to this one.
+    :param prev_factor: the previous level's cumulative factor (level-0 pixels per pixel along each axis).
+    :param into: (data, missing) views to write the result into (a level cache's window), so the
+        reduction needs no temporaries (only when :func:`_writes_into` says so).
+    :returns: the values and, for variables that keep them, their missing counts.
     """
-    yi, xi = spec.axes(plan.y_dim, plan.x_dim)
+    yi, xi = axes
     out = out_missing = None
     if into is not None:
         out = _to_spatial_last(into[0], yi, xi)
@@ -106,7 +115,7 @@ def _reduce(plan: RegionPlan, spec: VarSpec, data: np.ndarray, missing: np.ndarr
 
 
 def _writes_into(spec: VarSpec, data: np.ndarray, into: tuple[np.ndarray, np.ndarray | None]) -> bool:
-    """Whether :func:`_reduce` can write straight into ``into``: it has the kernel's output dtype
+    """Whether :func:`reduce_values` can write straight into ``into``: it has the kernel's output dtype
     and a place for the missing counts when they are kept."""
     return np.dtype(spec.out_dtype) == output_dtype(spec.method, data.dtype) and (
         into[1] is not None or not spec.track_missing
@@ -120,8 +129,8 @@ def _reduce_to_cache(ctx: WriteContext, spec: VarSpec, level: int, slices: tuple
     step = plan.factors[level] // plan.factors[level - 1]
     views = cache.views(level, spec.name, slices) if cache is not None else None
     direct = views is not None and _writes_into(spec, data, views)
-    out, out_missing = _reduce(plan, spec, data, missing, step, plan.factors[level - 1],
-                               into=views if direct else None)
+    out, out_missing = reduce_values(spec, spec.axes(plan.y_dim, plan.x_dim), data, missing, step,
+                                     plan.factors[level - 1], into=views if direct else None)
     if cache is not None and not direct:
         cache.put(level, spec.name, slices, out, out_missing)  # no-op for a level not kept
     return out, out_missing
