@@ -458,3 +458,71 @@ def machine_summary() -> str:
     except ImportError:
         pass
     return f"{platform.machine()} {os.cpu_count()} CPUs{ram}, Python {platform.python_version()}"
+
+
+# -- an S3 endpoint on loopback ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    """A bucket on an S3 endpoint (moto's server on loopback): what the stores and the environment need."""
+
+    endpoint_url: str
+    bucket: str
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ALLOW_HTTP": "true"}
+
+    def boto3_client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id="testing",
+                            aws_secret_access_key="testing", region_name="us-east-1")
+
+    def zarr_store(self, prefix: str, read_only: bool = False):
+        from obstore.store import S3Store
+        from zarr.storage import ObjectStore
+
+        store = S3Store(self.bucket, prefix=prefix, endpoint=self.endpoint_url, access_key_id="testing",
+                        secret_access_key="testing", region="us-east-1", client_options={"allow_http": True})
+        return ObjectStore(store, read_only=read_only)
+
+
+def start_s3(log_path: str | os.PathLike, bucket: str = "bench") -> tuple[subprocess.Popen, S3Endpoint]:
+    """moto's S3 server in a subprocess on a free loopback port, with ``bucket`` created."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(log_path, "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    endpoint = S3Endpoint(f"http://127.0.0.1:{port}", bucket)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint.endpoint_url + "/moto-api/", timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                stop_process(proc)
+                raise RuntimeError(f"moto server did not start; see {log_path}")
+            time.sleep(0.1)
+    endpoint.boto3_client().create_bucket(Bucket=bucket)
+    return proc, endpoint
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+

@@ -1,54 +1,47 @@
-"""Flow benchmark: the ``build-pyramid`` Prefect flow and the seed's Dask path against ``Pyramid.write``.
+"""Flow benchmark: the ``build-pyramid`` flow (threads, Icechunk, a Dask cluster) and the seed's Dask
+path against ``Pyramid.write``, all measured in one run.
 
-Everything runs in ONE process (this one), against baselines measured in the same run:
+Phases (each compared with its baseline of the same repeat):
 
-* ``core zarr``       ``create_pyramid(ds, ...).write(<local zarr>)`` (the baseline);
-* ``flow zarr``       ``build_pyramid(BuildParams(target=<local zarr>))`` on Prefect's default
-  thread-pool task runner, with its task-run count;
-* ``core icechunk``   ``Pyramid.write(session.store)`` + ``session.commit`` on a new local repo
-  (the baseline of the next one);
+* ``core``            ``create_pyramid(ds, ...).write(<target>)``: the baseline;
+* ``flow``            ``build_pyramid(BuildParams(...))`` on Prefect's default thread-pool task runner;
+* ``core icechunk``   ``Pyramid.write(session.store)`` + ``session.commit`` on a new repo (baseline of the next);
 * ``flow icechunk``   ``build_pyramid(BuildParams(target_format="icechunk"))``;
-* ``dask``            ``pyramid.as_datatree().to_zarr(<local zarr>, zarr_format=3, consolidated=False,
-  encoding=pyramid.encoding)`` inside a ``dask.distributed`` LocalCluster (threads of this process by
-  default, ``--dask-processes`` for worker processes, whose CPU this process does not see);
-  compared with ``core zarr``;
-* ``flow dask``       the same flow with ``task_runner=DaskTaskRunner(address=<that cluster>)``: its
-  batch tasks run on the cluster's workers (each reads the level below from the target: no shared
-  level cache); compared with ``core zarr``.
+* ``flow dask``       the flow with ``DaskTaskRunner`` on a ``LocalCluster`` of ``--workers`` worker
+  processes x 1 thread: its tile tasks run in those processes;
+* ``seed dask``       the seed's two lines, ``pyramid.as_datatree().to_zarr(<target>, zarr_format=3,
+  consolidated=False, encoding=pyramid.encoding)``, on that cluster.
 
-The source is a synthetic float32 raster (``--size`` squared, default 16384: 1 GB) written once as a
-local Zarr with ``--source-chunk`` chunks under ``--cache-dir`` and reused by later runs; every phase
-opens it lazily (``xr.open_zarr(path, chunks=None)``; the dask phase with ``chunks={}``, its own
-chunks). Prefect runs on a private temporary server (``prefect_test_harness``: its own home and
-SQLite database) whose start is timed separately and left out. One untimed warm-up of every phase on
-a tiny raster comes first (imports, numba caches, first-flow registration).
+The source is a synthetic float32 raster (``--size`` squared: 16384 is 1 GB, 32768 4 GB) written once as a
+Zarr with ``--source-chunk`` chunks (cached under ``--cache-dir`` for local runs) and opened lazily. With
+``--s3`` the source and every target are on an S3 endpoint on loopback (moto's server, started here): the
+source is uploaded once per run, and the Dask workers inherit its settings. Prefect runs on a private
+temporary server (SQLite) whose start is not counted; one untimed warm-up of every phase on a tiny raster
+comes first (imports, numba caches, the cluster).
 
-Each repeat runs every phase once, the order rotating between repeats, with ``os.sync()`` (untimed)
-between phases; each phase deletes its previous output first (untimed). Reported per phase: median,
-min and max wall seconds, median CPU seconds of this process (all threads), and the CPU seconds the
-rest of the machine used meanwhile (others' load: the figures are only comparable when it is low);
-ratios are per repeat (flow / its baseline of the same repeat), median and range.
+Each repeat runs every phase once in a rotating order, with ``os.sync()`` between phases (untimed);
+each phase deletes its previous output first (untimed). Reported per phase: median and range of wall
+seconds, median CPU seconds of this process, the CPU the rest of the machine used meanwhile (the
+Prefect server and the Dask workers are "the rest": compare walls), the ratio to the baseline per
+repeat (median, range), task runs, and for the Dask phases the peak RSS of any worker during the phase.
 
-``--tiny`` adds the fixed-cost case: a 256x256 raster, 3 levels (core vs flow zarr).
-
-``--cap-client-retry-sleep S`` is a diagnostic, off by default: it caps the Prefect client's sleep
-between retries of a 503 (the SQLite server answers "database is locked" under concurrent writes,
-and the client then waits ``2**attempt`` s) at S seconds, to show what the flow costs without that
-back-off. It patches Prefect's client module in this process only; never use it for headline figures.
+Also printed, once: what the flow's tile plan reads, measured through a counting store wrapper
+(:class:`topozarr_core.testing.CountingStore`) around the source and the target while the same tiles
+run in this process: bytes read from the source against its size, and bytes read back from the
+target (only the levels where a later stage starts).
 
 Usage::
 
-    python benchmarks/bench_flow.py                       # 1 GB source, 7 levels, 3 repeats
-    python benchmarks/bench_flow.py --size 4096 --levels 5 --repeat 2 --tiny   # quick
+    python benchmarks/bench_flow.py                       # 1 GB, 7 levels, 3 repeats
+    python benchmarks/bench_flow.py --size 32768 --levels 8 --repeat 2 --skip core_icechunk flow_icechunk
+    python benchmarks/bench_flow.py --s3 --size 32768 --levels 8 --only core flow_dask seed_dask
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -66,6 +59,9 @@ import _common as C  # noqa: E402
 
 CRS = "EPSG:3857"
 DEFAULT_CACHE = Path(os.environ.get("TOPOZARR_BENCH_CACHE", Path(tempfile.gettempdir()) / "topozarr-bench-cache"))
+BASELINE = {"flow": "core", "flow_icechunk": "core_icechunk", "flow_dask": "core", "seed_dask": "core"}
+LABEL = {"core": "core (Pyramid.write)", "flow": "flow, threads", "core_icechunk": "core icechunk + commit",
+         "flow_icechunk": "flow icechunk", "flow_dask": "flow, DaskTaskRunner", "seed_dask": "seed's Dask lines"}
 
 
 def _isolate_prefect(tmp: Path) -> None:
@@ -77,24 +73,7 @@ def _isolate_prefect(tmp: Path) -> None:
     os.environ.pop("PREFECT_API_URL", None)
 
 
-def _cap_client_retry_sleep(seconds: float) -> None:
-    """Diagnostic only (see the module docstring)."""
-    import types
-
-    import prefect.client.base as base
-
-    real = time
-
-    class _Time(types.ModuleType):
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-    capped = _Time("time")
-    capped.sleep = lambda s: real.sleep(min(s, seconds))
-    base.time = capped
-
-
-def source_path(cache: Path, size: int, chunk: int, seed: int) -> Path:
+def local_source(cache: Path, size: int, chunk: int, seed: int) -> Path:
     """The cached source Zarr of this size (built on first use; a marker file says it is complete)."""
     path = cache / f"src-{size}x{size}-c{chunk}-s{seed}.zarr"
     done = path / ".complete"
@@ -107,92 +86,141 @@ def source_path(cache: Path, size: int, chunk: int, seed: int) -> Path:
     return path
 
 
-class Phases:
-    """The measured phases over one source; each returns extra facts (task runs) as a dict."""
+class Where:
+    """Where sources and targets live: a local folder, or a bucket on an S3 endpoint."""
 
-    def __init__(self, src: Path, out: Path, levels: int, dask_processes: bool, flow_options: dict | None = None):
-        self.src, self.out, self.levels, self.dask_processes = src, out, levels, dask_processes
-        self.flow_options = dict(flow_options or {})  # extra BuildParams (e.g. max_task_runs)
-        self.flow_runs: list[tuple[str, str]] = []  # (phase, flow run id) for counting task runs later
+    def __init__(self, root: Path, s3: Any = None) -> None:
+        self.root, self.s3 = root, s3
+
+    def url(self, name: str) -> str:
+        return f"s3://{self.s3.bucket}/{name}" if self.s3 else str(self.root / name)
+
+    def store(self, name: str, read_only: bool = False) -> Any:
+        from zarr.storage import LocalStore
+
+        return self.s3.zarr_store(name, read_only=read_only) if self.s3 else LocalStore(self.url(name),
+                                                                                      read_only=read_only)
+
+    def remove(self, name: str) -> None:
+        if self.s3:
+            from zarr.core.sync import sync
+
+            store = self.s3.zarr_store(name)
+            sync(store.delete_dir(""))
+        else:
+            shutil.rmtree(self.url(name), ignore_errors=True)
+
+    def upload(self, local: Path, name: str) -> str:
+        """A local Zarr copied here (S3), or the local path itself."""
+        if not self.s3:
+            return str(local)
+        client = self.s3.boto3_client()
+        for f in local.rglob("*"):
+            if f.is_file() and f.name != ".complete":
+                client.upload_file(str(f), self.s3.bucket, f"{name}/{f.relative_to(local).as_posix()}")
+        return self.url(name)
+
+
+class Phases:
+    """The measured phases over one source; each returns extra facts as a dict."""
+
+    def __init__(self, src: str, where: Where, levels: int, workers: int, tile_bytes: int | None):
+        self.src, self.where, self.levels, self.workers = src, where, levels, workers
+        self.flow_options = {} if tile_bytes is None else {"max_tile_bytes": tile_bytes}
+        self.flow_runs: list[str] = []
         self._cluster = None
 
-    def _fresh(self, name: str) -> Path:
-        path = self.out / name
-        shutil.rmtree(path, ignore_errors=True)
-        return path
+    def _fresh(self, name: str) -> str:
+        self.where.remove(name)
+        return self.where.url(name)
 
-    def _pyramid(self, chunks: Any = None):
+    def _open(self, chunks: Any = None):
         import xarray as xr
 
+        if self.where.s3 and self.src.startswith("s3://"):
+            return xr.open_zarr(self.where.store(self.src.split("/", 3)[3], read_only=True), chunks=chunks,
+                                consolidated=False)
+        return xr.open_zarr(self.src, chunks=chunks, consolidated=False)
+
+    def pyramid(self, chunks: Any = None):
         from topozarr_core import create_pyramid
 
-        ds = xr.open_zarr(self.src, chunks=chunks, consolidated=False)
-        return create_pyramid(ds, levels=self.levels, crs=CRS)
+        return create_pyramid(self._open(chunks), levels=self.levels, crs=CRS)
 
-    def core_zarr(self) -> dict:
-        target = self._fresh("core.zarr")
-        self._pyramid().write(str(target))
+    def core(self) -> dict:
+        url = self._fresh("core.zarr")
+        self.pyramid().write(self.where.store("core.zarr") if self.where.s3 else url)
         return {}
 
     def core_icechunk(self) -> dict:
         import icechunk
 
-        target = self._fresh("core.icechunk")
+        target = Path(self._fresh("core.icechunk"))
         repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(target)))
         session = repo.writable_session("main")
-        self._pyramid().write(session.store)
+        self.pyramid().write(session.store)
         session.commit("bench: pyramid")
         return {}
 
-    def _flow(self, phase: str, **target: Any) -> dict:
+    def _flow(self, task_runner: Any = None, **target: Any) -> dict:
         from flows.build import build_pyramid
         from flows.params import BuildParams
 
-        state = build_pyramid(BuildParams(source=str(self.src), levels=self.levels, crs=CRS, **self.flow_options,
-                                          **target), return_state=True)
+        flow = build_pyramid if task_runner is None else build_pyramid.with_options(task_runner=task_runner)
+        params = BuildParams(source=self.src, levels=self.levels, crs=CRS, **self.flow_options, **target)
+        state = flow(params, return_state=True)
         if not state.is_completed():
-            raise RuntimeError(f"{phase}: flow run ended {state.name}: {state.message}")
-        self.flow_runs.append((phase, str(state.state_details.flow_run_id)))
-        return {"flow_run_id": str(state.state_details.flow_run_id)}
+            raise RuntimeError(f"flow run ended {state.name}: {state.message}")
+        run_id = str(state.state_details.flow_run_id)
+        self.flow_runs.append(run_id)
+        return {"flow_run_id": run_id}
 
-    def flow_zarr(self) -> dict:
-        return self._flow("flow zarr", target=str(self._fresh("flow.zarr")))
+    def flow(self) -> dict:
+        return self._flow(target=self._fresh("flow.zarr"))
 
     def flow_icechunk(self) -> dict:
-        return self._flow("flow icechunk", target=str(self._fresh("flow.icechunk")), target_format="icechunk")
-
-    def dask(self) -> dict:
-        pyramid = self._pyramid(chunks={})  # the source's own dask chunks
-        target = self._fresh("dask.zarr")
-        with self.cluster().as_current():
-            pyramid.as_datatree().to_zarr(target, zarr_format=3, consolidated=False, encoding=pyramid.encoding)
-        return {}
+        return self._flow(target=self._fresh("flow.icechunk"), target_format="icechunk")
 
     def flow_dask(self) -> dict:
-        """The flow with its batch tasks on the same LocalCluster (prefect-dask's DaskTaskRunner)."""
         from prefect_dask import DaskTaskRunner
 
-        from flows.build import build_pyramid
-        from flows.params import BuildParams
+        with self.worker_peak() as peak:
+            out = self._flow(DaskTaskRunner(address=self.cluster().scheduler.address),
+                             target=self._fresh("flow-dask.zarr"))
+        return {**out, **peak}
 
-        runner = DaskTaskRunner(address=self.cluster().scheduler.address)
-        params = BuildParams(source=str(self.src), levels=self.levels, crs=CRS, target=str(self._fresh("flow-dask.zarr")),
-                             **self.flow_options)
-        state = build_pyramid.with_options(task_runner=runner)(params, return_state=True)
-        if not state.is_completed():
-            raise RuntimeError(f"flow on dask: flow run ended {state.name}: {state.message}")
-        self.flow_runs.append(("flow dask", str(state.state_details.flow_run_id)))
-        return {"flow_run_id": str(state.state_details.flow_run_id)}
+    def seed_dask(self) -> dict:
+        pyramid = self.pyramid(chunks={})  # the source's own dask chunks
+        target = self._fresh("seed.zarr")
+        with self.worker_peak() as peak, self.cluster().as_current():
+            pyramid.as_datatree().to_zarr(self.where.store("seed.zarr") if self.where.s3 else target,
+                                          zarr_format=3, consolidated=False, encoding=pyramid.encoding)
+        return dict(peak)
 
     def cluster(self):
-        """One LocalCluster for the whole run (its start is not timed): 2 workers of 1 thread."""
+        """One LocalCluster of worker processes for the whole run (its start is not timed)."""
         if self._cluster is None:
             from dask.distributed import Client, LocalCluster
 
-            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=self.dask_processes,
+            cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
                                    dashboard_address=None)
             self._cluster = (cluster, Client(cluster))
         return self._cluster[1]
+
+    def worker_peak(self):
+        """``with phases.worker_peak() as out:`` -> ``out["worker_peak_rss_mb"]``: the highest peak RSS
+        of any worker during the block (each worker's high-water mark is reset first)."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def meter():
+            client = self.cluster()
+            client.run(C.reset_peak_rss)
+            out: dict[str, float] = {}
+            yield out
+            out["worker_peak_rss_mb"] = max(client.run(C.peak_rss_bytes).values()) / 1e6
+
+        return meter()
 
     def close(self) -> None:
         if self._cluster is not None:
@@ -200,53 +228,19 @@ class Phases:
             self._cluster[0].close()
 
 
-class ClientRetries(logging.Handler):
-    """Counts the Prefect client's retries and the seconds it sleeps before them, from its own debug
-    line ("Received response with retryable status code 503. Another attempt will be made in 2.1s.")."""
-
-    PATTERN = re.compile(r"status code (\d+)\. Another attempt will be made in ([0-9.]+)s")
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.count, self.seconds = 0, 0.0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        match = self.PATTERN.search(record.getMessage())
-        if match:
-            self.count += 1
-            self.seconds += float(match.group(2))
-        if record.levelno >= logging.WARNING:  # what Prefect's handlers would have shown anyway
-            logging.getLogger("prefect").handle(record)
-
-    def install(self) -> "ClientRetries":
-        """(Again before each phase: Prefect re-applies its logging configuration on the way.)"""
-        log = logging.getLogger("prefect.client")
-        if self not in log.handlers:
-            log.addHandler(self)
-        log.setLevel(logging.DEBUG)
-        log.propagate = False  # its debug lines are counted here, not printed
-        return self
-
-
-RETRIES = ClientRetries()
-
-
 def measure(fn: Callable[[], dict]) -> dict:
     os.sync()
-    RETRIES.install()
-    n0, s0 = RETRIES.count, RETRIES.seconds
     cpu0, busy0, t0 = os.times(), C.machine_busy_seconds(), time.perf_counter()
     extra = fn()
     seconds = time.perf_counter() - t0
     cpu1 = os.times()
     cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
     others = max(0.0, C.machine_busy_seconds() - busy0 - cpu)
-    return {"seconds": seconds, "cpu": cpu, "others_cpu": others, "client_retries": RETRIES.count - n0,
-            "client_retry_sleep_s": RETRIES.seconds - s0, **extra}
+    return {"seconds": seconds, "cpu": cpu, "others_cpu": others, **extra}
 
 
 def count_task_runs(flow_run_ids: list[str]) -> dict[str, int]:
-    """Task runs the server recorded per flow run (task runs are recorded from events: wait for them)."""
+    """Task runs the server recorded per flow run (recorded from events: wait until the count is stable)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -256,7 +250,7 @@ def count_task_runs(flow_run_ids: list[str]) -> dict[str, int]:
             last, stable = -1, 0
             for _ in range(50):
                 n = len(client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
-                                              limit=200))  # the server's maximum
+                                              limit=200))
                 stable = stable + 1 if n == last else 0
                 last = n
                 if stable >= 2:
@@ -264,6 +258,40 @@ def count_task_runs(flow_run_ids: list[str]) -> dict[str, int]:
                 time.sleep(0.1)
             counts[run_id] = last
     return counts
+
+
+def reads_of_the_tile_plan(phases: Phases, tile_bytes: int | None) -> str:
+    """Run the flow's tile plan here through counting stores: source bytes read against its size, and
+    bytes read back from the target."""
+    import xarray as xr
+
+    from topozarr_core import create_pyramid
+    from topozarr_core.testing import CountingStore, stored_bytes
+    from topozarr_core.tiles import DEFAULT_TILE_BYTES
+
+    if phases.src.startswith("s3://"):
+        raw = phases.where.store(phases.src.split("/", 3)[3], read_only=True)
+    else:
+        from zarr.storage import LocalStore
+
+        raw = LocalStore(phases.src, read_only=True)
+    source = CountingStore(raw)
+    pyramid = create_pyramid(xr.open_zarr(source, chunks=None, consolidated=False), levels=phases.levels, crs=CRS)
+    size = tile_bytes or DEFAULT_TILE_BYTES
+    plan = pyramid.tile_plan(max_tile_bytes=size)
+    phases.where.remove("reads.zarr")
+    target = CountingStore(phases.where.store("reads.zarr"))
+    source.counts.reset()
+    pyramid.write(target, max_tile_bytes=size)
+    source_size = stored_bytes(raw, C.VAR)
+    stages = "; ".join(f"{r['tiles']} tiles of levels {r['levels'][0]}-{r['levels'][-1]} from {r['reads']}"
+                       for r in plan.summary())
+    read_back = sum(target.counts.bytes.values())
+    return (f"tile plan ({size >> 20} MiB tiles): {stages}\n"
+            f"  source: {source.counts.total / 1e6:.1f} MB read of {source_size / 1e6:.1f} MB stored "
+            f"({source.counts.total / source_size:.3f}x)\n"
+            f"  target read back: {read_back / 1e6:.1f} MB ({dict(target.counts.bytes)}; the levels where a "
+            f"later stage starts: {plan.handoff_levels})")
 
 
 def run_suite(name: str, phases: Phases, order: list[str], repeat: int) -> dict[str, list[dict]]:
@@ -274,15 +302,10 @@ def run_suite(name: str, phases: Phases, order: list[str], repeat: int) -> dict[
             res = measure(getattr(phases, phase))
             res["repeat"] = r
             results[phase].append(res)
+            extra = f"  worker peak {res['worker_peak_rss_mb']:.0f} MB" if "worker_peak_rss_mb" in res else ""
             print(f"  [{name} repeat {r + 1}/{repeat}] {phase:14s} {res['seconds']:7.2f} s  cpu {res['cpu']:6.2f} s"
-                  f"  others {res['others_cpu']:5.2f} cpu-s  client retries {res['client_retries']}"
-                  f" ({res['client_retry_sleep_s']:.1f} s asleep)", flush=True)
+                  f"  others {res['others_cpu']:5.2f} cpu-s{extra}", flush=True)
     return results
-
-
-BASELINE = {"flow_zarr": "core_zarr", "flow_icechunk": "core_icechunk", "dask": "core_zarr", "flow_dask": "core_zarr"}
-LABEL = {"core_zarr": "core zarr (Pyramid.write)", "flow_zarr": "flow zarr", "core_icechunk": "core icechunk + commit",
-         "flow_icechunk": "flow icechunk", "dask": "dask as_datatree.to_zarr", "flow_dask": "flow zarr, DaskTaskRunner"}
 
 
 def report(name: str, results: dict[str, list[dict]], tasks: dict[str, int]) -> str:
@@ -291,22 +314,19 @@ def report(name: str, results: dict[str, list[dict]], tasks: dict[str, int]) -> 
         wall = C.summarize([x["seconds"] for x in runs])
         cpu = C.summarize([x["cpu"] for x in runs])
         others = C.summarize([x["others_cpu"] for x in runs])
-        ratio = cpu_ratio = None
+        ratio = "baseline"
         base = BASELINE.get(phase)
         if base in results:
             by_rep = {x["repeat"]: x for x in results[base]}
             rs = C.summarize([x["seconds"] / by_rep[x["repeat"]]["seconds"] for x in runs])
-            cs = C.summarize([x["cpu"] / by_rep[x["repeat"]]["cpu"] for x in runs])
-            ratio = f"{rs['median']:.2f}x ({rs['min']:.2f}-{rs['max']:.2f}) vs {base}"
-            cpu_ratio = f"{cs['median']:.2f}x"
+            ratio = f"{rs['median']:.2f}x ({rs['min']:.2f}-{rs['max']:.2f}) vs {LABEL[base]}"
         n_tasks = sorted({tasks.get(x.get("flow_run_id", ""), -1) for x in runs if "flow_run_id" in x})
-        asleep = C.summarize([x["client_retry_sleep_s"] for x in runs])
+        peak = [x["worker_peak_rss_mb"] for x in runs if "worker_peak_rss_mb" in x]
         rows.append([LABEL[phase], C.fmt_num(wall["median"]), f"{C.fmt_num(wall['min'])}-{C.fmt_num(wall['max'])}",
-                     C.fmt_num(cpu["median"]), cpu_ratio or "", ratio or "baseline" if not base else ratio,
-                     ",".join(map(str, n_tasks)) if n_tasks else "", C.fmt_num(asleep["median"]),
-                     C.fmt_num(others["max"])])
-    headers = ["phase", "median s", "range s", "cpu s", "cpu ratio", "wall ratio (median, range)", "task runs",
-               "client back-off s (asked, all threads)", "others cpu-s (max)"]
+                     ratio, C.fmt_num(cpu["median"]), C.fmt_num(others["median"]),
+                     ",".join(map(str, n_tasks)) if n_tasks else "", f"{max(peak):.0f}" if peak else ""])
+    headers = ["phase", "median s", "range s", "wall ratio (median, range)", "cpu s (this process)",
+               "others cpu-s (median)", "task runs", "worker peak RSS MB"]
     return f"== {name}\n" + C.format_table(headers, rows)
 
 
@@ -316,62 +336,63 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--levels", type=int, default=7)
     ap.add_argument("--source-chunk", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2, help="Dask worker processes (1 thread each)")
+    ap.add_argument("--tile-mb", type=int, default=None, help="the flow's max_tile_bytes in MiB (default: the flow's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where sources are built once and reused")
+    ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where local sources are built once")
     ap.add_argument("--tmpdir", default=None, help="where outputs and the Prefect home go (default: system temp)")
-    ap.add_argument("--tiny", action="store_true", help="also the fixed-cost case: 256x256, 3 levels, core vs flow")
+    ap.add_argument("--s3", action="store_true", help="source and targets on an S3 endpoint on loopback (moto)")
+    ap.add_argument("--only", nargs="*", default=None, choices=list(LABEL), help="these phases only")
     ap.add_argument("--skip", nargs="*", default=[], choices=list(LABEL), help="phases to leave out")
-    ap.add_argument("--dask-processes", action="store_true", help="LocalCluster of worker processes")
-    ap.add_argument("--max-task-runs", type=int, default=None, help="the flows' max_task_runs (default: the flow's)")
-    ap.add_argument("--cap-client-retry-sleep", type=float, default=None, help="diagnostic only, see the docstring")
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-flow-", dir=args.tmpdir))
     _isolate_prefect(tmp)
+    moto = None
     try:
         from prefect.testing.utilities import prefect_test_harness
 
         from flows.slots import LEASES_ON_DISK
 
-        # slot leases on disk, as infra/prefect-server.sh and the test harness keep them (flows/slots.py)
         os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASES_ON_DISK)
-        if args.cap_client_retry_sleep is not None:
-            _cap_client_retry_sleep(args.cap_client_retry_sleep)
-            print(f"DIAGNOSTIC: Prefect client retry sleeps capped at {args.cap_client_retry_sleep} s", flush=True)
-        RETRIES.install()
-        print(C.machine_summary(), f"load {C.load_average():.2f}", flush=True)
-        src = source_path(args.cache_dir, args.size, args.source_chunk, args.seed)
-        tiny = source_path(args.cache_dir, 256, 128, args.seed)
+        s3 = None
+        if args.s3:
+            moto, s3 = C.start_s3(tmp / "moto.log", bucket="bench")
+            os.environ.update(s3.env())  # the flow's tasks and the Dask workers reach it from the environment
+        print(C.machine_summary(), f"load {C.load_average():.2f}", "S3 (moto on loopback)" if s3 else "local",
+              flush=True)
+        where = Where(tmp / "out", s3)
+        (tmp / "out").mkdir()
+        local = local_source(args.cache_dir, args.size, args.source_chunk, args.seed)
+        tiny_local = local_source(args.cache_dir, 256, 128, args.seed)
+        src, tiny = where.upload(local, "src.zarr"), where.upload(tiny_local, "tiny.zarr")
+        tile_bytes = None if args.tile_mb is None else args.tile_mb * 2**20
+        order = [p for p in LABEL if p not in args.skip and (args.only is None or p in args.only)]
+        if s3:
+            order = [p for p in order if "icechunk" not in p]  # the Icechunk phases write locally
         t0 = time.perf_counter()
         with prefect_test_harness():
-            server_s = time.perf_counter() - t0
-            print(f"Prefect server start (not counted): {server_s:.2f} s", flush=True)
-            order = [p for p in LABEL if p not in args.skip]
-            warm = Phases(tiny, tmp / "warm", 3, args.dask_processes)
+            print(f"Prefect server start (not counted): {time.perf_counter() - t0:.2f} s", flush=True)
+            warm = Phases(tiny, where, 3, args.workers, tile_bytes)
             for phase in order:  # untimed warm-up: imports, numba caches, flow registration, cluster start
                 getattr(warm, phase)()
-            options = {} if args.max_task_runs is None else {"max_task_runs": args.max_task_runs}
-            suites = {f"{args.size}x{args.size}, {args.levels} levels": Phases(src, tmp / "main", args.levels,
-                                                                                args.dask_processes, options)}
-            if args.tiny:
-                suites["256x256, 3 levels (fixed cost)"] = Phases(tiny, tmp / "tiny", 3, args.dask_processes, options)
-            all_results, texts = {}, []
-            for name, phases in suites.items():
-                phases._cluster = warm._cluster  # one cluster for the run
-                wanted = order if phases.src == src else [p for p in ("core_zarr", "flow_zarr") if p in order]
-                results = run_suite(name, phases, wanted, args.repeat)
-                tasks = count_task_runs([rid for _, rid in phases.flow_runs])
-                texts.append(report(name, results, tasks))
-                all_results[name] = {"results": results, "task_runs": tasks}
+            phases = Phases(src, where, args.levels, args.workers, tile_bytes)
+            phases._cluster = warm._cluster
+            name = f"{args.size}x{args.size} float32 ({args.size ** 2 * 4 / 1e9:.1f} GB), {args.levels} levels" + (
+                ", S3 to S3" if s3 else "")
+            results = run_suite(name, phases, order, args.repeat)
+            tasks = count_task_runs(phases.flow_runs)
+            reads = reads_of_the_tile_plan(phases, tile_bytes)
             warm.close()
-        print(f"\nPrefect server start (not counted): {server_s:.2f} s; load average now {C.load_average():.2f}")
-        for text in texts:
-            print("\n" + text)
+        print("\n" + report(name, results, tasks))
+        print("\n" + reads)
         if args.json:
-            Path(args.json).write_text(json.dumps({"server_start_s": server_s, "suites": all_results}, indent=1,
-                                                  default=str))
+            Path(args.json).write_text(json.dumps({"results": results, "task_runs": tasks, "reads": reads},
+                                                  indent=1, default=str))
     finally:
+        if moto is not None:
+            C.stop_process(moto)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

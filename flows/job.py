@@ -90,5 +90,5 @@ def _build(params: BuildParams) -> Job:
         chunks_per_shard=params.chunks_per_shard,
     )
     plan = pyramid.tile_plan(max_region_bytes=params.max_region_bytes, max_tile_bytes=params.max_tile_bytes,
-                             max_tiles=params.max_task_runs)
+                             max_tiles=params.max_task_runs, min_tiles=params.min_tiles)
     return Job(params, pyramid, plan)

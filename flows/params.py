@@ -28,6 +28,9 @@ class RunParams(BaseModel):
     max_tile_bytes: int = Field(DEFAULT_TILE_BYTES, ge=100_000, description="Input bytes per tile (one write "
                                 "task) while a stage of tiles takes in one more level: larger tiles cover more "
                                 "levels and make fewer tasks, smaller ones spread over more workers")
+    min_tiles: int = Field(4, ge=1, description="A stage of tiles takes in one more level only while it keeps "
+                           "at least this many tiles: the workers stay busy to the end of a run (about the slots "
+                           "of the limit, or the workers of a cluster)")
     max_task_runs: int = Field(2000, ge=1, description="At most this many tile tasks per run: tiles are made "
                                "larger when the plan would have more")
     max_region_bytes: int = Field(256_000_000, ge=1_000_000, description="Largest level-0 region one thread of a "

@@ -4,8 +4,8 @@ A tile of a later stage reads a level that the tiles of an earlier stage under i
 (:meth:`topozarr_core.tiles.TilePlan.depends`); it is submitted when those have completed, with at
 most ``in_flight`` tiles submitted and not finished (the limit's slots: one more would only wait
 for a slot), so the Prefect UI shows as Running only tiles that run (or wait for a slot another run
-holds). Ready tiles of later stages go first (their inputs leave the cache soonest and the run's
-tail is shorter), then plan order.
+holds). Ready tiles of later stages go first (the run's tail is shorter), then the largest (as in
+``Pyramid.write``'s tail), then plan order.
 
 A tile that fails (after its task's retries) is reported; the tiles that read it are never
 submitted, every other tile still runs, so a retry of the flow run redoes only the failed tiles
@@ -49,8 +49,13 @@ def run_pipelined(
     in_flight: int,
     on_group_done: Callable[[int, Tally], None] = lambda group, tally: None,
     on_done: Callable[[str, PrefectFuture], None] = lambda key, future: None,
+    weight: dict[str, int] | None = None,
 ) -> tuple[dict[int, Tally], list[str], int]:
     """Run every key of ``order`` (plan order) once the keys it depends on completed.
+
+    Among ready keys, later groups go first, then the heaviest (``weight``: a tile's input bytes), so
+    the small tiles at the edges of a raster fill the gaps at the end instead of a large one running
+    alone.
 
     ``on_done(key, future)`` is called for each key that completed, ``on_group_done(group, tally)``
     once every key of a group has ended. Returns the tallies per group, the failed keys (plan
@@ -67,8 +72,10 @@ def run_pipelined(
         for p in parents:
             children[p].append(k)
 
-    def priority(key: str) -> tuple[int, int, str]:
-        return (-group_of[key], position[key], key)
+    weight = weight or {}
+
+    def priority(key: str) -> tuple[int, int, int, str]:
+        return (-group_of[key], -weight.get(key, 0), position[key], key)
 
     ready = [priority(k) for k in order if not waiting[k]]
     heapq.heapify(ready)
@@ -85,7 +92,7 @@ def run_pipelined(
 
     while ready or running:
         while ready and running < in_flight:
-            key = heapq.heappop(ready)[2]
+            key = heapq.heappop(ready)[3]
             if key in blocked:
                 continue
             tally = tallies[group_of[key]]

@@ -27,8 +27,8 @@ def planned_tiles(plan: Any) -> dict[str, Any]:
     """The plain data the flow orchestrates with (a task result): every tile's key, stage, levels and
     what it reads, and which tiles each waits for."""
     return {
-        "tiles": [{"key": t.key, "stage": t.stage, "levels": list(t.levels), "reads": t.reads}
-                  for t in plan.tiles],
+        "tiles": [{"key": t.key, "stage": t.stage, "levels": list(t.levels), "reads": t.reads,
+                   "bytes": plan.source_bytes(t)} for t in plan.tiles],
         "depends": {k: list(v) for k, v in plan.depends().items() if v},
     }
 
@@ -66,6 +66,7 @@ def run_tiles(
     levels_of = {t["key"]: t["levels"] for t in tiles}
     left = {level: len(keys) for level, keys in writers.items()}  # tiles of a level not written yet
     depends = planned.get("depends", {})
+    weight = {t["key"]: t.get("bytes", 0) for t in tiles}
     progress = create_progress_artifact(0.0, description=f"{description} ({total} in all)")
     results: dict[str, tuple[dict, bool]] = {}  # key -> (result, written by this attempt)
     last_update = [time.perf_counter()]
@@ -102,7 +103,7 @@ def run_tiles(
 
     if fork is None:
         tallies, failed, blocked = run_pipelined(order, stage_of, depends, lambda key: submit(key, None),
-                                                 in_flight=in_flight, on_done=tile_done)
+                                                 in_flight=in_flight, on_done=tile_done, weight=weight)
         check(failed, tallies, blocked)
     else:
         stages = sorted(set(stage_of.values()))
@@ -110,7 +111,7 @@ def run_tiles(
         for stage in stages:
             keys = [k for k in order if stage_of[k] == stage]
             tallies, failed, blocked = run_pipelined(keys, stage_of, {}, lambda key, base=base: submit(key, base),
-                                                     in_flight=in_flight, on_done=tile_done)
+                                                     in_flight=in_flight, on_done=tile_done, weight=weight)
             check(failed, tallies, blocked + (sum(1 for k in order if stage_of[k] > stage) if failed else 0))
             base = commit(stage, [results[k][0]["fork"] for k in keys], stage == stages[-1])
             for level in sorted(lvl for lvl, s in last_stage.items() if s == stage):

@@ -31,7 +31,7 @@ require_bin() { [ -x "$BIN/$1" ] || die "$BIN/$1 not found (set VENV=... or run 
 pidfile() { printf '%s/%s.pid\n' "$STATE_DIR" "$1"; }
 recordfile() { printf '%s/%s.env\n' "$STATE_DIR" "$1"; }
 STACK_ENV="$STATE_DIR/stack.env"
-RECORDED_SERVICES=(s3 prefect-server dask-scheduler worker)   # stack.env order
+RECORDED_SERVICES=(s3 postgres prefect-server dask-scheduler worker)   # stack.env order
 
 # is_running NAME -> 0 if the pid in NAME.pid is alive
 is_running() {

@@ -164,7 +164,8 @@ class Pyramid:
         )
 
     def tile_plan(self, levels: list[int] | None = None, max_region_bytes: int = DEFAULT_MAX_REGION_BYTES,
-                  max_tile_bytes: int | None = DEFAULT_TILE_BYTES, max_tiles: int | None = None) -> TilePlan:
+                  max_tile_bytes: int | None = DEFAULT_TILE_BYTES, max_tiles: int | None = None,
+                  min_tiles: int = 1) -> TilePlan:
         """The units of work of a write, as plain data every executor runs (:mod:`.tiles`).
 
         :param levels: the levels to write (default all; contiguous).
@@ -172,6 +173,8 @@ class Pyramid:
         :param max_tile_bytes: input bytes per tile while a stage takes in one more level; ``None``
             gives one tile per variable group covering the whole pyramid (``write``'s default).
         :param max_tiles: a hard cap on the number of tiles (larger tiles when needed).
+        :param min_tiles: a stage takes in one more level only while it keeps at least this many tiles
+            (the workers a distributed run has).
         """
         _check_region_bytes(max_region_bytes)
         if max_tile_bytes is not None and (isinstance(max_tile_bytes, bool) or not isinstance(max_tile_bytes, int)
@@ -187,6 +190,7 @@ class Pyramid:
             levels=self._check_levels(levels),
             max_tile_bytes=max_tile_bytes,
             max_tiles=max_tiles,
+            min_tiles=min_tiles,
         )
 
     def _check_levels(self, levels: list[int] | None) -> list[int]:

@@ -16,6 +16,8 @@ How tiles are chosen (:func:`build_tile_plan`), per group of variables sharing a
   multiple of their shard footprints, in level-0 pixels; the whole extent once it reaches it)
   reads at most ``max_tile_bytes`` of its stage's input, and while each level's regions line up
   with the next level's windows (else the levels above start a new stage);
+* it also stops where it would leave fewer than ``min_tiles`` tiles (the parallelism a distributed run
+  wants at its end, when only the last stages are left);
 * with ``max_tiles``, tiles are merged (twice as large along the dimension with most tiles, again
   and again) until the plan has at most that many;
 * ``max_tile_bytes=None`` gives one stage of one tile per group: the whole pyramid (what
@@ -259,7 +261,8 @@ def _window_bytes(group: list[VarSpec], size: tuple[int, ...], reads: int | None
 
 
 def _stages(group: list[VarSpec], levels: list[int], factors: tuple[int, ...], y_dim: str, x_dim: str,
-            max_tile_bytes: int | None, source_chunks: dict[str, tuple[int, ...] | None]) -> list[_Stage]:
+            max_tile_bytes: int | None, source_chunks: dict[str, tuple[int, ...] | None],
+            min_tiles: int = 1) -> list[_Stage]:
     v = group[0]
     yi, xi = v.axes(y_dim, x_dim)
     extent = tuple(v.shapes[0])
@@ -268,8 +271,15 @@ def _stages(group: list[VarSpec], levels: list[int], factors: tuple[int, ...], y
     stages: list[_Stage] = []
     reads: int | None = None if levels[0] == 0 else levels[0] - 1
 
-    def fits(size: tuple[int, ...]) -> bool:
-        return _window_bytes(group, size, reads, factors, yi, xi) <= max_tile_bytes
+    def tiles(size: tuple[int, ...]) -> int:
+        return math.prod(math.ceil(n / s) for s, n in zip(size, extent))
+
+    def fits(size: tuple[int, ...], before: tuple[int, ...] | None = None) -> bool:
+        """Within the byte budget, and (when growing from ``before``) not fewer tiles than ``min_tiles``
+        where ``before`` had enough: the last stages keep every worker busy."""
+        if _window_bytes(group, size, reads, factors, yi, xi) > max_tile_bytes:
+            return False
+        return before is None or tiles(size) >= min(min_tiles, tiles(before))
 
     i = 0
     while i < len(levels):
@@ -283,7 +293,7 @@ def _stages(group: list[VarSpec], levels: list[int], factors: tuple[int, ...], y
         if read_unit is not None:
             # tiles that also cut their input at its chunk (shard) boundaries read each of them once
             aligned = _combine(size, read_unit, extent)
-            if fits(aligned):
+            if fits(aligned, size):
                 size = aligned
         top = i
         while top + 1 < len(levels):
@@ -291,7 +301,7 @@ def _stages(group: list[VarSpec], levels: list[int], factors: tuple[int, ...], y
             if nxt != levels[top] + 1 or not _lines_up(v, nxt, factors, yi, xi):
                 break
             grown = _combine(size, _footprint(v, nxt, factors, yi, xi), extent)
-            if not fits(grown):
+            if not fits(grown, size):
                 break
             size, top = grown, top + 1
         # more entries of the other dims per tile while it fits: a task's fixed cost stays small
@@ -301,7 +311,7 @@ def _stages(group: list[VarSpec], levels: list[int], factors: tuple[int, ...], y
             per = size[d]
             while size[d] < extent[d]:
                 grown = tuple(min(extent[d], s + per) if k == d else s for k, s in enumerate(size))
-                if not fits(grown):
+                if not fits(grown, size):
                     break
                 size = grown
         stages.append(_Stage(reads, tuple(levels[i:top + 1]), size))
@@ -355,13 +365,16 @@ def build_tile_plan(
     levels: list[int] | None = None,
     max_tile_bytes: int | None = DEFAULT_TILE_BYTES,
     max_tiles: int | None = None,
+    min_tiles: int = 1,
     restricted: dict[str, Any] | None = None,
 ) -> TilePlan:
     """Tile the pyramid's ``levels`` (default all; a contiguous run) into stages of tiles.
 
     ``max_tile_bytes``: at most this many bytes of input per tile while a stage grows by a level
     (``None``: one tile per variable group covering everything). ``max_tiles``: a hard cap on the
-    number of tiles (tiles merged until it holds). ``restricted``: an update's window along a
+    number of tiles (tiles merged until it holds). ``min_tiles``: a stage takes in one more level (or
+    more entries of another dim) only while it keeps at least this many tiles, so the workers of a
+    distributed run stay busy to the end. ``restricted``: an update's window along a
     non-spatial dim (``{"dim", "start", "stop", "whole", "clip"}``): tiles cover it only, every level
     in one stage, cut along that dim only (one tile when whole arrays are rewritten too).
     """
@@ -380,7 +393,8 @@ def build_tile_plan(
                 continue  # nothing of these variables changes
             stages, limit = _restricted_stages(group, wanted, factors, y_dim, x_dim, restricted, max_tile_bytes)
         else:
-            stages, limit = _stages(group, wanted, factors, y_dim, x_dim, max_tile_bytes, source_chunks), {}
+            stages, limit = _stages(group, wanted, factors, y_dim, x_dim, max_tile_bytes, source_chunks,
+                                    max(1, int(min_tiles))), {}
         groups.append(group)
         extents.append(tuple(v.shapes[0]))
         per_group.append(stages)
@@ -404,7 +418,8 @@ def build_tile_plan(
                 index += 1
     return TilePlan(x_dim=x_dim, y_dim=y_dim, factors=factors, variables=variables,
                     source_chunks=dict(source_chunks), max_region_bytes=int(max_region_bytes), tiles=tuple(tiles),
-                    restricted=restricted, sizing={"max_tile_bytes": max_tile_bytes, "max_tiles": max_tiles})
+                    restricted=restricted, sizing={"max_tile_bytes": max_tile_bytes, "max_tiles": max_tiles,
+                                                   "min_tiles": min_tiles})
 
 
 def _product(axes: list[list[tuple[int, int]]]) -> list[Box]:
