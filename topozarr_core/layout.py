@@ -29,6 +29,7 @@ from .root_coords import publish_copies
 from .root_doc import (INCOMPLETE, OPTIONS_KEY, OWNED_KEY, ROOT_DOC, creation_options, owned_nodes, unpublished_attrs,
                        write_root)
 from .target_contract import TargetState, check_target, ignorable
+from .targets import check_writable
 
 
 def initialise_target(store: Any, ds: xr.Dataset, spec: PyramidSpec, mode: str, levels: list[int],
@@ -47,6 +48,7 @@ def prepare_target(store: Any, spec: PyramidSpec, mode: str, levels: list[int], 
     """Unpublish the root (one atomic write), then delete what the rewrite replaces: in mode ``w`` every
     node this project wrote there (a foreign file beside them stays), or everything when the caller
     opted in to replacing a foreign target. ``state`` is what :func:`check_target` found."""
+    check_writable(store)  # one line instead of the backend's dump at the first write below
     new_nodes = {str(lvl) for lvl in range(len(spec.factors))} | {MISSING_GROUP}
     if mode == "a":
         attrs = unpublished_attrs(state.attrs, INCOMPLETE, new_nodes)

@@ -34,7 +34,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore, ObjectStore
 
-from .targets import TargetError
+from .targets import TargetError, check_writable
 
 LEASE_KEY = "topozarr.lease.json"
 DEFAULT_TTL = float(os.environ.get("TOPOZARR_LEASE_TTL", "120"))
@@ -185,6 +185,7 @@ def _remove_if_unchanged(store: Any, raw: bytes | None) -> None:
 def lease_for(store: Any, owner: str | None = None) -> Iterator[Lease | None]:
     """Hold the lease of a plain Zarr target (local or object store) while the block runs; other
     stores need none (Icechunk commits are compare-and-swap; memory stores are private)."""
+    check_writable(store)  # the lease is a write's first write: refuse a read-only store in one line
     if not isinstance(store, (LocalStore, ObjectStore)):
         yield None
         return

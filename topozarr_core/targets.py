@@ -157,6 +157,18 @@ def resolve_store(target: Any, read_only: bool = False) -> Any:
     )
 
 
+def check_writable(store: Any) -> None:
+    """Refuse, with one line, a store opened read-only (before the first write would fail with the
+    backend's own dump, e.g. Icechunk's ``ReadOnlyError ... icechunk/src/store.rs``)."""
+    if not getattr(store, "read_only", False):
+        return
+    if is_icechunk_store(store):
+        raise TargetError("the target is a read-only Icechunk session: write into "
+                          "repo.writable_session('<branch>') (or its .store) and commit it afterwards")
+    raise TargetError(f"the target store {describe_store(store)} was opened read-only; open it writable "
+                      "(read_only=False) or pass a path or URL")
+
+
 def describe_store(store: Any) -> str:
     """Short human label of a store for logs (never includes credentials)."""
     if isinstance(store, LocalStore):

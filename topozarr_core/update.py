@@ -66,7 +66,7 @@ from .regions import WriteContext
 from .root_coords import foreign_nodes, planned_names, stale_names
 from .root_doc import OWNED_KEY, UPDATING, owned_nodes, read_root, root_attrs, unpublished_attrs, write_root
 from .storable import short
-from .targets import resolve_store
+from .targets import check_writable, resolve_store
 from .update_checks import (
     DEFAULT_VERIFY_SAMPLES,
     UPDATE_KEY,
@@ -213,6 +213,7 @@ class PyramidUpdate:
         if not self.info.changed:
             return
         zstore = resolve_store(store)
+        check_writable(zstore)
         info, spec = self.info, self.spec
         grow = grown_arrays(spec, info.append_dim)
         root = read_root(zstore)
