@@ -115,6 +115,53 @@ def test_foreign_zarr_is_refused(ds, tmp_path, kind):
         assert tree_state(target) == before
 
 
+def test_a_pyramid_written_by_the_dask_path_is_ours(ds, tmp_path):
+    """``as_datatree().to_zarr`` writes the ownership marker: a rebuild replaces it, an update extends it."""
+    from topozarr_core import update_pyramid
+    from topozarr_core.root_doc import OPTIONS_KEY
+
+    grown = make_raster(ny=64, nx=64, nt=3)
+    target = tmp_path / "dask.zarr"
+    p = create_pyramid(grown.isel(time=slice(0, 2)), **KW)
+    p.as_datatree().to_zarr(str(target), zarr_format=3, consolidated=False, encoding=p.encoding)
+    assert zarr.open_group(str(target), mode="r").attrs[OPTIONS_KEY]["factors"] == [1, 2]
+    assert update_pyramid(grown, target, "time").changed
+    (target / "README.txt").write_text("notes")
+    create_pyramid(grown, **KW).write(target, mode="w")  # no ForeignTarget: the tree is ours
+    assert (target / "README.txt").read_text() == "notes"
+    (target / "README.txt").unlink()
+    create_pyramid(grown, **KW).write(tmp_path / "clean.zarr")
+    assert_same_pyramid(str(target), str(tmp_path / "clean.zarr"))
+
+
+@pytest.mark.parametrize("mode", ["w", "w-"])
+def test_an_empty_zarr_group_is_an_empty_target(ds, tmp_path, mode):
+    target = tmp_path / "empty.zarr"
+    zarr.open_group(str(target), mode="w", zarr_format=3)
+    assert sorted(os.listdir(target)) == ["zarr.json"]
+    create_pyramid(ds, **KW).write(target, mode=mode)
+    create_pyramid(ds, **KW).write(tmp_path / "clean.zarr")
+    assert_same_pyramid(str(target), str(tmp_path / "clean.zarr"))
+
+
+def test_a_group_with_attributes_or_members_is_still_foreign(ds, tmp_path):
+    titled = tmp_path / "titled.zarr"
+    zarr.open_group(str(titled), mode="w", zarr_format=3).attrs["title"] = "someone's catalogue"
+    member = tmp_path / "member.zarr"
+    zarr.open_group(str(member), mode="w", zarr_format=3).create_group("child")
+    for target in (titled, member):
+        before = tree_state(target)
+        refuse(lambda: create_pyramid(ds, **KW).write(target), ForeignTarget, "Zarr group that is not")
+        assert tree_state(target) == before
+
+
+def test_s3_empty_group_is_an_empty_target(ds, s3_env, s3_prefix, tmp_path):
+    zarr.open_group(s3_env.zarr_store(f"{s3_prefix}/p.zarr"), mode="w", zarr_format=3)
+    create_pyramid(ds, **KW).write(f"s3://{s3_env.bucket}/{s3_prefix}/p.zarr")
+    create_pyramid(ds, **KW).write(tmp_path / "clean.zarr")
+    assert_same_pyramid(s3_env.zarr_store(f"{s3_prefix}/p.zarr", read_only=True), str(tmp_path / "clean.zarr"))
+
+
 # -- never: the filesystem root, home folders, the working directory and its ancestors, the source ------
 
 @pytest.mark.parametrize("target,match", [

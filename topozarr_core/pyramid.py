@@ -313,7 +313,9 @@ class Pyramid:
         for v in self.spec.variables:
             if src[v.name].chunks is None:
                 src[v.name] = src[v.name].chunk(dict(zip(v.dims, write_unit(v, 0))))
-        tree: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=self.attrs)}
+        # the root carries the ownership marker (``topozarr:options``), as ``write`` publishes it: a later
+        # ``mode="w"`` rebuild or ``update_pyramid`` knows the tree as a pyramid of ours
+        tree: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=self.root_attributes())}
         for lvl in range(self.levels):
             level_ds, _ = level_dataset(self.ds, self.spec, lvl, lambda v, L: dsa.asarray(
                 coarsened(src, self.spec, v, L)).rechunk(write_unit(v, L)))
