@@ -369,6 +369,47 @@ def test_stale_leases_are_taken_over(ds, pyramid_dir):
     refuse(lambda: create_pyramid(ds, **KW).write(pyramid_dir), TargetBusy, "host elsewhere")
 
 
+def test_a_dead_writers_reused_pid_does_not_keep_the_target_busy(ds, pyramid_dir):
+    """The lease records its process's start time: a live process with the writer's pid but another start
+    time is not the writer (the pid was reused), so the lease is taken over at once, not after its ttl."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    import psutil
+
+    from topozarr_core.lease import stale_reason
+
+    store = zarr.storage.LocalStore(str(pyramid_dir))
+    lease = acquire(store, owner="a-live-run")
+    doc = holder(store)
+    assert doc["pid"] == os.getpid() and doc["started"] == psutil.Process().create_time()
+    lease.release()
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = psutil.Process(other.pid).create_time()
+        live = {"owner": "a-live-run", "token": "t", "host": socket.gethostname(), "pid": other.pid,
+                "started": started, "expires": 4e9, "ttl": 120}
+        (pyramid_dir / LEASE_KEY).write_text(json.dumps(live))
+        refuse(lambda: create_pyramid(ds, **KW).write(pyramid_dir), TargetBusy, "a-live-run")
+        reused = {**live, "owner": "a-killed-run", "started": started - 1000}  # its pid now names another process
+        assert "reused" in stale_reason(reused, "me")
+        (pyramid_dir / LEASE_KEY).write_text(json.dumps(reused))
+        create_pyramid(ds, **KW).write(pyramid_dir)  # taken over at once
+        ours = {**reused, "pid": os.getpid()}  # the dead writer's pid is now this very process
+        assert "reused" in stale_reason(ours, "me")
+        (pyramid_dir / LEASE_KEY).write_text(json.dumps(ours))
+        create_pyramid(ds, **KW).write(pyramid_dir)
+        old = {k: v for k, v in live.items() if k != "started"}  # a lease written before start times were kept
+        assert stale_reason(old, "me") is None
+    finally:
+        other.kill()
+        other.wait()
+    assert holder(store) is None
+
+
 def test_concurrent_writers_one_wins_the_other_is_refused(ds, tmp_path, s3_env, s3_prefix):
     """Two writes racing for one S3 target: exactly one proceeds; the result is a clean pyramid."""
     big = make_raster(ny=512, nx=512)
