@@ -305,8 +305,8 @@ def test_cli_overwrite_foreign_flag(prefect_harness, ds, tmp_path, capsys):
     target.mkdir()
     (target / "notes.txt").write_text("keep")
     args = ["build", str(src), str(target), "--levels", "2", "--x-dim", "lon", "--y-dim", "lat", "--crs", "EPSG:4326"]
-    with pytest.raises(Exception, match="notes.txt"):
-        main(args)
+    assert main(args) == 2  # refused: one line (tests/test_cli_refusals.py), nothing written
+    assert "ForeignTarget" in capsys.readouterr().err
     assert (target / "notes.txt").read_text() == "keep"
     assert main(args + ["--overwrite-foreign"]) == 0
     assert not (target / "notes.txt").exists() and (target / "1" / "air" / "zarr.json").exists()
