@@ -126,7 +126,9 @@ def object_store_from_url(url: str, read_only: bool = False, **options: Any) -> 
     client_options.setdefault("connect_timeout", "30s")
     client_options.setdefault("timeout", "120s")
     inner = from_url(url, client_options=client_options, retry_config=retry.obstore_config(), **options)
-    return RetryingObjectStore(inner, read_only=read_only, retry=retry, location=public_url(url))
+    probe_options = {**client_options, "connect_timeout": "3s", "timeout": "5s"}  # see object_retry.PROBE_TIMEOUT
+    probe = from_url(url, client_options=probe_options, retry_config=retry.probe_config(), **options)
+    return RetryingObjectStore(inner, read_only=read_only, retry=retry, location=public_url(url), probe=probe)
 
 
 def probe_object_store(url: str) -> None:
