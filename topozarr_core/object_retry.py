@@ -237,8 +237,8 @@ class ObjectStore(zarr.storage.ObjectStore):
                 # the first attempt is obstore's (bounded by its own retry timeout); later ones end at the deadline
                 result = await OUTAGES.attempt(self.endpoint, call, None if attempt == 1 else left)
             except EndpointGaveUp as cut:
-                raise self._unavailable(verb, op, key, last, started,
-                                        f"another request to this endpoint gave up {cut.seconds_ago:.0f} s ago") from None
+                note = f"another request to this endpoint gave up {cut.seconds_ago:.0f} s ago"
+                raise self._unavailable(verb, op, key, last, started, note) from None
             except AttemptDeadline:
                 pass  # the previous attempt's error says what is wrong
             except Exception as err:

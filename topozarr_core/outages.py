@@ -105,8 +105,9 @@ class EndpointOutages:
         except asyncio.CancelledError:
             with self._lock:
                 cut, at = task in self._cut, self._gave_up.get(endpoint)
-            if not cut or (current := asyncio.current_task()) is not None and current.cancelling():
-                raise  # the caller itself was cancelled
+            current = asyncio.current_task()
+            if not cut or (current is not None and current.cancelling()):
+                raise  # the caller itself was cancelled, not (only) the attempt by give_up
             raise EndpointGaveUp(0.0 if at is None else time.monotonic() - at) from None
         finally:
             if not task.done():
