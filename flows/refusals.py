@@ -38,6 +38,15 @@ def failure_line(state: Any) -> str:
     return redact(" ".join(str(text).split()))
 
 
+def settle_logs(timeout: float = 5.0) -> None:
+    """Let Prefect send what the run logged (its workers warn at exit otherwise, after the line)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout)
+    EventsWorker.drain_all(timeout=timeout)
+
+
 def exit_code(state: Any) -> int:
     """0 for a completed run, :data:`EXIT_REFUSED` for a refusal, else :data:`EXIT_FAILED`."""
     if state.is_completed():
@@ -73,4 +82,5 @@ def refusals_without_tracebacks() -> Iterator[None]:
             handler.removeFilter(quiet)
 
 
-__all__ = ["is_refusal", "failure_line", "exit_code", "refusals_without_tracebacks", "EXIT_REFUSED", "EXIT_FAILED"]
+__all__ = ["is_refusal", "failure_line", "exit_code", "settle_logs", "refusals_without_tracebacks", "EXIT_REFUSED",
+           "EXIT_FAILED"]
