@@ -53,6 +53,7 @@ class CuttableProxy:
         self.cut_at: float | None = None
         self.restored_at: float | None = None
         self.rejected = 0  # connections reset during a "reset" cut
+        self.accepted = 0  # connections the listener accepted
         self.port = self._listen(None)
         self._after(lifetime, self.close)
 
@@ -144,6 +145,7 @@ class CuttableProxy:
                 return  # listener closed (cut or close)
             with self._lock:
                 mode, closed = self.mode, self.closed
+                self.accepted += 1
             if mode == "stall" and not closed:
                 with self._lock:
                     self._conns.add(client)  # held open, never read nor answered (closed by restore/close)
@@ -418,34 +420,37 @@ def test_once_an_operation_gave_up_the_others_on_that_endpoint_fail_at_once(prox
     msg = str(err)
     assert "\n" not in msg and "TOPOZARR_S3_RETRY_TIMEOUT=3 s" in msg and url in msg, msg
     assert "still no answer" in msg and "Connection refused" in msg and "Generic S3 error" not in msg, msg
-    time.sleep(1.1)  # (a failed probe answers for new operations for a second)
     proxy.restore()
     assert _timed(store, "get")[1] is None  # back: the probe succeeds, so does the operation
     assert _timed(store, "set")[1] is None
 
 
 @pytest.mark.timeout(120)
-def test_a_failed_probe_answers_for_a_second(proxy, s3_env, s3_prefix, monkeypatch):
-    """After an operation gave up, a new one probes the endpoint once (one connection, reset here); for a
-    second after a failed probe, new operations give up without a connection of their own."""
-    from topozarr_core.object_retry import ObjectStoreUnavailable, reset_outages
+def test_a_probe_without_answer_answers_for_a_second(proxy, s3_env, s3_prefix, monkeypatch):
+    """After an operation gave up, a new one probes the endpoint once. When the endpoint hangs, a probe takes
+    its whole timeout; for a second after one got no answer, new operations give up without a connection of
+    their own (instead of one probe timeout per wave of batches). A refused probe is not reused."""
+    from topozarr_core.object_retry import PROBE_TIMEOUT, ObjectStoreUnavailable, reset_outages
     from topozarr_core.targets import object_store_from_url
 
     monkeypatch.setenv("TOPOZARR_S3_RETRY_TIMEOUT", "1")
     reset_outages()
-    store = object_store_from_url(f"s3://{s3_env.bucket}/{s3_prefix}/p.zarr")
+    store = object_store_from_url(f"s3://{s3_env.bucket}/{s3_prefix}/p.zarr", client_options={"timeout": "1s"})
     assert _timed(store, "set")[1] is None
-    proxy.cut(None, how="reset")
+    proxy.cut(None, how="stall")
     assert isinstance(_timed(store, "get")[1], ObjectStoreUnavailable)  # gives up after its whole limit
-    before = proxy.rejected
-    seconds, err = _timed(store, "get")
-    assert isinstance(err, ObjectStoreUnavailable) and seconds < 0.5 and proxy.rejected == before + 1, seconds
+    before = proxy.accepted
+    seconds, err = _timed(store, "get")  # the probe hangs until its timeout
+    assert isinstance(err, ObjectStoreUnavailable) and PROBE_TIMEOUT <= seconds < PROBE_TIMEOUT + 1, seconds
+    assert proxy.accepted == before + 1 and "still no answer" in str(err)
     seconds, err = _timed(store, "set")
-    assert isinstance(err, ObjectStoreUnavailable) and "still no answer" in str(err)
-    assert proxy.rejected == before + 1  # no probe of its own
-    time.sleep(1.1)
+    assert isinstance(err, ObjectStoreUnavailable) and seconds < 0.5 and proxy.accepted == before + 1  # no probe
     proxy.restore()
-    assert _timed(store, "get")[1] is None  # probed again: back
+    proxy.cut(None, how="refuse")
+    time.sleep(1.1)
+    assert isinstance(_timed(store, "get")[1], ObjectStoreUnavailable)  # refused at once: not reused
+    proxy.restore()
+    assert _timed(store, "get")[1] is None  # probed again at once: back
 
 
 @pytest.mark.timeout(300)

@@ -61,7 +61,8 @@ MESSAGE_LIMIT = 300
 PROBE_TIMEOUT = 5.0
 #: The key a probe asks for (any answer, "not found" included, means the endpoint is back).
 PROBE_KEY = "zarr.json"
-#: Seconds after a failed probe during which new operations give up without probing (see :mod:`.outages`).
+#: Seconds after a probe that got no answer (a hung endpoint) during which new operations give up without
+#: probing (see :mod:`.outages`). A probe refused at once is not reused: the next one costs as little.
 PROBE_REUSE = 1.0
 
 
@@ -285,7 +286,8 @@ class ObjectStore(zarr.storage.ObjectStore):
         else:
             OUTAGES.answered(self.endpoint)
             return
-        OUTAGES.probe_failed(self.endpoint)
+        if err is None:  # no answer within PROBE_TIMEOUT (a hung endpoint): reused, see PROBE_REUSE
+            OUTAGES.probe_failed(self.endpoint)
         raise self._unavailable(verb, op, key, err, started, note) from None
 
     # reads

@@ -7,9 +7,9 @@ whole timeout, one wave after another, so a long outage took the timeout times t
 
 * the attempts in flight on that endpoint are cancelled, and their operations give up too;
 * a new operation first sends one quick probe request (no retries, a few seconds at most) and gives
-  up at once if the endpoint still does not answer; for a second after a failed probe, new operations
-  give up without probing again (when the endpoint hangs, each probe takes its whole timeout: the
-  batches still to start would otherwise add one probe timeout per wave);
+  up at once if the endpoint still does not answer; for a second after a probe that got no answer at
+  all (a hung endpoint: each probe takes its whole timeout, so the batches still to start would add
+  one probe timeout per wave), new operations give up without probing again;
 * the first request that succeeds (or gets any answer, e.g. "not found") clears the record.
 
 The record is per process (a Dask or process-pool worker keeps its own) and keyed by the endpoint a
@@ -68,7 +68,7 @@ class EndpointOutages:
                 pass
 
     def probe_failed(self, endpoint: str) -> None:
-        """A probe of ``endpoint`` got no answer."""
+        """A probe of ``endpoint`` got no answer (see :meth:`probe_failed_within`)."""
         with self._lock:
             self._probe_failed[endpoint] = time.monotonic()
 
