@@ -1,10 +1,14 @@
 # All set-up happens here: a fresh machine needs only python3.12 (selected by .python-version) and make.
+# node and npm are optional: with npm on PATH the set-up also builds the preview page; without it the
+# page is skipped (with a note) and `make preview-page` builds it once node and npm are installed.
 PY ?= python3.12
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEB := flows/preview/web
 PAGE := flows/preview/static/app.js
+HAVE_NPM := $(shell command -v npm 2>/dev/null)
+PAGE_IF_NPM := $(if $(HAVE_NPM),$(PAGE))
 
 .PHONY: demo test bench clean preview-page
 
@@ -15,16 +19,17 @@ $(PAGE): $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/build.mjs $(wildcar
 
 preview-page: $(PAGE)
 
-$(STAMP): pyproject.toml constraints.txt | $(PAGE)
+$(STAMP): pyproject.toml constraints.txt | $(PAGE_IF_NPM)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
+	$(if $(HAVE_NPM),,@echo "note: npm not found: the preview page (topozarr-flows preview) is not built; install node and npm, then run 'make preview-page'")
 
 demo: $(STAMP)
 	$(BIN)/topozarr-flows demo
 
-test: $(STAMP) $(PAGE)
+test: $(STAMP) $(PAGE_IF_NPM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

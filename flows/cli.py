@@ -132,8 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invalid parameters:\n{err}", file=sys.stderr)
         return 2
     from .build import build_pyramid
+    from .refusals import exit_code, failure_line, refusals_without_tracebacks, settle_logs
 
-    result = build_pyramid(params)
+    with refusals_without_tracebacks():
+        state = build_pyramid(params, return_state=True)
+    if not state.is_completed():  # one line (no traceback); exit code 2 for a refusal, as for bad parameters
+        settle_logs()
+        print(failure_line(state), file=sys.stderr)
+        return exit_code(state)
+    result = state.result()
     print(json.dumps({k: v for k, v in result.items()}, indent=2, default=str))
     if args.command == "demo":
         print(f"\npyramid published to the 'main' branch of {params.target}\n"

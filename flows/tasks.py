@@ -24,6 +24,7 @@ from topozarr_core.validate import LevelCheck, check_level, validate_pyramid
 
 from . import level_checks
 from .job import load_job
+from .outage_retries import retry_unless_unavailable
 from .params import BuildParams
 from .slots import ensure_limit
 from .tile_runs import planned_tiles
@@ -46,7 +47,8 @@ RUN_CACHED = dict(cache_key_fn=run_scoped_key, persist_result=True)
 #: Seconds of the first retry delay (doubling after); TOPOZARR_RETRY_DELAY overrides it (tests use 0).
 RETRY_DELAY = float(os.environ.get("TOPOZARR_RETRY_DELAY", "2"))
 RETRYING = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=RETRY_DELAY) if RETRY_DELAY else 0,
-                retry_jitter_factor=0.5 if RETRY_DELAY else None)
+                retry_jitter_factor=0.5 if RETRY_DELAY else None,
+                retry_condition_fn=retry_unless_unavailable)  # an outage the core gave up on: no retry
 
 
 @task(name="ensure-concurrency-limit")

@@ -30,8 +30,9 @@ start)
         # The UI calls the API at PREFECT_UI_API_URL; keep it on loopback too.
         # The repossessor frees the slots of expired concurrency leases (a killed holder's); every 5 s
         # instead of 15 s, so with the write tasks' 60 s leases they are back at most ~65 s after a crash.
-        PREFECT_UI_API_URL="http://127.0.0.1:${PREFECT_PORT}/api" \
         # Leases on disk, not in the server's memory: a restart would forget them and leak their slots.
+        # (No comment line inside the continuation below: it would end the command there.)
+        PREFECT_UI_API_URL="http://127.0.0.1:${PREFECT_PORT}/api" \
         PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="${PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS:-5}" \
         PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE="${PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE:-prefect.server.concurrency.lease_storage.filesystem}" \
             start_bg "$NAME" "$BIN/prefect" server start \

@@ -51,3 +51,84 @@ def test_rust_io_refuses_icechunk(tmp_path):
     with pytest.raises(ValueError, match="rust"):
         create_pyramid(ds, levels=2, x_dim="lon", y_dim="lat").write(session.store, io="rust")
     assert not session.has_uncommitted_changes
+
+
+def _staged_build(tmp_path):
+    """A pyramid built on a staging branch, not published yet: (target, staging branch, base snapshot, data)."""
+    from topozarr_core import icechunk_txn
+
+    ds = make_raster(ny=64, nx=64)
+    target = icechunk_txn.IcechunkTarget(str(tmp_path / "repo"))
+    staging, base = icechunk_txn.begin(target, "loser")
+    session = icechunk_txn.writable(target, staging)
+    create_pyramid(ds, levels=2, x_dim="lon", y_dim="lat").write(session.store)
+    session.commit("the loser's pyramid")
+    return target, staging, base, ds
+
+
+def _another_writer_publishes(repo, ds) -> str:
+    winner = repo.writable_session("main")
+    create_pyramid(ds + 1, levels=2, x_dim="lon", y_dim="lat").write(winner.store)
+    return winner.commit("the winner's pyramid")
+
+
+def test_a_publish_conflict_leaves_no_staging_branch(tmp_path):
+    """The loser of a publish race (its branch moved while it built) publishes nothing and deletes its staging
+    branch; asking again gives the same one line, not Icechunk's error about a missing branch."""
+    from topozarr_core import icechunk_txn
+
+    target, staging, base, ds = _staged_build(tmp_path)
+    won = _another_writer_publishes(target.open_repo(), ds)
+    for _ in range(2):
+        with pytest.raises(icechunk_txn.PublishConflict, match="moved") as info:
+            icechunk_txn.publish(target, staging, base)
+        assert "\n" not in str(info.value) and "nothing was published" in str(info.value)
+        repo = target.open_repo(create=False)
+        assert repo.list_branches() == {"main"} and repo.lookup_branch("main") == won
+
+
+def test_a_branch_moved_at_the_compare_and_swap_is_a_publish_conflict_too(tmp_path, monkeypatch):
+    """The branch moves between publish's look at it and its compare-and-swap (Icechunk's ConflictError)."""
+    from topozarr_core import icechunk_txn
+
+    target, staging, base, ds = _staged_build(tmp_path)
+    real_reset = icechunk.Repository.reset_branch
+    won: list[str] = []
+
+    def winner_first(repo, *args, **kwargs):
+        won.append(_another_writer_publishes(repo, ds))
+        return real_reset(repo, *args, **kwargs)
+
+    monkeypatch.setattr(icechunk.Repository, "reset_branch", winner_first)
+    with pytest.raises(icechunk_txn.PublishConflict, match=f"moved from {base} to "):
+        icechunk_txn.publish(target, staging, base)
+    repo = target.open_repo(create=False)
+    assert repo.list_branches() == {"main"} and repo.lookup_branch("main") == won[0]
+
+
+def test_a_flow_that_loses_the_publish_race_fails_in_one_line_without_a_staging_branch(prefect_harness, tmp_path,
+                                                                                       monkeypatch):
+    from flows.build import build_pyramid
+    from flows.params import BuildParams
+    from topozarr_core import icechunk_txn
+
+    ds = make_raster(ny=64, nx=64)
+    src = tmp_path / "src.nc"
+    ds.drop_vars("spatial_ref").to_netcdf(src, engine="h5netcdf")
+    repo_path = tmp_path / "repo"
+    _repo(repo_path)
+    real_publish = icechunk_txn.publish
+    won: list[str] = []
+
+    def another_writer_first(target, staging, base):
+        if not won:  # another run publishes to main while this one built
+            won.append(_another_writer_publishes(target.open_repo(create=False), ds))
+        return real_publish(target, staging, base)
+
+    monkeypatch.setattr(icechunk_txn, "publish", another_writer_first)
+    state = build_pyramid(BuildParams(source=str(src), target=str(repo_path), target_format="icechunk", levels=2,
+                                      x_dim="lon", y_dim="lat", crs="EPSG:4326"), return_state=True)
+    assert state.is_failed()
+    assert "PublishConflict" in state.message and "nothing was published" in state.message, state.message
+    repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(repo_path)))
+    assert repo.list_branches() == {"main"} and repo.lookup_branch("main") == won[0]

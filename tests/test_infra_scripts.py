@@ -34,6 +34,23 @@ def _fresh_env(state: Path, **extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def _process_env(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+
+def test_no_comment_inside_a_line_continuation():
+    """A comment line after a trailing backslash ends the command there: what follows runs on its own (and
+    variable assignments before it never reach the command)."""
+    found = []
+    for script in sorted((REPO / "infra").glob("*.sh")):
+        lines = script.read_text().splitlines()
+        for number, (line, following) in enumerate(zip(lines, lines[1:]), start=2):
+            if line.rstrip().endswith("\\") and following.lstrip().startswith("#"):
+                found.append(f"{script.relative_to(REPO)}:{number}: {following.strip()[:60]}")
+    assert not found, found
+
+
 def test_a_new_shell_sees_the_ports_up_sh_used(tmp_path):
     state = tmp_path / "state"
     s3_port, prefect_port = _free_port(), _free_port()
@@ -61,6 +78,12 @@ def test_a_new_shell_sees_the_ports_up_sh_used(tmp_path):
         assert f"export S3_PORT={s3_port}\n" in env and f"export AWS_ENDPOINT_URL=http://127.0.0.1:{s3_port}\n" in env
         server = _run(["infra/prefect-server.sh", "status"], new_shell)
         assert server.returncode == 0, server
+        # the settings the script gives the server reach its process (a comment inside the backslash
+        # continuation once cut PREFECT_UI_API_URL off the command)
+        server_env = _process_env(int((state / "prefect-server.pid").read_text()))
+        assert server_env.get("PREFECT_UI_API_URL") == f"http://127.0.0.1:{prefect_port}/api", server_env
+        assert server_env.get("PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS") == "5"
+        assert server_env.get("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "").endswith("lease_storage.filesystem")
         assert f"healthy at http://127.0.0.1:{prefect_port}/api/health" in server.stdout
         env = _run(["infra/prefect-server.sh", "env"], new_shell).stdout
         assert f"export PREFECT_API_URL=http://127.0.0.1:{prefect_port}/api\n" in env

@@ -2,8 +2,9 @@
 
 A small TCP proxy on 127.0.0.1 sits in front of the moto endpoint (AWS_ENDPOINT_URL points at it).
 It can be *cut*: existing connections are closed and new ones refused (``how="refuse"``: the
-listener is closed, as when the server is down) or accepted and reset at once (``how="reset"``: as
-a load balancer without a healthy backend; obstore does not retry part of those errors itself).
+listener is closed, as when the server is down), accepted and reset at once (``how="reset"``: as
+a load balancer without a healthy backend; obstore does not retry part of those errors itself) or
+accepted and never answered (``how="stall"``: a hung server; each request ends at its timeout).
 The outage starts when the proxy sees the first chunk PUT of level 0, so the write is in full flight.
 """
 
@@ -52,6 +53,7 @@ class CuttableProxy:
         self.cut_at: float | None = None
         self.restored_at: float | None = None
         self.rejected = 0  # connections reset during a "reset" cut
+        self.accepted = 0  # connections the listener accepted
         self.port = self._listen(None)
         self._after(lifetime, self.close)
 
@@ -62,7 +64,7 @@ class CuttableProxy:
     # -- control ------------------------------------------------------------------------------
     def cut(self, seconds: float | None = None, how: str = "refuse") -> None:
         """Close every connection; until restored refuse (or reset) new ones. ``None``: for good."""
-        assert how in ("refuse", "reset")
+        assert how in ("refuse", "reset", "stall")
         with self._lock:
             if self.closed:
                 return
@@ -86,7 +88,11 @@ class CuttableProxy:
             if self.closed or self.mode is None:
                 return
             reopen = self.mode == "refuse"
+            held = list(self._conns) if self.mode == "stall" else []
+            self._conns -= set(held)
             self.mode, self.restored_at = None, time.monotonic()
+        for s in held:
+            _kill(s)
         if reopen:
             self._listen(self.port)
 
@@ -139,6 +145,11 @@ class CuttableProxy:
                 return  # listener closed (cut or close)
             with self._lock:
                 mode, closed = self.mode, self.closed
+                self.accepted += 1
+            if mode == "stall" and not closed:
+                with self._lock:
+                    self._conns.add(client)  # held open, never read nor answered (closed by restore/close)
+                continue
             if closed or mode is not None:
                 if mode == "reset":
                     self.rejected += 1
@@ -331,3 +342,154 @@ def test_gives_up_with_one_line(proxy, s3_env, s3_prefix, monkeypatch, how, when
                 "Generic S3 error"):
         assert bad not in shown, (bad, shown)
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+# -- a bounded give-up --------------------------------------------------------------------------------
+
+def _timed(store, op: str) -> tuple[float, BaseException | None]:
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    proto = default_buffer_prototype()
+    t0 = time.monotonic()
+    try:
+        if op == "get":
+            sync(store.get("k", prototype=proto))
+        else:
+            sync(store.set("k", proto.buffer.from_bytes(b"y")))
+    except Exception as err:  # noqa: BLE001 - returned to the test
+        return time.monotonic() - t0, err
+    return time.monotonic() - t0, None
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["reset", "stall"])
+def test_an_operation_gives_up_within_its_bound(proxy, s3_env, s3_prefix, monkeypatch, how):
+    """The README's bound for one operation: TOPOZARR_S3_RETRY_TIMEOUT, plus at most one backoff
+    (TOPOZARR_S3_MAX_BACKOFF, obstore's own retries sleep past the limit) or, when a request started just
+    before the limit hangs, one request timeout. Attempts after the first end at the deadline: obstore's
+    retries inside an attempt started just before it could otherwise run for a whole limit more."""
+    from topozarr_core.object_retry import ObjectStoreUnavailable, reset_outages
+    from topozarr_core.targets import object_store_from_url
+
+    limit, backoff, request_timeout = 2, 1, 1
+    monkeypatch.setenv("TOPOZARR_S3_RETRY_TIMEOUT", str(limit))
+    store = object_store_from_url(f"s3://{s3_env.bucket}/{s3_prefix}/p.zarr",
+                                  client_options={"timeout": f"{request_timeout}s"})
+    assert _timed(store, "set")[1] is None
+    proxy.cut(None, how=how)
+    took = []
+    for op in ("get", "set") * (4 if how == "reset" else 2):
+        reset_outages()  # each operation on its own: no fail-fast after the previous one gave up
+        seconds, err = _timed(store, op)
+        assert isinstance(err, ObjectStoreUnavailable), err
+        assert "\n" not in str(err) and f"TOPOZARR_S3_RETRY_TIMEOUT={limit} s" in str(err)
+        took.append(round(seconds, 2))
+    bound = limit + (backoff if how == "reset" else request_timeout + backoff)
+    assert min(took) >= limit and max(took) < bound + 0.5, took
+
+
+@pytest.mark.timeout(120)
+def test_once_an_operation_gave_up_the_others_on_that_endpoint_fail_at_once(proxy, s3_env, s3_prefix, monkeypatch):
+    """The first operation to give up (a whole TOPOZARR_S3_RETRY_TIMEOUT of failures) ends the ones in flight on
+    the same endpoint, and new ones fail after one quick probe, until a request succeeds again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from topozarr_core.object_retry import ObjectStoreUnavailable
+    from topozarr_core.targets import object_store_from_url
+
+    monkeypatch.setenv("TOPOZARR_S3_RETRY_TIMEOUT", "3")
+    url = f"s3://{s3_env.bucket}/{s3_prefix}/p.zarr"
+    store = object_store_from_url(url)
+    assert _timed(store, "set")[1] is None
+    proxy.cut(None, how="refuse")
+    t0 = time.monotonic()
+
+    def staggered(i: int) -> tuple[float, BaseException | None]:
+        time.sleep(0.6 * i)
+        _, err = _timed(object_store_from_url(url), "get" if i % 2 else "set")
+        return time.monotonic() - t0, err
+
+    with ThreadPoolExecutor(4) as pool:
+        ends = list(pool.map(staggered, range(4)))
+    assert all(isinstance(err, ObjectStoreUnavailable) for _, err in ends), ends
+    first = min(end for end, _ in ends)
+    assert 3 <= first < 4.5 and max(end for end, _ in ends) < first + 0.6, ends
+    seconds, err = _timed(object_store_from_url(url), "get")  # a new operation: one probe, no long wait
+    assert isinstance(err, ObjectStoreUnavailable) and seconds < 1, (seconds, err)
+    msg = str(err)
+    assert "\n" not in msg and "TOPOZARR_S3_RETRY_TIMEOUT=3 s" in msg and url in msg, msg
+    assert "still no answer" in msg and "Connection refused" in msg and "Generic S3 error" not in msg, msg
+    proxy.restore()
+    assert _timed(store, "get")[1] is None  # back: the probe succeeds, so does the operation
+    assert _timed(store, "set")[1] is None
+
+
+@pytest.mark.timeout(120)
+def test_a_probe_without_answer_answers_for_a_second(proxy, s3_env, s3_prefix, monkeypatch):
+    """After an operation gave up, a new one probes the endpoint once. When the endpoint hangs, a probe takes
+    its whole timeout; for a second after one got no answer, new operations give up without a connection of
+    their own (instead of one probe timeout per wave of batches). A refused probe is not reused."""
+    from topozarr_core.object_retry import PROBE_TIMEOUT, ObjectStoreUnavailable, reset_outages
+    from topozarr_core.targets import object_store_from_url
+
+    monkeypatch.setenv("TOPOZARR_S3_RETRY_TIMEOUT", "1")
+    reset_outages()
+    store = object_store_from_url(f"s3://{s3_env.bucket}/{s3_prefix}/p.zarr", client_options={"timeout": "1s"})
+    assert _timed(store, "set")[1] is None
+    proxy.cut(None, how="stall")
+    assert isinstance(_timed(store, "get")[1], ObjectStoreUnavailable)  # gives up after its whole limit
+    before = proxy.accepted
+    seconds, err = _timed(store, "get")  # the probe hangs until its timeout
+    assert isinstance(err, ObjectStoreUnavailable) and PROBE_TIMEOUT <= seconds < PROBE_TIMEOUT + 1, seconds
+    assert proxy.accepted == before + 1 and "still no answer" in str(err)
+    seconds, err = _timed(store, "set")
+    assert isinstance(err, ObjectStoreUnavailable) and seconds < 0.5 and proxy.accepted == before + 1  # no probe
+    proxy.restore()
+    proxy.cut(None, how="refuse")
+    time.sleep(1.1)
+    assert isinstance(_timed(store, "get")[1], ObjectStoreUnavailable)  # refused at once: not reused
+    proxy.restore()
+    assert _timed(store, "get")[1] is None  # probed again at once: back
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("where", ["initialise-target", "tiles"])
+def test_a_long_outage_fails_the_flow_run_in_bounded_time_and_retry_completes_it(prefect_harness, proxy, s3_env,
+                                                                                  s3_prefix, tmp_path, monkeypatch,
+                                                                                  where):
+    """The endpoint goes away for good at the first chunk PUT of initialise-target (a coordinate) or of the
+    tiles (the data). The run ends Failed, with one line, within TOPOZARR_S3_RETRY_TIMEOUT plus slack
+    (README), however many tiles are left: a task that failed with ObjectStoreUnavailable is not retried
+    (the core already retried for the whole timeout), and the tiles after it fail at once. Measured before:
+    initialise-target's 4 attempts took 4 x the timeout; each write task too, wave after wave. Once the
+    endpoint is back, retrying the run completes it."""
+    from flows.build import build_pyramid
+    from flows.params import BuildParams
+    from flows.retry import retry_here
+
+    limit = 6
+    monkeypatch.setenv("TOPOZARR_S3_RETRY_TIMEOUT", str(limit))
+    src = tmp_path / "src.nc"
+    _raster().drop_vars("spatial_ref").to_netcdf(src, engine="h5netcdf")
+    params = BuildParams(source=str(src), target=f"s3://{s3_env.bucket}/{s3_prefix}/p.zarr", levels=3, x_dim="lon",
+                         y_dim="lat", crs="EPSG:4326", chunks_per_shard=1, max_tile_bytes=100_000,
+                         concurrency_limit="s3-long-outage", default_concurrency=2, validate_samples=1)
+    proxy.cut_on(FIRST_CHUNK_PUT if where == "initialise-target" else rb"PUT /[^ \r\n]*/p\.zarr/0/air/c/", None,
+                 how="refuse")
+    t0 = time.monotonic()
+    state = build_pyramid(params, return_state=True)
+    took = time.monotonic() - t0
+    assert proxy.cuts == 1 and state.is_failed(), state
+    message = state.message or ""
+    assert "\n" not in message and "ObjectStoreUnavailable" in message, message
+    assert f"TOPOZARR_S3_RETRY_TIMEOUT={limit} s" in message, message
+    assert took < limit + 10, took  # the README's bound: the retry timeout plus slack
+
+    proxy.restore()
+    retried = retry_here(state.state_details.flow_run_id)
+    assert retried.is_completed(), retried
+    clean = create_pyramid(xr.open_dataset(src, engine="h5netcdf"), levels=3, x_dim="lon", y_dim="lat",
+                           crs="EPSG:4326", chunks_per_shard=1)
+    clean.write(tmp_path / "clean.zarr")
+    assert_same_pyramid(s3_env.zarr_store(f"{s3_prefix}/p.zarr", read_only=True), str(tmp_path / "clean.zarr"))

@@ -115,6 +115,53 @@ def test_foreign_zarr_is_refused(ds, tmp_path, kind):
         assert tree_state(target) == before
 
 
+def test_a_pyramid_written_by_the_dask_path_is_ours(ds, tmp_path):
+    """``as_datatree().to_zarr`` writes the ownership marker: a rebuild replaces it, an update extends it."""
+    from topozarr_core import update_pyramid
+    from topozarr_core.root_doc import OPTIONS_KEY
+
+    grown = make_raster(ny=64, nx=64, nt=3)
+    target = tmp_path / "dask.zarr"
+    p = create_pyramid(grown.isel(time=slice(0, 2)), **KW)
+    p.as_datatree().to_zarr(str(target), zarr_format=3, consolidated=False, encoding=p.encoding)
+    assert zarr.open_group(str(target), mode="r").attrs[OPTIONS_KEY]["factors"] == [1, 2]
+    assert update_pyramid(grown, target, "time").changed
+    (target / "README.txt").write_text("notes")
+    create_pyramid(grown, **KW).write(target, mode="w")  # no ForeignTarget: the tree is ours
+    assert (target / "README.txt").read_text() == "notes"
+    (target / "README.txt").unlink()
+    create_pyramid(grown, **KW).write(tmp_path / "clean.zarr")
+    assert_same_pyramid(str(target), str(tmp_path / "clean.zarr"))
+
+
+@pytest.mark.parametrize("mode", ["w", "w-"])
+def test_an_empty_zarr_group_is_an_empty_target(ds, tmp_path, mode):
+    target = tmp_path / "empty.zarr"
+    zarr.open_group(str(target), mode="w", zarr_format=3)
+    assert sorted(os.listdir(target)) == ["zarr.json"]
+    create_pyramid(ds, **KW).write(target, mode=mode)
+    create_pyramid(ds, **KW).write(tmp_path / "clean.zarr")
+    assert_same_pyramid(str(target), str(tmp_path / "clean.zarr"))
+
+
+def test_a_group_with_attributes_or_members_is_still_foreign(ds, tmp_path):
+    titled = tmp_path / "titled.zarr"
+    zarr.open_group(str(titled), mode="w", zarr_format=3).attrs["title"] = "someone's catalogue"
+    member = tmp_path / "member.zarr"
+    zarr.open_group(str(member), mode="w", zarr_format=3).create_group("child")
+    for target in (titled, member):
+        before = tree_state(target)
+        refuse(lambda: create_pyramid(ds, **KW).write(target), ForeignTarget, "Zarr group that is not")
+        assert tree_state(target) == before
+
+
+def test_s3_empty_group_is_an_empty_target(ds, s3_env, s3_prefix, tmp_path):
+    zarr.open_group(s3_env.zarr_store(f"{s3_prefix}/p.zarr"), mode="w", zarr_format=3)
+    create_pyramid(ds, **KW).write(f"s3://{s3_env.bucket}/{s3_prefix}/p.zarr")
+    create_pyramid(ds, **KW).write(tmp_path / "clean.zarr")
+    assert_same_pyramid(s3_env.zarr_store(f"{s3_prefix}/p.zarr", read_only=True), str(tmp_path / "clean.zarr"))
+
+
 # -- never: the filesystem root, home folders, the working directory and its ancestors, the source ------
 
 @pytest.mark.parametrize("target,match", [
@@ -258,8 +305,8 @@ def test_cli_overwrite_foreign_flag(prefect_harness, ds, tmp_path, capsys):
     target.mkdir()
     (target / "notes.txt").write_text("keep")
     args = ["build", str(src), str(target), "--levels", "2", "--x-dim", "lon", "--y-dim", "lat", "--crs", "EPSG:4326"]
-    with pytest.raises(Exception, match="notes.txt"):
-        main(args)
+    assert main(args) == 2  # refused: one line (tests/test_cli_refusals.py), nothing written
+    assert "ForeignTarget" in capsys.readouterr().err
     assert (target / "notes.txt").read_text() == "keep"
     assert main(args + ["--overwrite-foreign"]) == 0
     assert not (target / "notes.txt").exists() and (target / "1" / "air" / "zarr.json").exists()
@@ -320,6 +367,47 @@ def test_stale_leases_are_taken_over(ds, pyramid_dir):
     live = {**expired, "expires": 4e9}
     (pyramid_dir / LEASE_KEY).write_text(json.dumps(live))
     refuse(lambda: create_pyramid(ds, **KW).write(pyramid_dir), TargetBusy, "host elsewhere")
+
+
+def test_a_dead_writers_reused_pid_does_not_keep_the_target_busy(ds, pyramid_dir):
+    """The lease records its process's start time: a live process with the writer's pid but another start
+    time is not the writer (the pid was reused), so the lease is taken over at once, not after its ttl."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    import psutil
+
+    from topozarr_core.lease import stale_reason
+
+    store = zarr.storage.LocalStore(str(pyramid_dir))
+    lease = acquire(store, owner="a-live-run")
+    doc = holder(store)
+    assert doc["pid"] == os.getpid() and doc["started"] == psutil.Process().create_time()
+    lease.release()
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = psutil.Process(other.pid).create_time()
+        live = {"owner": "a-live-run", "token": "t", "host": socket.gethostname(), "pid": other.pid,
+                "started": started, "expires": 4e9, "ttl": 120}
+        (pyramid_dir / LEASE_KEY).write_text(json.dumps(live))
+        refuse(lambda: create_pyramid(ds, **KW).write(pyramid_dir), TargetBusy, "a-live-run")
+        reused = {**live, "owner": "a-killed-run", "started": started - 1000}  # its pid now names another process
+        assert "reused" in stale_reason(reused, "me")
+        (pyramid_dir / LEASE_KEY).write_text(json.dumps(reused))
+        create_pyramid(ds, **KW).write(pyramid_dir)  # taken over at once
+        ours = {**reused, "pid": os.getpid()}  # the dead writer's pid is now this very process
+        assert "reused" in stale_reason(ours, "me")
+        (pyramid_dir / LEASE_KEY).write_text(json.dumps(ours))
+        create_pyramid(ds, **KW).write(pyramid_dir)
+        old = {k: v for k, v in live.items() if k != "started"}  # a lease written before start times were kept
+        assert stale_reason(old, "me") is None
+    finally:
+        other.kill()
+        other.wait()
+    assert holder(store) is None
 
 
 def test_concurrent_writers_one_wins_the_other_is_refused(ds, tmp_path, s3_env, s3_prefix):

@@ -77,6 +77,13 @@ def _axis(ds: xr.Dataset, dim: str, role: str) -> Axis:
             f"{role}={dim!r} is not a dimension of the dataset; dimensions are {sorted(map(str, ds.dims))}"
         )
     if dim not in ds.coords:
+        placed_by = [str(name) for name, c in ds.coords.items() if c.ndim > 1 and dim in c.dims]
+        if placed_by:  # the indices below would be a silently wrong georeferencing
+            raise ValueError(
+                f"{role}={dim!r} has no 1-D coordinate; its pixels are placed only by the 2-D coordinate(s) "
+                f"{placed_by} (a curvilinear grid), which a pyramid cannot represent; regrid to a regular grid "
+                f"with 1-D coordinates first (e.g. xESMF, or rioxarray's reproject)"
+            )
         # like xarray (``ds[dim]`` is 0..n-1): pixel centres at the array indices, 1 pixel apart
         size = int(ds.sizes[dim])
         if size < 2:

@@ -116,17 +116,27 @@ def merge_and_commit(target: IcechunkTarget, staging: str, forks: list[Any], mes
 
 
 def publish(target: IcechunkTarget, staging: str, base: str) -> str:
-    """Move the user's branch to the staging head (compare-and-swap on ``base``); drop staging."""
+    """Move the user's branch to the staging head (compare-and-swap on ``base``); drop staging.
+
+    The loser of a race (the branch moved since ``base``) publishes nothing and deletes its staging
+    branch too: its pyramid was built on a snapshot that is no longer the branch's head, so nothing
+    could ever publish it (a retry of the run compares with the same ``base``)."""
     repo = target.open_repo(create=False)
-    head = repo.lookup_branch(staging)
     current = repo.lookup_branch(target.branch)
+    has_staging = staging in repo.list_branches()
+    head = repo.lookup_branch(staging) if has_staging else None
     if current == head:  # already published (a resumed run that died after publishing)
         return head
-    if current != base:
-        raise PublishConflict(
-            f"branch {target.branch!r} moved from {base} to {current} during the build; nothing was published. "
-            f"The built pyramid is kept on branch {staging!r}"
-        )
-    repo.reset_branch(target.branch, head, from_snapshot_id=base)
-    repo.delete_branch(staging)
-    return head
+    if current == base and head is not None:
+        try:
+            repo.reset_branch(target.branch, head, from_snapshot_id=base)
+        except icechunk.ConflictError:  # it moved between our look and the compare-and-swap
+            current = repo.lookup_branch(target.branch)
+        else:
+            repo.delete_branch(staging)
+            return head
+    if has_staging:
+        repo.delete_branch(staging)
+    moved = f"moved from {base} to {current}" if current != base else f"is at {base}, but {staging!r} is gone"
+    raise PublishConflict(f"branch {target.branch!r} {moved} during the build; nothing was published and the staging "
+                          "branch was deleted; start a new run to build on the branch's head")

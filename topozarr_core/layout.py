@@ -29,6 +29,7 @@ from .root_coords import publish_copies
 from .root_doc import (INCOMPLETE, OPTIONS_KEY, OWNED_KEY, ROOT_DOC, creation_options, owned_nodes, unpublished_attrs,
                        write_root)
 from .target_contract import TargetState, check_target, ignorable
+from .targets import check_writable, is_icechunk_store
 
 
 def initialise_target(store: Any, ds: xr.Dataset, spec: PyramidSpec, mode: str, levels: list[int],
@@ -47,6 +48,7 @@ def prepare_target(store: Any, spec: PyramidSpec, mode: str, levels: list[int], 
     """Unpublish the root (one atomic write), then delete what the rewrite replaces: in mode ``w`` every
     node this project wrote there (a foreign file beside them stays), or everything when the caller
     opted in to replacing a foreign target. ``state`` is what :func:`check_target` found."""
+    check_writable(store)  # one line instead of the backend's dump at the first write below
     new_nodes = {str(lvl) for lvl in range(len(spec.factors))} | {MISSING_GROUP}
     if mode == "a":
         attrs = unpublished_attrs(state.attrs, INCOMPLETE, new_nodes)
@@ -58,7 +60,7 @@ def prepare_target(store: Any, spec: PyramidSpec, mode: str, levels: list[int], 
         # the hidden missing counts of the rewritten levels go too (a new method may keep none)
         tracked = any(v.track_missing for v in spec.variables)
         sync(_delete_nodes(store, [f"{MISSING_GROUP}/{lvl}" for lvl in levels if lvl > 0] if tracked
-                           else [MISSING_GROUP]))
+                           else [MISSING_GROUP]))  # (prefixes without group documents: see paths)
         return
     if state.kind == "foreign":  # opted in: the whole target goes
         sync(_delete_all_but(store, {ROOT_DOC, LEASE_KEY}))
@@ -71,7 +73,29 @@ def prepare_target(store: Any, spec: PyramidSpec, mode: str, levels: list[int], 
 
 
 async def _delete_nodes(store: Any, names: list[str]) -> None:
-    await asyncio.gather(*(store.delete_dir(name) for name in names))
+    scratch = [name for name in names if _is_scratch(name)]
+    await asyncio.gather(*(_delete_scratch(store, name) for name in scratch))  # first: found via the levels
+    await asyncio.gather(*(store.delete_dir(name) for name in names if name not in scratch))
+
+
+def _is_scratch(name: str) -> bool:
+    return name == MISSING_GROUP or name.startswith(f"{MISSING_GROUP}/")
+
+
+async def _delete_scratch(store: Any, prefix: str) -> None:
+    """Delete the scratch counts below ``prefix`` (:data:`.paths.MISSING_GROUP` or one level of it).
+
+    A key prefix goes at once on disk and object stores. Icechunk deletes nodes, not prefixes, and lists
+    no node below a prefix without a group document (see :mod:`.paths`), so there the scratch arrays are
+    found from the level groups beside them: ``missing_path(level, name)`` for each level's array names."""
+    if is_icechunk_store(store):
+        levels = [name async for name in store.list_dir("") if name.isdigit()]
+        candidates = [missing_path(int(level), name) for level in levels
+                      async for name in store.list_dir(level) if name != ROOT_DOC]
+        candidates = [path for path in candidates if path.startswith(f"{prefix}/")]
+        found = await asyncio.gather(*(store.exists(f"{path}/{ROOT_DOC}") for path in candidates))
+        await asyncio.gather(*(store.delete_dir(path) for path, there in zip(candidates, found) if there))
+    await store.delete_dir(prefix)  # (and the group documents a write of an older version left)
 
 
 async def _delete_all_but(store: Any, keep: set[str]) -> None:
@@ -112,12 +136,12 @@ def create_scratch_counts(store: Any, spec: PyramidSpec, levels: Any) -> None:
 
 def drop_scratch(store: Any) -> None:
     """Delete the scratch group (missing counts): a published pyramid holds only what readers expect."""
-    sync(store.delete_dir(MISSING_GROUP))
+    sync(_delete_scratch(store, MISSING_GROUP))
 
 
 async def _replace(staging: Any, store: Any, prefixes: list[str]) -> None:
     """Replace everything under ``prefixes`` in ``store`` by ``staging``'s keys there (and copy the
-    intermediate group documents staging has above them, e.g. ``_topozarr_missing/zarr.json``)."""
+    intermediate group documents staging has above them, if any)."""
     proto = default_buffer_prototype()
     await asyncio.gather(*(store.delete_dir(p.rstrip("/")) for p in prefixes))
     parents = {"/".join(parts[:i]) + "/zarr.json"

@@ -10,7 +10,9 @@ writes, and deletes it when done. Another writer finding a live lease is refused
 Stale-lease rule (documented in the README): a lease is stale, and taken over, when
 
 * its ``expires`` time has passed (writers renew every ``ttl / 4`` seconds; default ttl 120 s), or
-* it was taken on this host by a process that no longer exists (a killed run: taken over at once), or
+* it was taken on this host by a process that no longer exists (a killed run: taken over at once; the
+  lease records the process's start time, so a pid the system has since given to another process, or
+  to this one, does not keep a dead writer's lease alive), or
 * it names the same ``owner`` (a retry of the same flow run reclaims its own lease).
 
 The takeover replaces the lease only if it is still the stale one read (a conditional PUT on
@@ -34,7 +36,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore, ObjectStore
 
-from .targets import TargetError
+from .targets import TargetError, check_writable
 
 LEASE_KEY = "topozarr.lease.json"
 DEFAULT_TTL = float(os.environ.get("TOPOZARR_LEASE_TTL", "120"))
@@ -48,10 +50,33 @@ class LeaseLost(TargetError):
     """Our lease was taken over (we were too slow to renew it): stop writing."""
 
 
+#: Seconds two readings of one process's start time may differ by (psutil derives it from boot time and
+#: clock ticks; a reused pid starts later by far more).
+START_TIME_TOLERANCE = 1.0
+
+
+def _process() -> dict:
+    """Who holds a lease: host, pid and the pid's process start time (guards against pid reuse)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
+
+
 def _doc(owner: str, token: str, ttl: float) -> dict:
     now = time.time()
-    return {"owner": owner, "token": token, "host": socket.gethostname(), "pid": os.getpid(),
-            "acquired": now, "expires": now + ttl, "ttl": ttl, "writer": "topozarr-flows"}
+    return {"owner": owner, "token": token, **_process(), "acquired": now, "expires": now + ttl, "ttl": ttl,
+            "writer": "topozarr-flows"}
+
+
+def _gone(pid: int, started: Any) -> str | None:
+    """Why the process ``pid`` (started at ``started``, if recorded) is not the lease's writer any more."""
+    try:
+        now_started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return f"its process {pid} on this host is gone"
+    except psutil.Error:  # e.g. access denied: the process exists, its start time is unknown
+        return None
+    if isinstance(started, (int, float)) and abs(now_started - started) > START_TIME_TOLERANCE:
+        return f"its process {pid} on this host is gone (the pid was reused by a process started later)"
+    return None
 
 
 def _encode(doc: dict):
@@ -78,10 +103,10 @@ def stale_reason(doc: dict, owner: str, now: float | None = None) -> str | None:
     expires = doc.get("expires")
     if not isinstance(expires, (int, float)) or expires < now:
         return "it expired"
-    pid = doc.get("pid")
-    if doc.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid():
-        if not psutil.pid_exists(pid):
-            return f"its process {pid} on this host is gone"
+    pid, started = doc.get("pid"), doc.get("started")
+    if doc.get("host") == socket.gethostname() and isinstance(pid, int) and not isinstance(pid, bool):
+        if pid != os.getpid() or isinstance(started, (int, float)):  # (our own pid: only a start time tells)
+            return _gone(pid, started)
     return None
 
 
@@ -102,8 +127,7 @@ class Lease:
         if doc is None or doc.get("token") != self.token:
             self.lost = f"the lease on the target was taken over by {_holder(doc)}"
             raise LeaseLost(self.lost)
-        sync(self.store.set(LEASE_KEY, _encode({**doc, "expires": time.time() + self.ttl, "pid": os.getpid(),
-                                                "host": socket.gethostname()})))
+        sync(self.store.set(LEASE_KEY, _encode({**doc, "expires": time.time() + self.ttl, **_process()})))
 
     def keep(self) -> "Lease":
         """Renew every ``ttl / 4`` seconds in a daemon thread (a killed process simply stops renewing)."""
@@ -185,6 +209,7 @@ def _remove_if_unchanged(store: Any, raw: bytes | None) -> None:
 def lease_for(store: Any, owner: str | None = None) -> Iterator[Lease | None]:
     """Hold the lease of a plain Zarr target (local or object store) while the block runs; other
     stores need none (Icechunk commits are compare-and-swap; memory stores are private)."""
+    check_writable(store)  # the lease is a write's first write: refuse a read-only store in one line
     if not isinstance(store, (LocalStore, ObjectStore)):
         yield None
         return

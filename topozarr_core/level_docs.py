@@ -27,7 +27,7 @@ from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from .levels import axis_centres, level_dataset, template_data
 from .metadata import level_attributes, stored_attributes
-from .paths import MISSING_GROUP, keeps_scratch_counts, missing_dtype, missing_path
+from .paths import MISSING_GROUP, is_missing_array_key, keeps_scratch_counts, missing_dtype, missing_path
 from .planning import PyramidSpec
 
 ZARR_JSON = "zarr.json"
@@ -153,7 +153,8 @@ def create_missing(spec: PyramidSpec, level: int) -> dict[str, Buffer]:
     """The hidden per-pixel missing-count arrays of a mean level (see ``paths.MISSING_GROUP``)."""
     if not keeps_scratch_counts(len(spec.factors), level):
         return {}
-    store = zarr.storage.MemoryStore()
+    keys: dict[str, Buffer] = {}
+    store = zarr.storage.MemoryStore(keys)
     for v in spec.variables:
         if not v.track_missing:
             continue
@@ -170,7 +171,8 @@ def create_missing(spec: PyramidSpec, level: int) -> dict[str, Buffer]:
             overwrite=True,
             zarr_format=3,
         )
-    return dict(store._store_dict)
+    # without the group documents zarr wrote above the arrays: the scratch is no node of the hierarchy
+    return {k: buf for k, buf in keys.items() if is_missing_array_key(k)}
 
 
 def derive_missing(ref_keys: dict[str, Buffer], spec: PyramidSpec, ref: int, level: int) -> dict[str, Buffer] | None:
@@ -180,12 +182,12 @@ def derive_missing(ref_keys: dict[str, Buffer], spec: PyramidSpec, ref: int, lev
         return {}
     if missing_dtype(spec.factors[ref]) != missing_dtype(spec.factors[level]):
         return None  # another dtype can mean other codec options (a byte order): zarr decides
-    root, src, dst = f"{MISSING_GROUP}/{ZARR_JSON}", f"{MISSING_GROUP}/{ref}/", f"{MISSING_GROUP}/{level}/"
-    want = [root, src + ZARR_JSON] + [f"{missing_path(ref, v.name)}/{ZARR_JSON}" for v in tracked]
+    src = f"{MISSING_GROUP}/{ref}/"
+    want = [f"{missing_path(ref, v.name)}/{ZARR_JSON}" for v in tracked]
     if any(k not in ref_keys for k in want) or any(k.startswith(src) and k not in want for k in ref_keys):
         return None  # level 0 has no missing counts; a chunk or stray key is not ours to copy
     proto = default_buffer_prototype()
-    out = {root: ref_keys[root], dst + ZARR_JSON: ref_keys[src + ZARR_JSON]}
+    out = {}
     for v in tracked:
         doc = json.loads(ref_keys[f"{missing_path(ref, v.name)}/{ZARR_JSON}"].to_bytes())
         enc = v.encodings[level]

@@ -21,8 +21,12 @@ Settings (read when a store is created): ``TOPOZARR_S3_RETRY_TIMEOUT`` (seconds,
 gs://, az://...). A ``retry_config`` passed to :func:`~topozarr_core.targets.object_store_from_url`
 (obstore's format) takes precedence over them.
 
-A request that hangs (endpoint accepting connections and never answering) costs one request
-``timeout`` (client option, 120 s by default) per attempt; obstore then retries it.
+How long an operation takes at most before :class:`ObjectStoreUnavailable`: ``retry_timeout``
+from its first attempt. Its first attempt is obstore's (which gives up after the same
+``retry_timeout``, plus one request ``timeout``, client option, 120 s by default, if a request it
+started just before hangs); every later attempt is cut at the deadline (obstore's own retries
+inside an attempt started just before it once ran on for up to a whole ``retry_timeout`` more).
+Once one operation gave up on an endpoint, the others there fail fast (:mod:`.outages`).
 Only the python codec pipeline goes through :class:`ObjectStore`'s retries: with ``io="rust"`` zarrs
 rebuilds the obstore store (with its ``retry_config``) in Rust and does its own requests.
 """
@@ -43,6 +47,7 @@ import zarr.storage
 from zarr.core.common import concurrent_map
 from zarr.core.config import config as zarr_config
 
+from .outages import OUTAGES, AttemptDeadline, EndpointGaveUp
 from .targets import TargetError, error_summary, redact
 
 T = TypeVar("T")
@@ -52,6 +57,13 @@ ENV_MAX_RETRIES = "TOPOZARR_S3_MAX_RETRIES"
 ENV_MAX_BACKOFF = "TOPOZARR_S3_MAX_BACKOFF"
 #: Length limit of an :class:`ObjectStoreUnavailable` message.
 MESSAGE_LIMIT = 300
+#: Seconds a probe of an endpoint an operation gave up on may take (one request, no retries).
+PROBE_TIMEOUT = 5.0
+#: The key a probe asks for (any answer, "not found" included, means the endpoint is back).
+PROBE_KEY = "zarr.json"
+#: Seconds after a probe that got no answer (a hung endpoint) during which new operations give up without
+#: probing (see :mod:`.outages`). A probe refused at once is not reused: the next one costs as little.
+PROBE_REUSE = 1.0
 
 
 class ObjectStoreUnavailable(TargetError):
@@ -102,6 +114,10 @@ class RetrySettings:
                         "max_backoff": timedelta(seconds=self.max_backoff), "base": self.base},
         }
 
+    def probe_config(self) -> dict:
+        """obstore's ``retry_config`` for probes: one request, no retries."""
+        return {**self.obstore_config(), "max_retries": 0, "retry_timeout": timedelta(seconds=PROBE_TIMEOUT)}
+
     def backoff(self, attempt: int) -> float:
         """Delay before retry number ``attempt`` (1, 2, ...): exponential with full jitter, capped."""
         ceiling = min(self.max_backoff, self.init_backoff * self.base ** attempt)
@@ -143,8 +159,8 @@ _TRANSIENT = re.compile(
     re.IGNORECASE,
 )
 #: obstore's one-line prefix: "Generic S3 error: Error performing PUT <url> in 3.1s, after 10 retries,
-#: max_retries: 10, retry_timeout: 180s  - HTTP error: error sending request"
-_PERFORMING = re.compile(r"^.*?Error performing (\w+) \S+ in [^,]+, after (\d+) retries[^-]*-\s*")
+#: max_retries: 10, retry_timeout: 180s  - HTTP error: error sending request" (no retries: "in 2ms - ...")
+_PERFORMING = re.compile(r"^.*?Error performing (\w+) \S+ in [^-]*?-\s*")  # ("in 2ms - ..." without retries)
 _CAUSE = re.compile(r'message: "([^"]+)"|hyper::Error\(\s*\w+,\s*"([^"]+)"')
 _DEBUG = re.compile(r"\n\s*\n\s*(?:Debug source:|context:)")
 
@@ -161,22 +177,32 @@ def is_transient(err: BaseException) -> bool:
     return bool(_TRANSIENT.search(head))
 
 
-def outage_message(verb: str, location: str, op: str, key: str, err: BaseException, elapsed: float,
-                   limit: float) -> str:
+def outage_message(verb: str, location: str, op: str, key: str, err: BaseException | None, elapsed: float,
+                   limit: float, note: str = "") -> str:
     """One line for people: what failed where, for how long, and the network-level cause, e.g.
     ``writing s3://bucket/p.zarr failed after 120 s of retries (limit: TOPOZARR_S3_RETRY_TIMEOUT=120 s):
-    PUT 0/air/c/0/0/0: HTTP error: error sending request (Connection refused)``."""
+    PUT 0/air/c/0/0/0: HTTP error: error sending request (Connection refused)``. ``note`` says why an
+    operation gave up before its own limit (another one on the endpoint gave up); ``err`` is the last
+    transient error (None: no answer at all)."""
+    limits = f"limit: {ENV_RETRY_TIMEOUT}={limit:g} s" + (f"; {note}" if note else "")
+    msg = f"{verb} {location} failed after {elapsed:.0f} s of retries ({limits}): {op} {key}: "
+    return _one_line(msg + ("no answer" if err is None else _cause(err)))
+
+
+def _one_line(msg: str) -> str:
+    msg = " ".join(redact(public_url(msg)).split())
+    return msg if len(msg) <= MESSAGE_LIMIT else msg[: MESSAGE_LIMIT - 3] + "..."
+
+
+def _cause(err: BaseException) -> str:
+    """The network-level cause of an obstore error, without its request URL and debug dump."""
     text = str(err)
     head = " ".join(_DEBUG.split(text, maxsplit=1)[0].split())
     if m := _PERFORMING.match(head):
         head = head[m.end():]  # the request URL and retry counts of the last attempt only
     causes = [a or b for a, b in _CAUSE.findall(text)]
     cause = f" ({causes[-1]})" if causes and causes[-1].lower() not in head.lower() else ""
-    detail = error_summary(err) if not head or "<Code>" in head else f"{head}{cause}"  # XML: code + message
-    msg = (f"{verb} {location} failed after {elapsed:.0f} s of retries (limit: {ENV_RETRY_TIMEOUT}={limit:g} s): "
-           f"{op} {key}: {detail}")
-    msg = " ".join(redact(public_url(msg)).split())
-    return msg if len(msg) <= MESSAGE_LIMIT else msg[: MESSAGE_LIMIT - 3] + "..."
+    return error_summary(err) if not head or "<Code>" in head else f"{head}{cause}"  # XML: code + message
 
 
 # -- the store --------------------------------------------------------------------------------
@@ -188,29 +214,81 @@ class ObjectStore(zarr.storage.ObjectStore):
     ``location`` is the URL shown in messages (give it without credentials)."""
 
     def __init__(self, store: Any, *, read_only: bool = False, retry: RetrySettings | None = None,
-                 location: str | None = None) -> None:
+                 location: str | None = None, probe: Any = None) -> None:
+        """``probe``: the same obstore store without retries (:meth:`RetrySettings.probe_config`), for
+        the one request that tells whether an endpoint an operation gave up on is back."""
         super().__init__(store, read_only=read_only)
         self.retry = retry or RetrySettings.from_env()
         self.location = public_url(location) if location else _location_of(store)
+        self.probe = probe
+        self.endpoint = _endpoint_of(store)
 
     def with_read_only(self, read_only: bool = False) -> "ObjectStore":
-        return type(self)(self.store, read_only=read_only, retry=self.retry, location=self.location)
+        return type(self)(self.store, read_only=read_only, retry=self.retry, location=self.location, probe=self.probe)
 
     async def _retrying(self, verb: str, op: str, key: str, call: Callable[[], Awaitable[T]]) -> T:
-        started, attempt = time.monotonic(), 0
+        started, attempt, last = time.monotonic(), 0, None
+        limit = self.retry.retry_timeout
+        if (ago := OUTAGES.gave_up_ago(self.endpoint)) is not None:
+            await self._probe(verb, op, key, ago)
         while True:
             attempt += 1
+            left = limit - (time.monotonic() - started)
             try:
-                return await call()
+                # the first attempt is obstore's (bounded by its own retry timeout); later ones end at the deadline
+                result = await OUTAGES.attempt(self.endpoint, call, None if attempt == 1 else left)
+            except EndpointGaveUp as cut:
+                note = f"another request to this endpoint gave up {cut.seconds_ago:.0f} s ago"
+                raise self._unavailable(verb, op, key, last, started, note) from None
+            except AttemptDeadline:
+                pass  # the previous attempt's error says what is wrong
             except Exception as err:
                 if not is_transient(err):
+                    OUTAGES.answered(self.endpoint)  # a final answer (e.g. not found): the endpoint is there
                     raise
-                elapsed = time.monotonic() - started
-                left = self.retry.retry_timeout - elapsed
-                if left <= 0 or attempt > self.retry.max_retries:
-                    raise ObjectStoreUnavailable(outage_message(
-                        verb, self.location, op, key, err, elapsed, self.retry.retry_timeout)) from None
+                last = err
+            else:
+                OUTAGES.answered(self.endpoint)
+                return result
+            left = limit - (time.monotonic() - started)
+            if left <= 0 or attempt > self.retry.max_retries:
+                OUTAGES.give_up(self.endpoint)
+                raise self._unavailable(verb, op, key, last, started) from None
+            if (ago := OUTAGES.gave_up_ago(self.endpoint)) is not None:
+                raise self._unavailable(verb, op, key, last, started,
+                                        f"another request to this endpoint gave up {ago:.0f} s ago") from None
             await asyncio.sleep(min(self.retry.backoff(attempt), left))
+
+    def _unavailable(self, verb: str, op: str, key: str, err: BaseException | None, started: float,
+                     note: str = "") -> ObjectStoreUnavailable:
+        return ObjectStoreUnavailable(outage_message(verb, self.location, op, key, err, time.monotonic() - started,
+                                                     self.retry.retry_timeout, note))
+
+    async def _probe(self, verb: str, op: str, key: str, ago: float) -> None:
+        """An operation on this endpoint gave up ``ago`` seconds ago: one quick request tells whether it is
+        back (then this operation retries as usual) or not (then it gives up at once)."""
+        import obstore
+
+        started, err = time.monotonic(), None
+        note = f"another request to this endpoint gave up {ago:.0f} s ago; still no answer"
+        if OUTAGES.probe_failed_within(self.endpoint, PROBE_REUSE):
+            raise self._unavailable(verb, op, key, None, started, note) from None
+        try:
+            await asyncio.wait_for(obstore.head_async(self.probe or self.store, PROBE_KEY), PROBE_TIMEOUT)
+        except TimeoutError:
+            pass  # no answer: err stays None
+        except Exception as probe_err:
+            if is_transient(probe_err):
+                err = probe_err
+            else:
+                OUTAGES.answered(self.endpoint)
+                return
+        else:
+            OUTAGES.answered(self.endpoint)
+            return
+        if err is None:  # no answer within PROBE_TIMEOUT (a hung endpoint): reused, see PROBE_REUSE
+            OUTAGES.probe_failed(self.endpoint)
+        raise self._unavailable(verb, op, key, err, started, note) from None
 
     # reads
     async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
@@ -276,6 +354,21 @@ class ObjectStore(zarr.storage.ObjectStore):
         return gen()
 
 
+def _endpoint_of(store: Any) -> str:
+    """Which service and bucket an obstore store talks to (the key of :data:`.outages.OUTAGES`)."""
+    config = getattr(store, "config", {}) or {}
+    service = next((str(config[k]) for k in ("endpoint", "aws_endpoint", "azure_endpoint", "google_endpoint")
+                    if config.get(k)), "")
+    bucket = next((str(config[k]) for k in ("bucket", "aws_bucket", "container_name", "google_bucket")
+                   if config.get(k)), "")
+    return f"{type(store).__name__}:{service}/{bucket}"
+
+
+def reset_outages() -> None:
+    """Forget which endpoints operations gave up on (tests; see :mod:`.outages`)."""
+    OUTAGES.clear()
+
+
 def _location_of(store: Any) -> str:
     """``scheme://bucket/prefix`` of an obstore store (for messages)."""
     config = getattr(store, "config", {}) or {}
@@ -291,4 +384,4 @@ def _location_of(store: Any) -> str:
 RetryingObjectStore = ObjectStore
 
 __all__ = ["RetrySettings", "RetryingObjectStore", "ObjectStoreUnavailable", "is_transient", "public_url",
-           "outage_message", "ENV_RETRY_TIMEOUT", "ENV_MAX_RETRIES", "ENV_MAX_BACKOFF"]
+           "outage_message", "reset_outages", "ENV_RETRY_TIMEOUT", "ENV_MAX_RETRIES", "ENV_MAX_BACKOFF"]

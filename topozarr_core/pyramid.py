@@ -335,7 +335,9 @@ class Pyramid:
             if src[v.name].chunks is None:
                 src[v.name] = src[v.name].chunk(dict(zip(v.dims, write_unit(v.encodings[0]))))
         arrays = {v.name: level_arrays(src, self.spec, v) for v in self.spec.variables}
-        tree: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=self.attrs)}
+        # the root carries the ownership marker (``topozarr:options``), as ``write`` publishes it: a later
+        # ``mode="w"`` rebuild or ``update_pyramid`` knows the tree as a pyramid of ours
+        tree: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=self.root_attributes())}
         for lvl in range(self.levels):
             level_ds, encoding = level_dataset(self.ds, self.spec, lvl, lambda v, L: arrays[v.name][L])
             for v in self.spec.variables:  # the encoding passed to to_zarr replaces the variable's: the

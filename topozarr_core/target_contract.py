@@ -31,6 +31,7 @@ from .lease import LEASE_KEY
 from .locations import Location, dataset_locations, local_location, location_of_store  # noqa: F401
 from .root_doc import (
     OPTIONS_KEY,
+    ROOT_DOC,
     RootUnreadable,
     creation_options,
     is_pyramid_root,
@@ -118,6 +119,8 @@ def inspect_target(store: Any) -> TargetState:
     if root is not None:
         node = root.get("node_type")
         attrs = root_attrs(root)
+        if node == "group" and not attrs and _only_the_root_document(store):
+            return TargetState("empty", root, "an empty Zarr group")
         if node == "array":
             what = "a zarr array at its root, not a pyramid group"
         elif isinstance(attrs.get("multiscales"), (dict, list)):
@@ -131,6 +134,13 @@ def inspect_target(store: Any) -> TargetState:
         return TargetState("empty")
     listed = ", ".join(repr(k) for k in keys[:3]) + (", ..." if len(keys) > 3 else "")
     return TargetState("foreign", None, f"files that are not a Zarr pyramid ({listed})", keys)
+
+
+def _only_the_root_document(store: Any) -> bool:
+    """Nothing but ``zarr.json`` at the target (an empty group: no members, nothing beside it)."""
+    keys = (_local_entries(Path(store.root), limit=2) if isinstance(store, zarr.storage.LocalStore)
+            else _sample_keys(store, limit=2))
+    return keys == [ROOT_DOC]
 
 
 def _read_only(store: Any) -> Any:

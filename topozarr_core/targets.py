@@ -138,7 +138,9 @@ def object_store_from_url(url: str, read_only: bool = False, **options: Any) -> 
     client_options.setdefault("connect_timeout", "30s")
     client_options.setdefault("timeout", "120s")
     inner = from_url(url, client_options=client_options, retry_config=retry.obstore_config(), **options)
-    return RetryingObjectStore(inner, read_only=read_only, retry=retry, location=public_url(url))
+    probe_options = {**client_options, "connect_timeout": "3s", "timeout": "5s"}  # see object_retry.PROBE_TIMEOUT
+    probe = from_url(url, client_options=probe_options, retry_config=retry.probe_config(), **options)
+    return RetryingObjectStore(inner, read_only=read_only, retry=retry, location=public_url(url), probe=probe)
 
 
 def probe_object_store(url: str) -> None:
@@ -167,6 +169,18 @@ def resolve_store(target: Any, read_only: bool = False) -> Any:
         f"cannot write to {type(target).__name__}: pass a path, an object-store URL, a zarr store "
         "(e.g. zarr.storage.ObjectStore) or an Icechunk session/session.store"
     )
+
+
+def check_writable(store: Any) -> None:
+    """Refuse, with one line, a store opened read-only (before the first write would fail with the
+    backend's own dump, e.g. Icechunk's ``ReadOnlyError ... icechunk/src/store.rs``)."""
+    if not getattr(store, "read_only", False):
+        return
+    if is_icechunk_store(store):
+        raise TargetError("the target is a read-only Icechunk session: write into "
+                          "repo.writable_session('<branch>') (or its .store) and commit it afterwards")
+    raise TargetError(f"the target store {describe_store(store)} was opened read-only; open it writable "
+                      "(read_only=False) or pass a path or URL")
 
 
 def describe_store(store: Any) -> str:

@@ -66,7 +66,7 @@ from .pyramid import DEFAULT_MAX_REGION_BYTES, IO, KEEP_IN_MEMORY_RAM_FRACTION, 
 from .root_coords import foreign_nodes, planned_names, stale_names
 from .root_doc import OWNED_KEY, UPDATING, owned_nodes, read_root, root_attrs, unpublished_attrs, write_root
 from .storable import short
-from .targets import resolve_store
+from .targets import check_writable, resolve_store
 from .tiles import TilePlan, build_tile_plan
 from .update_checks import (
     DEFAULT_VERIFY_SAMPLES,
@@ -221,6 +221,7 @@ class PyramidUpdate:
         if not self.info.changed:
             return
         zstore = resolve_store(store)
+        check_writable(zstore)
         info, spec = self.info, self.spec
         grow = grown_arrays(spec, info.append_dim)
         root = read_root(zstore)

@@ -37,7 +37,8 @@ class PreviewServer(ThreadingHTTPServer):
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"preview serves on the loopback interface only, not host={short(host)!r}")
         if not (static_dir / "index.html").is_file():
-            raise FileNotFoundError(f"the preview page is not built ({static_dir}/index.html is missing): run make")
+            raise FileNotFoundError(f"the preview page is not built ({static_dir}/index.html is missing): run "
+                                    "'make preview-page' (needs node and npm)")
         self.pyramid = pyramid
         self.static_dir = static_dir.resolve()
         self.requested: deque[str] = deque(maxlen=10_000)
