@@ -33,6 +33,15 @@ FIRST_BACKOFF = 0.02
 MAX_BACKOFF = 0.5
 
 
+_busy = [0]  # answers of a busy server asked again by this process (see busy_answers)
+_busy_lock = threading.Lock()
+
+
+def busy_answers() -> int:
+    """How many busy answers (429/502/503) this process's requests were asked again after, so far."""
+    return _busy[0]
+
+
 class BusyRetryTransport(httpx.BaseTransport):
     """An httpx transport that sends a request again, after a short back-off, while the server is busy."""
 
@@ -47,6 +56,8 @@ class BusyRetryTransport(httpx.BaseTransport):
                 return response
             response.read()
             response.close()
+            with _busy_lock:
+                _busy[0] += 1
             time.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, MAX_BACKOFF)
 

@@ -7,5 +7,6 @@ rc=0
 "$here/worker.sh" stop || rc=1
 "$here/dask-cluster.sh" stop || rc=1
 "$here/prefect-server.sh" stop || rc=1
+"$here/postgres.sh" stop || rc=1
 "$here/s3.sh" stop || rc=1
 exit $rc

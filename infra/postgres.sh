@@ -2,9 +2,10 @@
 # PostgreSQL for the Prefect server, as production runs it: Debian's postgresql package, a cluster of
 # its own under ${TOPOZARR_STATE:-.state}/postgres (data, socket, password), listening on
 # 127.0.0.1:${PG_PORT:-5433} only.
-#   infra/postgres.sh start|stop|status|env
-# `env` prints PREFECT_SERVER_DATABASE_CONNECTION_URL (it holds the generated password: keep it out of
-# logs; infra/prefect-server.sh reads it from the record, never from the command line).
+#   infra/postgres.sh start|stop|status|env|url
+# `env` prints PG_PORT; `url` prints the Prefect server's connection URL, which holds the generated
+# password (mode 600 in $TOPOZARR_STATE/postgres): infra/prefect-server.sh puts it into the server's
+# environment only. Neither the record nor stack.env nor any log holds it.
 # PostgreSQL refuses to run as root: as root the cluster runs as the `postgres` user the package creates.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
@@ -26,9 +27,12 @@ pg_bin() {
     printf '%s\n' "$dir"
 }
 
+# runuser lives in /usr/sbin, which a plain user's PATH may lack
+RUNUSER="$(command -v runuser || echo /usr/sbin/runuser)"
+
 # as_owner CMD... : run CMD as the cluster's owner (the postgres user when we are root)
 as_owner() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+    if [ "$(id -u)" = 0 ]; then "$RUNUSER" -u postgres -- "$@"; else "$@"; fi
 }
 
 db_url() {
@@ -37,7 +41,6 @@ db_url() {
 
 print_env() {
     printf 'export PG_PORT=%q\n' "$PG_PORT"
-    printf 'export PREFECT_SERVER_DATABASE_CONNECTION_URL=%q\n' "$(db_url)"
 }
 
 init_cluster() {
@@ -69,8 +72,8 @@ start)
         port_free "$PG_PORT" || die "127.0.0.1:$PG_PORT is already in use"
         init_cluster "$bin"
         # connection slots for a busy Prefect server (its pool) and the flows' clients
-        start_bg "$NAME" bash -c 'if [ "$(id -u)" = 0 ]; then exec runuser -u postgres -- "$@"; else exec "$@"; fi' \
-            postgres "$bin/postgres" -D "$DATA" -h 127.0.0.1 -p "$PG_PORT" -k "$RUN" -c max_connections=200 \
+        start_bg "$NAME" bash -c 'if [ "$(id -u)" = 0 ]; then exec "$0" -u postgres -- "$@"; else exec "$@"; fi' \
+            "$RUNUSER" "$bin/postgres" -D "$DATA" -h 127.0.0.1 -p "$PG_PORT" -k "$RUN" -c max_connections=200 \
             -c shared_buffers=128MB -c fsync=on
     fi
     wait_for "$NAME" 60 "accept connections" "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" \
@@ -81,7 +84,7 @@ start)
         log "database $DB created"
     fi
     log "$NAME ready on 127.0.0.1:$PG_PORT (data $DATA)"
-    PREFECT_SERVER_DATABASE_CONNECTION_URL="$(db_url)" write_record "$NAME" PG_PORT PREFECT_SERVER_DATABASE_CONNECTION_URL
+    write_record "$NAME" PG_PORT
     print_env
     ;;
 stop)
@@ -101,11 +104,14 @@ status)
     fi
     ;;
 env)
-    [ -s "$PASSFILE" ] || die "no cluster in $PG_DIR yet (infra/postgres.sh start)"
     print_env
     ;;
+url)
+    is_running "$NAME" || die "$NAME is not running (infra/postgres.sh start)"
+    db_url
+    ;;
 *)
-    echo "usage: $0 start|stop|status|env" >&2
+    echo "usage: $0 start|stop|status|env|url" >&2
     exit 2
     ;;
 esac

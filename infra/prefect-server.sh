@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Local Prefect 3 API server (with UI) on 127.0.0.1:${PREFECT_PORT:-4200}.
 #   infra/prefect-server.sh start|stop|status|env
-# State (sqlite db, profiles) lives in ${TOPOZARR_STATE:-.state}/prefect-home.
+# State (profiles, lease files; the SQLite db unless infra/postgres.sh runs PostgreSQL, which it then
+# uses) lives in ${TOPOZARR_STATE:-.state}/prefect-home.
 # `env` prints the exports a shell needs to talk to it. While it runs, the port and home it was
 # started with (recorded in $TOPOZARR_STATE/prefect-server.env) are used, whatever PREFECT_PORT says.
 set -euo pipefail
@@ -31,6 +32,17 @@ start)
         # The repossessor frees the slots of expired concurrency leases (a killed holder's); every 5 s
         # instead of 15 s, so with the write tasks' 60 s leases they are back at most ~65 s after a crash.
         # Leases on disk, not in the server's memory: a restart would forget them and leak their slots.
+        # The database: PostgreSQL when infra/postgres.sh runs it (as production does: SQLite serialises
+        # every write of the server and answers "database is locked" under load), else SQLite in PREFECT_HOME.
+        # The connection URL holds the database's password: it goes to the server's environment, never to a
+        # log or a command line.
+        if is_running postgres; then
+            PREFECT_SERVER_DATABASE_CONNECTION_URL="$("$INFRA_DIR/postgres.sh" url)"
+            export PREFECT_SERVER_DATABASE_CONNECTION_URL
+            log "$NAME uses PostgreSQL on 127.0.0.1:$(recorded postgres PG_PORT)"
+        else
+            log "$NAME uses SQLite in $PREFECT_HOME (start infra/postgres.sh first for PostgreSQL)"
+        fi
         # (No comment line inside the continuation below: it would end the command there.)
         PREFECT_UI_API_URL="http://127.0.0.1:${PREFECT_PORT}/api" \
         PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="${PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS:-5}" \

@@ -1,11 +1,12 @@
-"""End to end against a real stack: `prefect server` on loopback, the process work pool and limits,
-a process worker and the moto S3 endpoint, all started with the infra/ scripts.
+"""End to end against a real stack, as production runs it: PostgreSQL, `prefect server` on it, the
+process work pool and limit, a process worker and the moto S3 endpoint, all on loopback and started
+with the infra/ scripts.
 
 The deployments are registered both ways operators do it (``prefect deploy`` with
 deployments/prefect.yaml, then deployments/deploy.py). A run of ``build-pyramid-adhoc`` writes to
-S3 through the worker; one region batch is made to fail all its attempts so the run fails; the run
-is retried through the API exactly as the UI's Retry button does; only that batch (and the levels
-that had not started) run again, and the S3 pyramid equals a clean local build.
+S3 through the worker; one tile is made to fail all its attempts so the run fails; the run is
+retried through the API exactly as the UI's Retry button does; only that tile (and the tiles that
+had not started) run again, and the S3 pyramid equals a clean local build.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "topozarr-pool"
-FAULTY = "L0-B00001"  # fails its 1 + 3 attempts in the first run, passes on the retry
+FAULTY = "S0-00001"  # fails its 1 + 3 attempts in the first run, passes on the retry
 FLOW = "build-pyramid"
 ADHOC, NIGHTLY = f"{FLOW}/build-pyramid-adhoc", f"{FLOW}/build-pyramid-nightly"
 UPDATE_NIGHTLY = "update-pyramid/update-pyramid-nightly"
@@ -80,13 +81,14 @@ def stack(s3_server, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("e2e")
     state, fault_dir = root / "state", root / "faults"
-    port = _free_port()
+    port, pg_port = _free_port(), _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TOPOZARR_", "AWS_"))}
     env.update(
         VENV=sys.prefix,  # the venv running the tests
         TOPOZARR_STATE=str(state),
         PREFECT_PORT=str(port),
+        PG_PORT=str(pg_port),
         PREFECT_HOME=str(state / "prefect-home"),
         PREFECT_API_URL=api_url,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
@@ -95,13 +97,14 @@ def stack(s3_server, tmp_path_factory):
     worker_env = {
         **env,
         **s3_server.env(),
-        "TOPOZARR_FAULTS": f"batch={FAULTY}@4",
+        "TOPOZARR_FAULTS": f"tile={FAULTY}@4",
         "TOPOZARR_FAULT_DIR": str(fault_dir),
         "TOPOZARR_RETRY_DELAY": "0",
         "TOPOZARR_WORKER_NAME": f"e2e-worker-{port}",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
     }
     try:
+        _sh(["infra/postgres.sh", "start"], env, timeout=120)
         _sh(["infra/prefect-server.sh", "start"], env, timeout=150)
         _sh(["infra/setup-prefect.sh"], env, timeout=120)
         _sh(["infra/worker.sh", "start"], worker_env, timeout=120)
@@ -121,6 +124,7 @@ def stack(s3_server, tmp_path_factory):
     finally:
         _sh(["infra/worker.sh", "stop"], env, timeout=60, check=False)
         _sh(["infra/prefect-server.sh", "stop"], env, timeout=60, check=False)
+        _sh(["infra/postgres.sh", "stop"], env, timeout=60, check=False)
         for pid_file in state.glob("*.pid"):  # the scripts remove their pid files; anything left is killed
             try:
                 os.killpg(int(pid_file.read_text()), 9)
@@ -130,7 +134,7 @@ def stack(s3_server, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> str:
-    # 512 x 512, 3 levels, one region per batch: 4 batches at level 0, 1 at levels 1 and 2
+    # 512 x 512, 3 levels, 256-px shards, 200 kB tiles: 4 tiles of level 0, one of level 1, one of level 2
     path = tmp_path_factory.mktemp("e2e-src") / "src.nc"
     make_raster(ny=512, nx=512, nt=1, nan_fraction=0.05).drop_vars("spatial_ref").to_netcdf(path, engine="h5netcdf")
     return str(path)
@@ -138,7 +142,7 @@ def source(tmp_path_factory) -> str:
 
 def _params(source: str, target: str, **kw) -> dict:
     return {"source": source, "target": target, "levels": 3, "x_dim": "lon", "y_dim": "lat", "crs": "EPSG:4326",
-            "chunks_per_shard": 1, "regions_per_batch": 1, **kw}
+            "chunks_per_shard": 1, "max_tile_bytes": 200_000, **kw}
 
 
 def _wait_final(stack: Stack, flow_run_id, timeout: float = 150):
@@ -235,7 +239,7 @@ def test_invalid_parameters_are_rejected_before_anything_is_written(stack, s3_se
     assert _s3_keys(s3_server, s3_prefix) == []
 
 
-def test_failed_batch_is_retried_through_the_api_like_the_ui(stack, s3_server, s3_prefix, source, tmp_path):
+def test_failed_tile_is_retried_through_the_api_like_the_ui(stack, s3_server, s3_prefix, source, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -254,14 +258,15 @@ def test_failed_batch_is_retried_through_the_api_like_the_ui(stack, s3_server, s
     target = f"s3://{s3_server.bucket}/{s3_prefix}/p.zarr"
     run = run_deployment(ADHOC, parameters={"params": _params(source, target)}, timeout=0)
 
-    # 1. the run fails: FAULTY failed its 1 + 3 attempts, the other level-0 batches were written once
+    # 1. the run fails: FAULTY failed its 1 + 3 attempts, the other level-0 tiles were written once
     failed = _wait_final(stack, run.id)
     assert failed.state.type == StateType.FAILED, failed.state
-    assert "level 0: 1 of 4 batches failed" in failed.state.message and "retry the run" in failed.state.message
+    assert "1 of 6 tiles failed after their retries; tile-S0-00001 (level 0)" in failed.state.message
+    assert "retry the run" in failed.state.message
     first = _attempts(stack.fault_dir)
-    assert first == {"L0-B00000": 1, FAULTY: 4, "L0-B00002": 1, "L0-B00003": 1}, first
+    assert first == {"S0-00000": 1, FAULTY: 4, "S0-00002": 1, "S0-00003": 1}, first
     chunks = {lv: _s3_keys(s3_server, f"{s3_prefix}/p.zarr/{lv}/air/c") for lv in range(3)}
-    assert [len(chunks[lv]) for lv in range(3)] == [3, 0, 0], chunks  # one chunk per batch; level 1 not started
+    assert [len(chunks[lv]) for lv in range(3)] == [3, 0, 0], chunks  # one shard per tile; level 1 not started
 
     # 2. the UI's Retry: AwaitingRetry with force=True; the worker runs the same flow run again
     assert mark_for_retry(run.id).value == "ACCEPT"
@@ -269,9 +274,9 @@ def test_failed_batch_is_retried_through_the_api_like_the_ui(stack, s3_server, s
     assert done.state.type == StateType.COMPLETED, f"{done.state!r}\n{stack.worker_log()}"
     assert done.id == run.id and done.run_count == 2
 
-    # 3. only the failed batch ran again (plus the levels that had not started), once
+    # 3. only the failed tile ran again (plus the tiles that had not started), once
     second = _attempts(stack.fault_dir)
-    assert {k: n for k, n in second.items() if n != first.get(k)} == {FAULTY: 5, "L1-B00000": 1, "L2-B00000": 1}
+    assert {k: n for k, n in second.items() if n != first.get(k)} == {FAULTY: 5, "S1-00000": 1, "S2-00000": 1}
     with get_client(sync_client=True) as client:
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
         table = client.read_artifacts(artifact_filter=ArtifactFilter(
@@ -279,9 +284,9 @@ def test_failed_batch_is_retried_through_the_api_like_the_ui(stack, s3_server, s
     states: dict[str, list[str]] = {}
     for t in tasks:
         states.setdefault(t.name, []).append(t.state.name)
-    for key in ("L0-B00000", "L0-B00002", "L0-B00003"):  # reused from attempt 1, not rewritten
-        assert sorted(states[f"write-{key}"]) == ["Cached", "Completed"], (key, states[f"write-{key}"])
-    assert sorted(states[f"write-{FAULTY}"]) == ["Completed", "Failed"], states[f"write-{FAULTY}"]
+    for key in ("S0-00000", "S0-00002", "S0-00003"):  # reused from attempt 1, not rewritten
+        assert sorted(states[f"tile-{key}"]) == ["Cached", "Completed"], (key, states[f"tile-{key}"])
+    assert sorted(states[f"tile-{FAULTY}"]) == ["Completed", "Failed"], states[f"tile-{FAULTY}"]
     assert [a.type for a in table] == ["table"]  # the per-level table operators see in the UI
 
     # 4. the S3 pyramid equals a clean build of the same source with the same options
@@ -449,7 +454,7 @@ def _cli(stack: Stack, args: list[str], extra_env: dict[str, str], timeout: floa
 
 def test_failed_update_run_is_retried_on_the_worker_with_the_cli(stack, s3_server, s3_prefix, tmp_path):
     """`topozarr-flows retry <update run>`: AwaitingRetry (forced), the worker runs the same update
-    run again with the update flow; only the failed batch is written again."""
+    run again with the update flow; only the failed tile is written again."""
     from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
 
@@ -460,14 +465,16 @@ def test_failed_update_run_is_retried_on_the_worker_with_the_cli(stack, s3_serve
     # the pyramid of the first 2 steps, on S3: the update appends 2
     create_pyramid(ds.isel(time=slice(0, 2)), **opts).write(s3_server.zarr_store(f"{s3_prefix}/u.zarr"))
     fault_dir = tmp_path / "faults"
+    # 256 kB a time step: one tile per new step, every level of it
     params = {"source": str(whole), "target": f"s3://{s3_server.bucket}/{s3_prefix}/u.zarr", "append_dim": "time",
-              "regions_per_batch": 1}
+              "max_tile_bytes": 300_000}
     run = run_deployment(UPDATE_NIGHTLY, parameters={"params": params}, timeout=0, job_variables={
-        "env": {"TOPOZARR_FAULTS": "batch=L1-B00000@4", "TOPOZARR_FAULT_DIR": str(fault_dir)}})
+        "env": {"TOPOZARR_FAULTS": "tile=S0-00001@4", "TOPOZARR_FAULT_DIR": str(fault_dir)}})
     failed = _wait_final(stack, run.id)
     assert failed.state.type == StateType.FAILED, f"{failed.state!r}\n{stack.worker_log()}"
-    assert "level 1: 1 of 2 batches failed" in failed.state.message and "retry the run" in failed.state.message
-    assert _attempts(fault_dir)["L1-B00000"] == 4
+    assert "1 of 2 tiles failed after their retries; tile-S0-00001" in failed.state.message
+    assert "retry the run" in failed.state.message
+    assert _attempts(fault_dir)["S0-00001"] == 4
 
     out = _cli(stack, ["retry", str(run.id)], s3_server.env())
     assert out.returncode == 0, out.stderr
@@ -477,7 +484,7 @@ def test_failed_update_run_is_retried_on_the_worker_with_the_cli(stack, s3_serve
     assert done.state.type == StateType.COMPLETED, f"{done.state!r}\n{stack.worker_log()}"
     assert done.run_count == 2
     attempts = _attempts(fault_dir)
-    assert attempts["L1-B00000"] == 5 and all(n == 1 for k, n in attempts.items() if k != "L1-B00000"), attempts
+    assert attempts == {"S0-00000": 1, "S0-00001": 5}, attempts
     full = tmp_path / "full.zarr"
     create_pyramid(xr.open_dataset(whole, engine="h5netcdf"), **opts).write(full)
     assert_same_pyramid(s3_server.zarr_store(f"{s3_prefix}/u.zarr", read_only=True), str(full))
@@ -491,13 +498,13 @@ def test_failed_deployment_run_is_retried_here_with_the_cli(stack, s3_server, s3
     from prefect.deployments import run_deployment
 
     fault_dir = tmp_path / "faults"
-    faults = {"TOPOZARR_FAULTS": "batch=L0-B00002@4", "TOPOZARR_FAULT_DIR": str(fault_dir)}
+    faults = {"TOPOZARR_FAULTS": "tile=S0-00002@4", "TOPOZARR_FAULT_DIR": str(fault_dir)}
     target = f"s3://{s3_server.bucket}/{s3_prefix}/p.zarr"
     run = run_deployment(ADHOC, parameters={"params": _params(source, target)}, timeout=0,
                          job_variables={"env": faults})
     failed = _wait_final(stack, run.id)
     assert failed.state.type == StateType.FAILED, f"{failed.state!r}\n{stack.worker_log()}"
-    assert _attempts(fault_dir)["L0-B00002"] == 4
+    assert _attempts(fault_dir)["S0-00002"] == 4
 
     out = _cli(stack, ["retry", str(run.id), "--here"], {**s3_server.env(), **faults, "TOPOZARR_RETRY_DELAY": "0"})
     assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
@@ -507,8 +514,8 @@ def test_failed_deployment_run_is_retried_here_with_the_cli(stack, s3_server, s3
         history = [s.name for s in client.read_flow_run_states(run.id)]
     assert done.run_count == 2 and done.state.is_completed()
     assert history[-4:] == ["Failed", "Pending", "Running", "Completed"], history
-    attempts = _attempts(fault_dir)  # the batches the worker's attempt wrote came from its cached results
-    assert attempts["L0-B00002"] == 5 and all(n == 1 for k, n in attempts.items() if k != "L0-B00002"), attempts
+    attempts = _attempts(fault_dir)  # the tiles the worker's attempt wrote came from its cached results
+    assert attempts["S0-00002"] == 5 and all(n == 1 for k, n in attempts.items() if k != "S0-00002"), attempts
     clean = tmp_path / "clean.zarr"
     create_pyramid(xr.open_dataset(source, engine="h5netcdf"), levels=3, x_dim="lon", y_dim="lat",
                    crs="EPSG:4326", chunks_per_shard=1).write(clean)
@@ -547,7 +554,7 @@ def _active_slots(limit: str) -> int:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        return client.read_global_concurrency_limit_by_name(limit).active_slots
+        return client.read_global_concurrency_limit_by_name(f"tag:{limit}").active_slots
 
 
 def _run_to_the_end(stack: Stack, start) -> tuple[object, float]:
@@ -558,7 +565,7 @@ def _run_to_the_end(stack: Stack, start) -> tuple[object, float]:
 
 def test_sigkill_of_a_workers_flow_run_frees_its_slots_and_the_retry_is_as_fast_as_a_clean_build(
         stack, source, tmp_path):
-    """kill -9 of the flow-run process mid level 0, with every slot of the limit taken by its batches: the
+    """kill -9 of the flow-run process mid level 0, with every slot of the limit taken by its tiles: the
     worker marks the run Crashed and its crash hook gives the slots back and ends the dead task runs
     (Crashed, not Running) within seconds; the UI's Retry then takes no longer than 1.5x a clean build
     (with Prefect's own 300 s leases it waited five minutes for the slots) and ends identical to it."""
@@ -580,7 +587,7 @@ def test_sigkill_of_a_workers_flow_run_frees_its_slots_and_the_retry_is_as_fast_
     run_id = start(tmp_path / "p.zarr")
     proc = _flow_run_process(stack, run_id)
     deadline = time.monotonic() + 120
-    while _active_slots(limit) < 2:  # both slots held by level-0 batches sleeping in them
+    while _active_slots(limit) < 2:  # both slots held by level-0 tiles sleeping in them
         assert time.monotonic() < deadline, _task_run_states(run_id)
         time.sleep(0.1)
     proc.kill()
@@ -593,10 +600,10 @@ def test_sigkill_of_a_workers_flow_run_frees_its_slots_and_the_retry_is_as_fast_
         time.sleep(0.5)
     freed_after = time.monotonic() - killed
     dead = [(n, m) for n, s, m in _task_run_states(run_id) if s == "CRASHED"]
-    assert dead and all(n.startswith("write-") and "flow run process died (Process exited with status code: -9" in m
+    assert dead and all(n.startswith("tile-") and "flow run process died (Process exited with status code: -9" in m
                         and "SIGKILL" in m for n, m in dead), dead
 
-    # Once the crash hook is done, Prefect 3.8's worker checks the run once more and reports it Crashed
+    # Once the crash hook is done, Prefect's worker checks the run once more and reports it Crashed
     # again if it is not final by then: a Retry made before that check is overwritten. Wait for the
     # hook's line in the worker log, then a moment, as an operator would look before clicking Retry.
     while f"flow run {run_id} crashed: released" not in stack.worker_log(400):
@@ -619,7 +626,7 @@ def test_sigkill_of_a_workers_flow_run_frees_its_slots_and_the_retry_is_as_fast_
 HOLD_SLOT = """
 import sys, time
 from flows.slots import hold_slot
-with hold_slot(sys.argv[1]):
+with hold_slot(sys.argv[1], None):
     print("held", flush=True)
     time.sleep(600)
 """
@@ -636,7 +643,7 @@ def test_a_killed_holders_slot_comes_back_by_itself_within_its_short_lease(stack
     limit = f"lease-{uuid4().hex[:6]}"
     env = {**stack.env, "PYTHONPATH": str(REPO)}
     with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(limit, 1)
+        client.create_concurrency_limit(tag=limit, concurrency_limit=1)
     proc = subprocess.Popen([sys.executable, "-c", HOLD_SLOT, limit], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout.readline().strip() == "held", proc.stdout.read()
@@ -653,10 +660,10 @@ def test_a_killed_holders_slot_comes_back_by_itself_within_its_short_lease(stack
 
 def test_watch_prints_the_failure_line(stack, source, tmp_path):
     """`prefect deployment run --watch` ends with only "Flow run finished in state 'Failed'";
-    `topozarr-flows run ... --watch` ends with the run's state message: the batch and the root cause."""
+    `topozarr-flows run ... --watch` ends with the run's state message: the tile and the root cause."""
     import json
 
-    faults = {"TOPOZARR_FAULTS": "batch=L0-B00002@always", "TOPOZARR_FAULT_DIR": str(tmp_path / "faults")}
+    faults = {"TOPOZARR_FAULTS": "tile=S0-00002@always", "TOPOZARR_FAULT_DIR": str(tmp_path / "faults")}
     out = _sh([f"{sys.prefix}/bin/topozarr-flows", "run", ADHOC, "--watch", "--timeout", "200",
                "--params", json.dumps({"params": _params(source, str(tmp_path / "w.zarr"))}),
                "--job-variable", f"env={json.dumps(faults)}"], stack.env, timeout=240, check=False)
@@ -665,9 +672,9 @@ def test_watch_prints_the_failure_line(stack, source, tmp_path):
     run_id = first.split()[2]
     assert first.startswith(f"flow run {run_id} (") and first.endswith(f") of {ADHOC}"), first
     assert last.startswith(f"flow run {run_id} (") and "): Failed: " in last, last
-    assert ("level 0: 1 of 4 batches failed after their retries; write-L0-B00002: InjectedFault: injected "
-            "failure in L0-B00002 (attempt 4); 2 batches of coarser levels that read them were not started; "
-            "retry the run to redo only the failed batches") in last, last
+    assert ("1 of 6 tiles failed after their retries; tile-S0-00002 (level 0): InjectedFault: injected "
+            "failure in S0-00002 (attempt 4); 2 tiles that read them were not started; "
+            "retry the run to redo only the failed tiles") in last, last
 
     # `watch` on the ended run prints the same line at once
     again = _sh([f"{sys.prefix}/bin/topozarr-flows", "watch", run_id], stack.env, timeout=60, check=False)

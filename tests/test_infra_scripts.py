@@ -1,8 +1,8 @@
 """infra/up.sh records the addresses it used, and a new shell (nothing exported but the state dir)
 sees the running stack through them: `status`, `env` and stack.env report the ports it really runs on.
 
-Starts S3, the Prefect server and the setup (SKIP_DASK=1 SKIP_WORKER=1) on non-default ports in a
-private state dir, then stops everything with infra/down.sh.
+Starts S3, PostgreSQL, the Prefect server on it and the setup (SKIP_DASK=1 SKIP_WORKER=1) on
+non-default ports in a private state dir, then stops everything with infra/down.sh.
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ def test_no_comment_inside_a_line_continuation():
 
 def test_a_new_shell_sees_the_ports_up_sh_used(tmp_path):
     state = tmp_path / "state"
-    s3_port, prefect_port = _free_port(), _free_port()
+    s3_port, prefect_port, pg_port = _free_port(), _free_port(), _free_port()
     assert 5555 not in (s3_port, prefect_port) and 4200 not in (s3_port, prefect_port)
-    up_env = _fresh_env(state, S3_PORT=str(s3_port), PREFECT_PORT=str(prefect_port), SKIP_DASK="1",
-                        SKIP_WORKER="1", TOPOZARR_WRITES_LIMIT="3")
+    up_env = _fresh_env(state, S3_PORT=str(s3_port), PREFECT_PORT=str(prefect_port), PG_PORT=str(pg_port),
+                        SKIP_DASK="1", SKIP_WORKER="1", TOPOZARR_WRITES_LIMIT="3")
     try:
         up = _run(["infra/up.sh"], up_env, timeout=240)
         assert up.returncode == 0, f"{up.stdout}\n{up.stderr}"
@@ -68,6 +68,13 @@ def test_a_new_shell_sees_the_ports_up_sh_used(tmp_path):
         assert exports["PREFECT_API_URL"] == f"http://127.0.0.1:{prefect_port}/api"
         assert exports["PREFECT_HOME"] == str(state / "prefect-home")
         assert exports["TOPOZARR_STATE"] == str(state)
+        assert exports["PG_PORT"] == str(pg_port)
+        # the database's password is in no export, record, log or output: the server's environment only
+        password = (state / "postgres" / "password").read_text()
+        assert len(password) >= 32 and (state / "postgres" / "password").stat().st_mode & 0o077 == 0
+        leaked = [p.name for p in [*state.glob("*.env"), *(state / "logs").glob("*")]
+                  if password in p.read_text(errors="replace")]
+        assert password not in up.stdout + up.stderr and not leaked, leaked
         assert "DASK_SCHEDULER_ADDRESS" not in exports  # SKIP_DASK: nothing recorded for it
         assert (state / "stack.env").read_text().splitlines()[1:] == up.stdout.splitlines()[1:]
 
@@ -84,6 +91,16 @@ def test_a_new_shell_sees_the_ports_up_sh_used(tmp_path):
         assert server_env.get("PREFECT_UI_API_URL") == f"http://127.0.0.1:{prefect_port}/api", server_env
         assert server_env.get("PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS") == "5"
         assert server_env.get("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "").endswith("lease_storage.filesystem")
+        # ... and the server runs on the PostgreSQL of the stack, which holds its tables
+        assert server_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == (
+            f"postgresql+asyncpg://prefect:{password}@127.0.0.1:{pg_port}/prefect")
+        pg = _run(["infra/postgres.sh", "status"], new_shell)
+        assert pg.returncode == 0 and f"accepting connections on 127.0.0.1:{pg_port}" in pg.stdout, pg
+        tables = _run(["bash", "-c", 'PGPASSWORD="$(cat "$0")" "$(ls -d /usr/lib/postgresql/*/bin | sort -V | '
+                       'tail -n 1)/psql" -h 127.0.0.1 -p "$1" -U prefect -d prefect -tAc "SELECT count(*) FROM '
+                       'information_schema.tables WHERE table_name = \'flow_run\'"',
+                       str(state / "postgres" / "password"), str(pg_port)], new_shell)
+        assert tables.stdout.strip() == "1", tables
         assert f"healthy at http://127.0.0.1:{prefect_port}/api/health" in server.stdout
         env = _run(["infra/prefect-server.sh", "env"], new_shell).stdout
         assert f"export PREFECT_API_URL=http://127.0.0.1:{prefect_port}/api\n" in env
@@ -113,4 +130,5 @@ with get_client(sync_client=True) as c:
     assert down.returncode == 0, down.stderr
     assert _run(["infra/s3.sh", "status"], _fresh_env(state)).returncode == 3
     assert _run(["infra/prefect-server.sh", "status"], _fresh_env(state)).returncode == 3
+    assert _run(["infra/postgres.sh", "status"], _fresh_env(state)).returncode == 3
     assert not list(state.glob("*.env")) and not list(state.glob("*.pid"))  # records and stack.env gone
