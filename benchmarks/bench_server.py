@@ -3,9 +3,9 @@
 
 For each database, a real ``prefect server`` is started with the infra/ scripts in a private state dir
 on free loopback ports (``infra/postgres.sh`` first for PostgreSQL), then one ``build-pyramid`` flow runs
-in this process against it, on the default thread runner: a source of ``--steps`` time steps of a small
-grid, planned so that each time step is one tile (every level of it), so the run has that many tile
-tasks (1,000 by default) besides planning, initialising, validating and publishing. Printed per
+in this process against it, on the default thread runner: a ``--side`` squared float32 raster (11264: 500
+MB), two levels, one chunk per shard (352 px), 100 kB tiles: one tile per level-0 shard (1,024) and one per
+level-1 shard (256), besides planning, initialising, validating and publishing. Printed per
 database: wall seconds of the flow, task runs, CPU seconds of the server's processes during the flow
 (the Prefect server, and PostgreSQL's for PostgreSQL) and per task run, the CPU of this process, and
 the server's "database is locked" answers: requests the API answered 503 because SQLite was busy
@@ -14,8 +14,8 @@ requests of this process that were asked again after such an answer.
 
 Usage::
 
-    python benchmarks/bench_server.py                 # 1,000 tiles on each database
-    python benchmarks/bench_server.py --steps 2000 --only postgres
+    python benchmarks/bench_server.py                 # 1,280 tiles on each database
+    python benchmarks/bench_server.py --side 4096 --only postgres
 """
 
 from __future__ import annotations
@@ -104,14 +104,12 @@ class Server:
         return log.read_text(errors="replace").count(LOCKED_ANSWER) if log.exists() else 0
 
 
-def source(path: Path, steps: int, side: int) -> str:
-    """``steps`` time steps of a ``side`` x ``side`` float32 grid, as NetCDF."""
-    ds = C.synthetic_dataset((steps, side, side), seed=1)
-    ds.to_netcdf(path, engine="h5netcdf")
-    return str(path)
+def source(path: Path, side: int) -> str:
+    """A ``side`` x ``side`` float32 raster as a Zarr."""
+    return C.write_source_zarr(C.synthetic_dataset((side, side), seed=1), path, chunks={"y": 1024, "x": 1024})
 
 
-def run_flow(server: Server, src: str, target: Path, side: int) -> dict:
+def run_flow(server: Server, src: str, target: Path) -> dict:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.events.worker import EventsWorker
@@ -122,9 +120,8 @@ def run_flow(server: Server, src: str, target: Path, side: int) -> dict:
     from flows.build import build_pyramid
     from flows.params import BuildParams
 
-    step_bytes = side * side * 4
     params = BuildParams(source=src, target=str(target), levels=2, x_dim="x", y_dim="y", crs="EPSG:3857",
-                         max_tile_bytes=max(100_000, step_bytes * 3 // 2), max_task_runs=100_000)
+                         chunks_per_shard=1, max_tile_bytes=100_000, max_task_runs=100_000)
     with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
         cpu0, busy0, server0, asked0 = os.times(), C.machine_busy_seconds(), server.cpu(), busy_answers()
         t0 = time.perf_counter()
@@ -152,8 +149,7 @@ def run_flow(server: Server, src: str, target: Path, side: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=1000, help="time steps of the source: one tile each")
-    ap.add_argument("--side", type=int, default=128, help="edge of the grid of one time step")
+    ap.add_argument("--side", type=int, default=11264, help="edge of the square raster (11264: 1,280 tiles)")
     ap.add_argument("--only", choices=["sqlite", "postgres"], default=None)
     ap.add_argument("--tmpdir", default=None)
     args = ap.parse_args(argv)
@@ -167,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["TOPOZARR_RETRY_DELAY"] = "0"
     try:
         print(C.machine_summary(), f"load {C.load_average():.2f}", flush=True)
-        src = source(root / "src.nc", args.steps, args.side)
+        src = source(root / "src.zarr", args.side)
         rows = []
         for database in ("sqlite", "postgres"):
             if args.only and database != args.only:
@@ -176,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             server.start()
             try:
                 locked0 = server.locked_answers()
-                res = run_flow(server, src, root / f"{database}.zarr", args.side)
+                res = run_flow(server, src, root / f"{database}.zarr")
                 res["locked"] = server.locked_answers() - locked0
             finally:
                 server.stop()
@@ -187,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                          res["locked"], res["asked_again"], f"{res['others_cpu']:.1f}"])
         headers = ["database", "flow s", "task runs", "server cpu-s", "server cpu ms / task run", "flow process cpu-s",
                    "'database is locked' answers", "requests asked again here", "others cpu-s"]
-        print(f"\n{args.steps} tiles ({args.steps} time steps of {args.side}x{args.side}), one flow each\n"
+        print(f"\n{args.side}x{args.side} float32, 2 levels, 100 kB tiles: one flow each\n"
               + C.format_table(headers, rows))
     finally:
         shutil.rmtree(root, ignore_errors=True)
