@@ -5,16 +5,16 @@ PY ?= python3.12
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-WEB := flows/preview/web
-PAGE := flows/preview/static/app.js
+WEB := flows/topozarr_flows/preview/web
+PAGE := flows/topozarr_flows/preview/static/app.js
 HAVE_NPM := $(shell command -v npm 2>/dev/null)
 PAGE_IF_NPM := $(if $(HAVE_NPM),$(PAGE))
 
 .PHONY: demo test bench clean preview-page
 
 # The preview page (maplibre-gl + zarr-layer, exact versions in package-lock.json), bundled by esbuild
-# into flows/preview/static: no CDN at run time.
-$(PAGE): $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/build.mjs $(wildcard $(WEB)/src/*) topozarr_core/colormaps.json
+# into flows/topozarr_flows/preview/static: no CDN at run time.
+$(PAGE): $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/build.mjs $(wildcard $(WEB)/src/*) topozarr_core/viewer/colormaps.json
 	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error && npm run build
 
 preview-page: $(PAGE)
@@ -36,4 +36,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_write.py
 
 clean:
-	rm -rf $(VENV) demo-output $(WEB)/node_modules flows/preview/static
+	rm -rf $(VENV) demo-output $(WEB)/node_modules flows/topozarr_flows/preview/static

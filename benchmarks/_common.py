@@ -26,10 +26,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -198,7 +199,7 @@ def current_rss_bytes() -> int:
         import psutil
 
         return int(psutil.Process().memory_info().rss)
-    except Exception:  # pragma: no cover
+    except Exception:  # noqa: BLE001 -- pragma: no cover
         return 0
 
 
@@ -304,7 +305,7 @@ def load_average() -> float:
 
 
 @contextmanager
-def PhaseMeter(sample_interval: float = 0.02) -> Iterator[PhaseResult]:
+def PhaseMeter(sample_interval: float = 0.02) -> Iterator[PhaseResult]:  # noqa: N802
     """Time a block and measure its peak RSS. Use in a fresh process for per-phase peaks::
 
         with PhaseMeter() as m:
@@ -511,7 +512,7 @@ def start_s3(log_path: str | os.PathLike, bucket: str = "bench") -> tuple[subpro
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 stop_process(proc)
-                raise RuntimeError(f"moto server did not start; see {log_path}")
+                raise RuntimeError(f"moto server did not start; see {log_path}") from None
             time.sleep(0.1)
     endpoint.boto3_client().create_bucket(Bucket=bucket)
     return proc, endpoint

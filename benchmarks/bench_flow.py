@@ -46,8 +46,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -163,8 +164,7 @@ class Phases:
         return {}
 
     def _flow(self, task_runner: Any = None, **target: Any) -> dict:
-        from flows.build import build_pyramid
-        from flows.params import BuildParams
+        from topozarr_flows import BuildParams, build_pyramid
 
         flow = build_pyramid if task_runner is None else build_pyramid.with_options(task_runner=task_runner)
         params = BuildParams(source=self.src, levels=self.levels, crs=CRS, **self.flow_options, **target)
@@ -266,8 +266,8 @@ def reads_of_the_tile_plan(phases: Phases, tile_bytes: int | None) -> str:
     import xarray as xr
 
     from topozarr_core import create_pyramid
+    from topozarr_core.plan.tiles import DEFAULT_TILE_BYTES
     from topozarr_core.testing import CountingStore, stored_bytes
-    from topozarr_core.tiles import DEFAULT_TILE_BYTES
 
     if phases.src.startswith("s3://"):
         raw = phases.where.store(phases.src.split("/", 3)[3], read_only=True)
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from prefect.testing.utilities import prefect_test_harness
 
-        from flows.slots import LEASES_ON_DISK
+        from topozarr_flows.prefect_api.slots import LEASES_ON_DISK
 
         os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASES_ON_DISK)
         s3 = None

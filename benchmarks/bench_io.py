@@ -32,7 +32,8 @@ import zarr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from topozarr_core import create_pyramid  # noqa: E402
-from topozarr_core import io_select, regions  # noqa: E402
+from topozarr_core.write import codec_pipeline as io_select  # noqa: E402
+from topozarr_core.write import region as regions
 
 
 def synthetic(ny: int, nx: int, nt: int | None = None, seed: int = 0) -> xr.Dataset:
@@ -84,7 +85,8 @@ class Profile:
 
     @contextmanager
     def installed(self):
-        from topozarr_core import init_ahead, pyramid
+        from topozarr_core import pyramid
+        from topozarr_core.layout import level_init as init_ahead
 
         saved = [
             (regions, "_compute", regions._compute),
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = run_case(name, make(), levels, args, base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print("\nsummary (best of %d):" % args.repeat)
+    print(f"\nsummary (best of {args.repeat}):")
     for name, r in results.items():
         print(f"  {name}: python {r['python']:.2f} s  rust {r['rust']:.2f} s  speed-up {r['ratio']:.2f}x")
 

@@ -2,7 +2,7 @@
 
 Each case is a lazy dask array of zeros (no byte of it is ever computed) with regular coordinates,
 planned as the flow plans it: ``create_pyramid`` + ``Pyramid.tile_plan(max_tile_bytes, max_tiles)``,
-then what the flow's plan task hands the flow (:func:`flows.tile_runs.planned_tiles`: every tile's key,
+then what the flow's plan task hands the flow (:func:`topozarr_flows.runs.tile_runs.planned_tiles`: every tile's key,
 stage, levels and what it waits for) serialised as JSON. Each case runs in a fresh child process so
 its peak RSS is its own. Printed per case: the source's size, levels, tiles per stage, plan seconds
 (median of ``--repeat`` runs in the child, and the first run, which imports and compiles nothing of
@@ -65,8 +65,8 @@ def virtual_dataset(shape, dims, chunks, nvars):
 
 def child(args: argparse.Namespace) -> None:
     """Plan one case ``--repeat`` times in this process and print the result line."""
-    from flows.tile_runs import planned_tiles
     from topozarr_core import create_pyramid
+    from topozarr_flows.runs.tile_runs import planned_tiles
 
     case = CASES[args.case]
     spatial = [d for d in case["dims"] if d != "time"]

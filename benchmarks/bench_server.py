@@ -116,9 +116,8 @@ def run_flow(server: Server, src: str, target: Path) -> dict:
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.api import busy_answers
-    from flows.build import build_pyramid
-    from flows.params import BuildParams
+    from topozarr_flows import BuildParams, build_pyramid
+    from topozarr_flows.prefect_api.client import busy_answers
 
     params = BuildParams(source=src, target=str(target), levels=2, x_dim="x", y_dim="y", crs="EPSG:3857",
                          chunks_per_shard=1, max_tile_bytes=100_000, max_task_runs=100_000)

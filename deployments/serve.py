@@ -22,7 +22,7 @@ from deploy import REPO_ROOT, load_specs, schedules_of  # noqa: E402
 
 
 def _import_flow(entrypoint: str):
-    """``flows/build.py:build_pyramid`` -> the flow object of the installed module flows.build."""
+    """``flows/topozarr_flows/build/flow.py:build_pyramid`` -> the flow object of the installed module topozarr_flows.build.flow."""
     path, _, name = entrypoint.partition(":")
     return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
 

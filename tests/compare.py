@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
-from topozarr_core.metadata import comparable as _normal
+from topozarr_core.layout.conventions import comparable as _normal
 
 
 def snapshot(store) -> dict[str, tuple[dict, np.ndarray | None]]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-# First: points PREFECT_HOME and result storage at temp dirs before anything imports prefect.
-from tests.fixtures_services import *  # noqa: F401,F403
-
 import json
 import os
 from pathlib import Path
+
+# First: points PREFECT_HOME and result storage at temp dirs before anything imports prefect.
+from tests.fixtures_services import *  # noqa: F401,F403
 
 os.environ.setdefault("TOPOZARR_RETRY_DELAY", "0")  # task retries back off instantly in tests
 import numpy as np
@@ -15,11 +15,12 @@ import pytest
 import xarray as xr
 import xproj  # noqa: F401
 
-# The convention schemas live in ../shared/specs (beside the checkout, also in CI); tests/schemas is a
-# verbatim copy used only when that folder is absent.
-SPECS = Path(__file__).resolve().parents[2] / "shared" / "specs" / "zarr-conventions"
-if not SPECS.exists():
-    SPECS = Path(__file__).resolve().parent / "schemas"
+# The convention schemas live in ../shared/specs (beside the checkout, also in CI); the package carries a
+# verbatim copy (topozarr_core/validate/schemas, compared with the original by test_validate.py), used only
+# when that folder is absent.
+SHARED_SPECS = Path(__file__).resolve().parents[2] / "shared" / "specs" / "zarr-conventions"
+PACKAGED_SPECS = Path(__file__).resolve().parents[1] / "topozarr_core" / "validate" / "schemas"
+SPECS = SHARED_SPECS if SHARED_SPECS.exists() else PACKAGED_SPECS
 
 
 def make_raster(

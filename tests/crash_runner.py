@@ -11,7 +11,7 @@ in the test process finds the persisted results of the killed process) and ``TOP
 
 MAX_WORKERS bounds the thread pool: a SIGKILLed process cannot release the global concurrency
 slots it holds (no worker runs the crash hook here: the retry releases them first, see
-flows/recovery.py), so the test keeps that number below the limit's slots.
+flows/topozarr_flows/prefect_api/recovery.py), so the test keeps that number below the limit's slots.
 
 Deliberately imports nothing from ``tests.conftest``/``tests.fixtures_services`` (which reset
 PREFECT_API_URL for isolation).
@@ -34,8 +34,7 @@ def main(argv: list[str]) -> int:
     from prefect.flow_engine import run_flow
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.build import build_pyramid
-    from flows.params import BuildParams
+    from topozarr_flows import BuildParams, build_pyramid
 
     params = BuildParams.model_validate_json(params_json)
     flow = build_pyramid.with_options(task_runner=ThreadPoolTaskRunner(max_workers=max_workers))

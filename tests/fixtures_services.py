@@ -216,8 +216,8 @@ class PrefectHarness:
     def settle(self, *flow_run_ids, timeout: float = 30.0) -> None:
         """Wait until the API holds what this process's runs sent it: their logs (Prefect's log worker
         sends them in the background) and the final states of their task runs (recorded from events,
-        after the flow run's own state). A flow call returns as soon as its run ends (no wait for the
-        heartbeat thread, flows/heartbeat_exit.py): reading right away can see neither yet."""
+        after the flow run's own state). A flow call returns when its run ends, before those background
+        workers have sent everything: reading right away can see neither yet."""
         import time as _time
         import uuid as _uuid
 
@@ -262,7 +262,7 @@ class PrefectHarness:
 
 @pytest.fixture(scope="session")
 def prefect_harness() -> PrefectHarness:
-    from flows.slots import LEASES_ON_DISK
+    from topozarr_flows.prefect_api.slots import LEASES_ON_DISK
 
     """One ephemeral Prefect API server (SQLite in a temp dir) for the whole session.
 
@@ -286,7 +286,7 @@ def prefect_harness() -> PrefectHarness:
             PREFECT_LOCAL_STORAGE_PATH: str(PREFECT_TEST_RESULTS),
         }
     ):
-        # leases on disk, as infra/prefect-server.sh and the CLI keep them (flows/slots.py)
+        # leases on disk, as infra/prefect-server.sh and the CLI keep them (flows/topozarr_flows/prefect_api/slots.py)
         os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASES_ON_DISK)
         with prefect_test_harness(server_startup_timeout=60):
             api_url = PREFECT_API_URL.value()

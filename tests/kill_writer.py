@@ -62,8 +62,8 @@ def _mark(name: str, **kw: Any) -> None:
 
 
 def _install_markers() -> None:
-    import topozarr_core.init_ahead as init_ahead
-    import topozarr_core.layout as layout
+    import topozarr_core.publish.level_init as init_ahead
+    import topozarr_core.publish.steps as layout
 
     write_root, delete_nodes, initialise_level = layout.write_root, layout._delete_nodes, init_ahead.initialise_level
 
@@ -134,9 +134,10 @@ def _warm_up() -> None:
 
 
 def main() -> int:
-    import topozarr_core  # noqa: F401
     import xarray  # noqa: F401
     import zarr  # noqa: F401
+
+    import topozarr_core  # noqa: F401
 
     _warm_up()
     _install_markers()

@@ -22,10 +22,10 @@ import pytest
 import xarray as xr
 import zarr
 
-from flows.build import build_pyramid
 from tests.conftest import make_raster
 from topozarr_core import create_pyramid
-from topozarr_core.sources import SourceError, open_source
+from topozarr_core.store.sources import SourceError, open_source
+from topozarr_flows import build_pyramid
 
 BASE = dict(levels=2, x_dim="lon", y_dim="lat", crs="EPSG:4326")
 
@@ -199,7 +199,7 @@ def _run_filter(run_id):
 
 
 def test_cli_rejects_invalid_parameters(prefect_harness, src, target, capsys):
-    from flows.cli import main
+    from topozarr_flows.ops.cli import main
 
     before = tree_state(target)
     assert main(["build", src["good"], str(target), "--levels", "2", "--chunks-per-shard", "3"]) == 2

@@ -1,6 +1,6 @@
 """The pyramids in a real browser: Debian's headless Chromium (software WebGL) runs the bundled
 preview page (maplibre-gl + @carbonplan/zarr-layer) against pyramids written by the project and
-served by ``flows.preview.server`` on 127.0.0.1.
+served by ``topozarr_flows.preview.server`` on 127.0.0.1.
 
 Each dataset is made of uniform blocks of 64x64 level-0 cells with grey values 16..240 (colormap
 ``gray``, clim [0, 255]), neighbouring blocks differing by at least 48, so a pixel's grey *is* the
@@ -34,9 +34,10 @@ import pytest
 import xarray as xr
 import xproj  # noqa: F401
 
-from flows.preview.pyramid_store import open_pyramid
-from flows.preview.server import STATIC_DIR, serving
-from topozarr_core import ZarrLayerVarConfig, colormaps, create_pyramid
+from topozarr_core import ZarrLayerVarConfig, create_pyramid
+from topozarr_core.viewer import colormaps
+from topozarr_flows.preview.pyramid_store import open_pyramid
+from topozarr_flows.preview.server import STATIC_DIR, serving
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -76,9 +77,18 @@ def block_raster(ny: int, nx: int, x0: float, y0: float, step: float, crs: str, 
     return ds.proj.assign_crs(spatial_ref=crs)
 
 
-def write_pyramid(ds: xr.Dataset, path: Path, x_dim: str, y_dim: str, levels: int) -> Path:
-    create_pyramid(ds, levels=levels, x_dim=x_dim, y_dim=y_dim, method="mean",
-                   layer_hints={"v": ZarrLayerVarConfig(colormap="gray", clim=[0, 255])}).write(str(path))
+def write_pyramid(ds: xr.Dataset, path: Path, x_dim: str, y_dim: str, levels: int,
+                  chunk: int | None = None) -> Path:
+    """``chunk``: square chunks of that edge on every level (two by two to a shard) instead of the
+    planned ones, so that a level is drawn from many chunks."""
+    pyramid = create_pyramid(ds, levels=levels, x_dim=x_dim, y_dim=y_dim, method="mean",
+                             layer_hints={"v": ZarrLayerVarConfig(colormap="gray", clim=[0, 255])})
+    if chunk is not None:
+        for group, variables in pyramid.encoding.items():
+            shape = pyramid.level_templates[int(group.strip("/"))]["v"].shape
+            shards = tuple(min(2 * chunk, n) // chunk * chunk or n for n in shape)
+            variables["v"] = {"chunks": tuple(min(chunk, n) for n in shape), "shards": shards}
+    pyramid.write(str(path))
     return path
 
 
@@ -523,10 +533,14 @@ def test_epsg3857_all_blocks_drawn_with_the_proj4_hint(tmp_path, view):
         if zoom == 3.0:  # the whole grid is on screen
             check_edges(v, grid)
     assert v.errors() == []
-    # without the hint zarr-layer 0.5.0 draws only part of it (it compares degrees with metres)
-    bare = view(path, f"?center={centre[0]},{centre[1]}&zoom=4&hints=0")
+    # without the hint zarr-layer 0.5.0 draws only part of a level of many chunks (it compares degrees
+    # with metres to choose the chunks in view)
+    chunked = write_pyramid(ds, tmp_path / "p3857-chunked.zarr", "x", "y", levels=4, chunk=64)
+    factor = factors[grid.expected_level(4.0, factors, centre[1])]
+    assert check_pixels(view(chunked, f"?center={centre[0]},{centre[1]}&zoom=4"), grid, factor) == 16 * 8
+    bare = view(chunked, f"?center={centre[0]},{centre[1]}&zoom=4&hints=0")
     with pytest.raises(AssertionError, match="no data drawn"):
-        check_pixels(bare, grid, factors[grid.expected_level(4.0, factors, centre[1])])
+        check_pixels(bare, grid, factor)
 
 
 def ground_metres_per_pixel(zoom: float, lat: float) -> float:
@@ -634,7 +648,7 @@ def test_s3_pyramid_is_drawn_and_credentials_stay_in_the_server(tmp_path, view, 
 
 # ---------------------------------------------------------------- the page as a person sees it ---
 
-WEB = Path(__file__).resolve().parents[1] / "flows" / "preview" / "web"
+WEB = Path(__file__).resolve().parents[1] / "flows" / "topozarr_flows" / "preview" / "web"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SST_CLIM = [271.15123291015625, 305.9817810058594]  # as a hint may carry them: the legend rounds
 
@@ -1000,7 +1014,7 @@ def test_info_labels_dates_in_any_calendar_and_shows_names_and_units(tmp_path):
     """What the page shows besides pixels, from the server's info.json: dates for a CF time axis in
     a calendar only cftime decodes (360 days: no January 31st, a February 30th), the variables' long names and
     units, the default clim (2..98th percentile of the coarsest level) and a label without quotes."""
-    from flows.preview.pyramid_store import coordinate_labels
+    from topozarr_flows.preview.pyramid_store import coordinate_labels
 
     ds = block_raster(128, 128, x0=0.0, y0=10.0, step=0.05, crs="EPSG:4326", x_dim="lon", y_dim="lat", nt=3)
     ds = ds.assign_coords(time=xr.date_range("2021-01-30", periods=3, freq="D", calendar="360_day", use_cftime=True))
@@ -1024,7 +1038,7 @@ def test_info_labels_dates_in_any_calendar_and_shows_names_and_units(tmp_path):
 
 
 def test_preview_refuses_what_is_not_a_published_pyramid(tmp_path):
-    from flows.preview.pyramid_store import PreviewError
+    from topozarr_flows.preview.pyramid_store import PreviewError
 
     with pytest.raises(PreviewError, match="has no root zarr.json"):
         open_pyramid(str(tmp_path))
@@ -1063,7 +1077,7 @@ def test_cli_preview_serves_s3_and_opens_the_browser(tmp_path, s3_env, s3_prefix
     import sys
     import time
 
-    cli = [sys.executable, "-m", "flows.cli", "preview"]
+    cli = [sys.executable, "-m", "topozarr_flows.ops.cli", "preview"]
     bad = subprocess.run(cli + [str(tmp_path / "nothing-here"), "--port", "0"], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

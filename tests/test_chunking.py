@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from topozarr_core.chunking import (
+from topozarr_core.spec.chunking import (
     DEFAULT_TARGET_CHUNK_BYTES,
     MAX_INNER_CHUNKS,
     MIN_CHUNK,

@@ -18,7 +18,7 @@ import zarr
 
 from tests.conftest import make_raster
 from topozarr_core import create_pyramid
-from topozarr_core.lease import acquire
+from topozarr_core.store.lease import acquire
 
 CLI = str(Path(sys.executable).with_name("topozarr-flows"))
 ARGS = ["--levels", "2", "--x-dim", "lon", "--y-dim", "lat", "--crs", "EPSG:4326"]

@@ -17,9 +17,9 @@ import pytest
 import xarray as xr
 import xproj  # noqa: F401
 
-from flows.build import build_pyramid
 from tests.test_bad_inputs import assert_clear
 from topozarr_core import create_pyramid
+from topozarr_flows import build_pyramid
 
 
 def _curvilinear(only_x: bool) -> xr.Dataset:

@@ -171,8 +171,8 @@ def _s3_keys(s3_server, prefix: str) -> list[str]:
 
 def test_deployments_registered_from_yaml_and_python(stack):
     nightly, adhoc, update = (stack.cli_deployments[n] for n in (NIGHTLY, ADHOC, UPDATE_NIGHTLY))
-    assert nightly["entrypoint"] == adhoc["entrypoint"] == "flows/build.py:build_pyramid"
-    assert update["entrypoint"] == "flows/update.py:update_pyramid"
+    assert nightly["entrypoint"] == adhoc["entrypoint"] == "flows/topozarr_flows/build/flow.py:build_pyramid"
+    assert update["entrypoint"] == "flows/topozarr_flows/update/flow.py:update_pyramid"
     for d in (nightly, adhoc, update):
         assert d["work_pool_name"] == POOL
         assert d["enforce_parameter_schema"] is True
@@ -226,7 +226,7 @@ def test_invalid_parameters_are_rejected_before_anything_is_written(stack, s3_se
 
     # the classic UI's Retry (force=False): the server's rules accept it for a failed run of a
     # deployment; the worker runs it again, and it fails the same way
-    from flows.retry import mark_for_retry
+    from topozarr_flows.ops.retry import mark_for_retry
 
     assert mark_for_retry(run.id, force=False).value == "ACCEPT"
     with get_client(sync_client=True) as client:
@@ -251,7 +251,7 @@ def test_failed_tile_is_retried_through_the_api_like_the_ui(stack, s3_server, s3
     from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
 
-    from flows.retry import mark_for_retry
+    from topozarr_flows.ops.retry import mark_for_retry
 
     for p in stack.fault_dir.rglob("*.attempts"):
         p.unlink()
@@ -376,14 +376,14 @@ def test_active_schedule_creates_runs_that_the_worker_completes(stack, tmp_path)
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy, StateType
     from prefect.schedules import Interval
 
-    from topozarr_core.validate import validate_pyramid
+    from topozarr_core.validate.pyramid import validate_pyramid
 
     src, target = tmp_path / "src.nc", tmp_path / "scheduled.zarr"
     ds = make_raster(ny=128, nx=128, nt=1).drop_vars("spatial_ref")
     ds.to_netcdf(src, engine="h5netcdf")
     params = _params(str(src), str(target), levels=2)
     started = time.monotonic()
-    dep_id = Flow.from_source(source=str(REPO), entrypoint="flows/build.py:build_pyramid").deploy(
+    dep_id = Flow.from_source(source=str(REPO), entrypoint="flows/topozarr_flows/build/flow.py:build_pyramid").deploy(
         name="build-pyramid-every-10s",
         work_pool_name=POOL,
         build=False,
@@ -572,7 +572,7 @@ def test_sigkill_of_a_workers_flow_run_frees_its_slots_and_the_retry_is_as_fast_
     from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
 
-    from flows.retry import mark_for_retry
+    from topozarr_flows.ops.retry import mark_for_retry
 
     limit = f"crash-e2e-{uuid4().hex[:6]}"
     slow = {"env": {"TOPOZARR_FAULTS": "delay=1.5", "TOPOZARR_FAULT_DIR": str(tmp_path / "faults")}}
@@ -625,7 +625,7 @@ def test_sigkill_of_a_workers_flow_run_frees_its_slots_and_the_retry_is_as_fast_
 
 HOLD_SLOT = """
 import sys, time
-from flows.slots import hold_slot
+from topozarr_flows.prefect_api.slots import hold_slot
 with hold_slot(sys.argv[1], None):
     print("held", flush=True)
     time.sleep(600)
@@ -638,7 +638,7 @@ def test_a_killed_holders_slot_comes_back_by_itself_within_its_short_lease(stack
     so it is back within ~65 s. Prefect's own ``concurrency()`` would keep it 300 s."""
     from prefect.client.orchestration import get_client
 
-    from flows.slots import LEASE_SECONDS
+    from topozarr_flows.prefect_api.slots import LEASE_SECONDS
 
     limit = f"lease-{uuid4().hex[:6]}"
     env = {**stack.env, "PYTHONPATH": str(REPO)}

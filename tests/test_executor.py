@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import zarr
 
-import topozarr_core.executor as executor
-import topozarr_core.init_ahead as init_ahead
+import topozarr_core.publish.level_init as init_ahead
+import topozarr_core.write.executor as executor
 from tests.compare import assert_same_pyramid
 from tests.conftest import coarsen_reference, make_raster
 from topozarr_core import create_pyramid
-from topozarr_core.dependencies import region_graph
-from topozarr_core.root_doc import STATUS_KEY
-from topozarr_core.level_cache import LevelCache
-from topozarr_core.plan import restrict_plan
+from topozarr_core.plan.graph import region_graph
+from topozarr_core.plan.regions import restrict_plan
+from topozarr_core.publish.root_doc import STATUS_KEY
+from topozarr_core.write.level_cache import LevelCache
 
 KW = dict(x_dim="lon", y_dim="lat")
 SMALL = dict(chunks_per_shard=1, target_chunk_bytes=16_000)  # 128x128 chunks: many regions

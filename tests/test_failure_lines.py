@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.build import build_pyramid
-from flows.params import BuildParams
 from tests.conftest import make_raster
+from topozarr_flows import BuildParams, build_pyramid
 
 
 def _params(src: str, target: str, **kw) -> BuildParams:
@@ -89,7 +88,7 @@ def test_missing_source_fails_once_in_planning_without_cache_key_noise(prefect_h
 
 
 def test_watch_refuses_a_bad_or_unknown_run_id_in_one_line(prefect_harness, capsys):
-    from flows.cli import main
+    from topozarr_flows.ops.cli import main
 
     assert main(["watch", "not-a-uuid"]) == 2
     assert capsys.readouterr().err.strip() == "not a flow run id: 'not-a-uuid'"
@@ -99,7 +98,7 @@ def test_watch_refuses_a_bad_or_unknown_run_id_in_one_line(prefect_harness, caps
 
 
 def test_watch_prints_the_state_message_of_an_ended_run(prefect_harness, tmp_path, capsys):
-    from flows.cli import main
+    from topozarr_flows.ops.cli import main
 
     state = build_pyramid(_params(str(tmp_path / "none.nc"), str(tmp_path / "p.zarr")), return_state=True)
     run_id = str(state.state_details.flow_run_id)

@@ -117,8 +117,7 @@ def test_sharded_output_needs_a_gdal_with_the_sharding_codec(tmp_path):
 
 def test_flow_writes_unsharded_output_gdal_reads(prefect_harness, tmp_path):
     """The flow parameter ``chunks_per_shard: null`` (CLI ``--chunks-per-shard none``)."""
-    from flows.build import build_pyramid
-    from flows.params import BuildParams
+    from topozarr_flows import BuildParams, build_pyramid
 
     ds = make_raster(ny=200, nx=260, nan_fraction=0.05)
     src_path = tmp_path / "src.nc"

@@ -55,7 +55,7 @@ def test_rust_io_refuses_icechunk(tmp_path):
 
 def _staged_build(tmp_path):
     """A pyramid built on a staging branch, not published yet: (target, staging branch, base snapshot, data)."""
-    from topozarr_core import icechunk_txn
+    from topozarr_core.store import icechunk_txn
 
     ds = make_raster(ny=64, nx=64)
     target = icechunk_txn.IcechunkTarget(str(tmp_path / "repo"))
@@ -75,7 +75,7 @@ def _another_writer_publishes(repo, ds) -> str:
 def test_a_publish_conflict_leaves_no_staging_branch(tmp_path):
     """The loser of a publish race (its branch moved while it built) publishes nothing and deletes its staging
     branch; asking again gives the same one line, not Icechunk's error about a missing branch."""
-    from topozarr_core import icechunk_txn
+    from topozarr_core.store import icechunk_txn
 
     target, staging, base, ds = _staged_build(tmp_path)
     won = _another_writer_publishes(target.open_repo(), ds)
@@ -89,7 +89,7 @@ def test_a_publish_conflict_leaves_no_staging_branch(tmp_path):
 
 def test_a_branch_moved_at_the_compare_and_swap_is_a_publish_conflict_too(tmp_path, monkeypatch):
     """The branch moves between publish's look at it and its compare-and-swap (Icechunk's ConflictError)."""
-    from topozarr_core import icechunk_txn
+    from topozarr_core.store import icechunk_txn
 
     target, staging, base, ds = _staged_build(tmp_path)
     real_reset = icechunk.Repository.reset_branch
@@ -108,9 +108,8 @@ def test_a_branch_moved_at_the_compare_and_swap_is_a_publish_conflict_too(tmp_pa
 
 def test_a_flow_that_loses_the_publish_race_fails_in_one_line_without_a_staging_branch(prefect_harness, tmp_path,
                                                                                        monkeypatch):
-    from flows.build import build_pyramid
-    from flows.params import BuildParams
-    from topozarr_core import icechunk_txn
+    from topozarr_core.store import icechunk_txn
+    from topozarr_flows import BuildParams, build_pyramid
 
     ds = make_raster(ny=64, nx=64)
     src = tmp_path / "src.nc"

@@ -1,4 +1,4 @@
-"""Tests for topozarr_core.kernels.block_reduce.
+"""Tests for topozarr_core.kernels.reduce.block_reduce.
 
 References are independent of the kernels: xarray's coarsen(boundary="trim")
 for mean/max/min/sum, plain numpy slicing for nearest, brute-force Python
@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from topozarr_core import kernels
-from topozarr_core.kernels import METHODS, block_reduce, missing_mask, output_dtype
+from topozarr_core.kernels.reduce import METHODS, block_reduce, missing_mask, output_dtype
 
 SHAPES = [(37, 41), (3, 30, 29), (2, 3, 17, 26)]  # 2-D, 3-D, 4-D; none divisible by all factors
 FACTORS = [2, 3, 4]
@@ -69,8 +68,8 @@ def brute_mode(data, f, fill, majority):
     miss = fill if fill is not None else np.nan
     out = np.empty((*lead, Y // f, X // f), dtype=data.dtype)
     for idx in np.ndindex(*out.shape):
-        *l, oy, ox = idx
-        w = data[(*l, slice(oy * f, oy * f + f), slice(ox * f, ox * f + f))].ravel()
+        *lead_idx, oy, ox = idx
+        w = data[(*lead_idx, slice(oy * f, oy * f + f), slice(ox * f, ox * f + f))].ravel()
         bad = np.isnan(w) if is_float else np.zeros(w.shape, bool)
         if fill is not None:
             bad |= w == fill
@@ -93,8 +92,8 @@ def brute_weighted_mean(data, missing, weight, f, fill):
     out = np.full((*lead, Y // f, X // f), np.nan)
     out_missing = np.zeros(out.shape, np.int64)
     for idx in np.ndindex(*out.shape):
-        *l, oy, ox = idx
-        sl = (*l, slice(oy * f, oy * f + f), slice(ox * f, ox * f + f))
+        *lead_idx, oy, ox = idx
+        sl = (*lead_idx, slice(oy * f, oy * f + f), slice(ox * f, ox * f + f))
         v = data[sl].astype(np.float64).ravel()
         m = missing[sl].astype(np.int64).ravel()
         out_missing[idx] = m.sum()
@@ -413,7 +412,7 @@ def test_window_larger_than_array_gives_empty_output():
 
 
 def test_threads_give_same_result_and_kernels_release_gil():
-    from topozarr_core import numba_kernels as nk
+    from topozarr_core.kernels import compiled as nk
 
     data = float_data((8, 64, 64), "f4", seed=9)
     ref = block_reduce(data, 2, "mean", None)[0]

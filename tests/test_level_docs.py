@@ -10,8 +10,8 @@ import xarray as xr
 
 from tests.conftest import make_raster
 from topozarr_core import create_pyramid
-from topozarr_core import level_docs
-from topozarr_core.level_docs import LevelDocuments, build_level
+from topozarr_core.layout import level_documents as level_docs
+from topozarr_core.layout.level_documents import LevelDocuments, build_level
 
 
 def _xarray_level(ds: xr.Dataset, spec, level: int) -> dict[str, bytes]:

@@ -47,7 +47,7 @@ def test_setup_with_npm_builds_the_page(tmp_path):
 
 
 def test_preview_without_the_page_says_what_to_run(tmp_path):
-    from flows.preview.server import PreviewServer
+    from topozarr_flows.preview.server import PreviewServer
 
     with pytest.raises(FileNotFoundError) as info:
         PreviewServer(object(), static_dir=tmp_path)  # type: ignore[arg-type]

@@ -1,5 +1,5 @@
 """A reader never sees a published pyramid over missing, partial or mixed data, at any instant,
-even after kill -9 (the protocol of topozarr_core/root_doc.py, layout.py, pyramid.py, lease.py).
+even after kill -9 (the protocol of topozarr_core/write/protocol.py, topozarr_core/publish/ and store/lease.py).
 
 * Reader threads: while ``Pyramid.write`` rebuilds a pyramid (``mode="w"``: another source AND
   another layout) or rewrites some of its levels (``mode="a"``: another method), a reader loops:
@@ -45,9 +45,9 @@ from zarr.storage import LocalStore
 from tests.compare import assert_same_pyramid, snapshot
 from tests.kill_writer import make_source
 from topozarr_core import create_pyramid
-from topozarr_core.lease import LEASE_KEY, TargetBusy, holder, stale_reason
-from topozarr_core.metadata import comparable
-from topozarr_core.root_doc import STATUS_KEY
+from topozarr_core.layout.conventions import comparable
+from topozarr_core.publish.root_doc import STATUS_KEY
+from topozarr_core.store.lease import LEASE_KEY, TargetBusy, holder, stale_reason
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -69,7 +69,7 @@ class Expected:
     arrays: dict[str, list[str]] = field(default_factory=dict)  # level -> array paths below it
 
     @classmethod
-    def build(cls, label: str, path: Path, source: dict, pyramid: dict) -> "Expected":
+    def build(cls, label: str, path: Path, source: dict, pyramid: dict) -> Expected:
         create_pyramid(make_source(**source), x_dim="lon", y_dim="lat", **pyramid).write(path, mode="w-")
         root = json.loads((path / "zarr.json").read_bytes())
         nodes = snapshot(str(path))
@@ -306,9 +306,9 @@ HOLD = {"local": 0.1, "s3": 0.4}
 
 
 def _hold_writer_at_the_edges(monkeypatch, seconds: float) -> None:
-    import topozarr_core.pyramid as pyramid_module
+    import topozarr_core.write.protocol as protocol
 
-    prepare_target, publish_root = pyramid_module.prepare_target, pyramid_module.publish_root
+    prepare_target, publish_root = protocol.prepare_target, protocol.publish_root
 
     def held_prepare_target(*args: Any, **kw: Any) -> Any:
         time.sleep(seconds)
@@ -319,8 +319,8 @@ def _hold_writer_at_the_edges(monkeypatch, seconds: float) -> None:
         time.sleep(seconds)
         return out
 
-    monkeypatch.setattr(pyramid_module, "prepare_target", held_prepare_target)
-    monkeypatch.setattr(pyramid_module, "publish_root", held_publish)
+    monkeypatch.setattr(protocol, "prepare_target", held_prepare_target)
+    monkeypatch.setattr(protocol, "publish_root", held_publish)
 
 
 def _wait_for_samples(reader: Reader, after: float, n: int, timeout: float = 60) -> None:
@@ -611,26 +611,27 @@ def test_reader_catches_a_writer_that_breaks_the_protocol(bug, reader_expected, 
     """The reader above has teeth: with the protocol broken in this process (old levels deleted while
     the old root is still published, or the new root published before its levels are written) it
     reports violations."""
-    import topozarr_core.layout as layout_module
-    import topozarr_core.pyramid as pyramid_module
+    import topozarr_core.publish.steps as steps
+    import topozarr_core.write.protocol as protocol
 
     expected = reader_expected("w", READER_EDGE["local"])
     pyramids = {label: create_pyramid(make_source(**src), x_dim="lon", y_dim="lat", **opts)
                 for label, (src, opts) in reader_pyramids("w", READER_EDGE["local"]).items()}
     target, rstore = _target("local", tmp_path, None)
     pyramids["old"].write(target, mode="w", max_workers=1)
-    prepare_target = pyramid_module.prepare_target
+    prepare_target = protocol.prepare_target
 
     def broken_prepare_target(store: Any, spec: Any, mode: str, levels: list[int], state: Any) -> None:
         if bug == "delete-before-unpublish":
-            sync(layout_module._delete_nodes(store, ["0", "1", "2"]))
+            for node in ("0", "1", "2"):
+                sync(store.delete_dir(node))
             time.sleep(HOLD["local"])
             prepare_target(store, spec, mode, levels, state)
         else:
             prepare_target(store, spec, mode, levels, state)
-            layout_module.publish(store, spec)
+            steps.publish(store, spec)
 
-    monkeypatch.setattr(pyramid_module, "prepare_target", broken_prepare_target)
+    monkeypatch.setattr(protocol, "prepare_target", broken_prepare_target)
     reader = Reader(rstore, list(expected.values()), seed=11)
     reader.start()
     try:
@@ -661,7 +662,7 @@ class EitherReader(Reader):
         if s.state == "published":
             levels = [entry["asset"] for entry in json.loads(r1)["attributes"]["multiscales"]["layout"]]
             candidates = list(self.known)
-            for i in range(self.k):
+            for _ in range(self.k):
                 level = self.rng.choice(levels)
                 seed = self.rng.random()
                 still = []

@@ -8,11 +8,10 @@ import gc
 import threading
 import time
 
-import pytest
 from prefect import flow, task
 
-from flows.pipeline import run_pipelined
-from topozarr_core.gc_pause import old_objects_frozen
+from topozarr_core.write.gc_pause import old_objects_frozen
+from topozarr_flows.runs.pipeline import run_pipelined
 
 
 def test_gc_stays_frozen_while_any_overlapping_write_runs():

@@ -11,7 +11,6 @@ from tests.conftest import make_raster
 from topozarr_core import ZarrLayerVarConfig, create_pyramid, recommend_encoding
 
 
-
 def _layout(entry: dict) -> dict:
     """The chunks and shards of an encoding entry (it also carries the dtype and nodata)."""
     return {k: entry[k] for k in ("chunks", "shards") if k in entry}

@@ -19,8 +19,8 @@ import pytest
 
 from tests.conftest import coarsen_reference, make_raster
 from topozarr_core import ZarrLayerVarConfig, create_pyramid
-from topozarr_core import colormaps
-from topozarr_core.quicklook import render_quicklook
+from topozarr_core.viewer import colormaps
+from topozarr_core.viewer.quicklook import render_quicklook
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -292,9 +292,7 @@ def _zoomed(values: np.ndarray, k: int) -> np.ndarray:
 
 @pytest.mark.parametrize("target_format", ["zarr", "icechunk"])
 def test_build_and_update_flows_record_the_quicklook(prefect_harness, tmp_path, target_format):
-    from flows.build import build_pyramid
-    from flows.params import BuildParams
-    from flows.update import UpdateParams, update_pyramid
+    from topozarr_flows import BuildParams, UpdateParams, build_pyramid, update_pyramid
 
     ds2, src2 = _flow_source(tmp_path, nt=2)
     _, src3 = _flow_source(tmp_path, nt=3)
@@ -320,14 +318,13 @@ def test_build_and_update_flows_record_the_quicklook(prefect_harness, tmp_path, 
 
 
 def test_a_failed_quicklook_warns_and_the_run_completes(prefect_harness, tmp_path, monkeypatch, caplog):
-    import flows.artifacts
-    from flows.build import build_pyramid
-    from flows.params import BuildParams
+    import topozarr_flows.runs.artifacts
+    from topozarr_flows import BuildParams, build_pyramid
 
     def broken(*a, **k):
         raise ValueError("quicklook: the level has no variable along both 'lat' and 'lon'")
 
-    monkeypatch.setattr(flows.artifacts, "render_quicklook", broken)
+    monkeypatch.setattr(topozarr_flows.runs.artifacts, "render_quicklook", broken)
     _, src = _flow_source(tmp_path)
     state = build_pyramid(BuildParams(source=src, target=str(tmp_path / "p.zarr"), levels=2, x_dim="lon",
                                       y_dim="lat", crs="EPSG:4326"), return_state=True)

@@ -16,7 +16,7 @@ import zarr
 from tests.conftest import make_raster
 from tests.test_bad_inputs import assert_clear, tree_state
 from topozarr_core import create_pyramid, update_pyramid
-from topozarr_core.targets import TargetError
+from topozarr_core.store.errors import TargetError
 
 KW = dict(levels=2, x_dim="lon", y_dim="lat")
 

@@ -1,7 +1,7 @@
 """Reliability: injected transient faults and SIGKILLed flow runs end with exactly the output of a
 clean run (decoded arrays and all metadata), and Icechunk's branch never shows a half-built pyramid.
 
-Faults come from the documented hook ``flows/faults.py`` (env TOPOZARR_FAULTS, inactive unless set).
+Faults come from the documented hook ``flows/topozarr_flows/runs/faults.py`` (env TOPOZARR_FAULTS, inactive unless set).
 """
 
 from __future__ import annotations
@@ -19,23 +19,24 @@ import icechunk
 import pytest
 import xarray as xr
 
-from flows.build import build_pyramid
-from flows.params import BuildParams
-from flows.retry import retry_here
 from tests.compare import assert_same_pyramid
 from tests.conftest import make_raster
 from topozarr_core import create_pyramid
+from topozarr_flows import BuildParams, build_pyramid
+from topozarr_flows.ops.retry import retry_here
 
 ROOT = Path(__file__).resolve().parents[1]
 # 400 x 400 x 4 time steps, levels=3, one chunk per shard, 600 kB tiles: 8 tiles of level 0 (one shard
-# and time step each), 4 of level 1, 2 of level 2 (each its own task run).
+# and time step each), 4 of level 1, 4 of level 2 (the flow's min_tiles: one time step each), each its
+# own task run.
 TILE_BYTES = 600_000
-STAGE_TILES = {0: 8, 1: 4, 2: 2}
+MIN_TILES = BuildParams.model_fields["min_tiles"].default
+STAGE_TILES = {0: 8, 1: 4, 2: 4}
 TILE_KEYS = [f"S{stage}-{i:05d}" for stage, n in STAGE_TILES.items() for i in range(n)]
 FAULT_RATE = 0.2
 #: With 3 task retries a tile fails the run only if 4 consecutive attempts fail (0.2**4 = 0.16 %
-#: per tile). Attempts are seeded (flows/faults.py), so the outcome of a seed is fixed: seed 9
-#: injects 6 failures over 14 tiles (some tiles fail twice) and no tile exhausts its retries, so
+#: per tile). Attempts are seeded (flows/topozarr_flows/runs/faults.py), so the outcome of a seed is fixed: seed 9
+#: injects 6 failures over 16 tiles (one tile fails twice) and no tile exhausts its retries, so
 #: the run completes. (Seed 17, for instance, would exhaust one tile's retries and fail the run.)
 FAULT_SEED = "9"
 TASK_ATTEMPTS = 4  # 1 + RETRYING["retries"]
@@ -71,7 +72,7 @@ def _attempts(fault_dir: Path) -> dict[str, int]:
 
 def predicted_attempts(seed: str, rate: float = FAULT_RATE) -> dict[str, int | None]:
     """Attempts each tile needs under ``rate=`` faults (None: all TASK_ATTEMPTS fail), computed
-    with the same seeded draw as flows/faults.py."""
+    with the same seeded draw as flows/topozarr_flows/runs/faults.py."""
     out: dict[str, int | None] = {}
     for key in TILE_KEYS:
         out[key] = next((a for a in range(1, TASK_ATTEMPTS + 1)
@@ -88,7 +89,8 @@ def _main_store(repo_path: str):
 def test_fault_seed_is_a_completing_one(source):
     """Documents the seed choice: it injects faults, and no tile exhausts its retries."""
     plan = create_pyramid(xr.open_dataset(source, engine="h5netcdf"), levels=3, x_dim="lon", y_dim="lat",
-                          crs="EPSG:4326", chunks_per_shard=1).tile_plan(max_tile_bytes=TILE_BYTES)
+                          crs="EPSG:4326", chunks_per_shard=1).tile_plan(max_tile_bytes=TILE_BYTES,
+                                                                                min_tiles=MIN_TILES)
     assert [t.key for t in plan.tiles] == TILE_KEYS
     predicted = predicted_attempts(FAULT_SEED)
     assert None not in predicted.values()
@@ -121,7 +123,7 @@ def test_20pct_transient_faults_complete_with_identical_output(prefect_harness, 
 
 
 def test_fault_hook_is_inactive_by_default(monkeypatch, tmp_path):
-    from flows import faults
+    from topozarr_flows.runs import faults
 
     monkeypatch.delenv("TOPOZARR_FAULTS", raising=False)
     monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "f"))
@@ -134,7 +136,7 @@ def test_fault_counters_are_per_flow_run(prefect_harness, monkeypatch, tmp_path)
     """Two runs sharing one TOPOZARR_FAULT_DIR: ``tile=K@1`` fails the first attempt of each run."""
     from prefect import flow
 
-    from flows import faults
+    from topozarr_flows.runs import faults
 
     monkeypatch.setenv("TOPOZARR_FAULTS", "tile=S0-00000@1")
     monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "f"))

@@ -9,13 +9,12 @@ import icechunk
 import pytest
 import xarray as xr
 
-from flows.build import build_pyramid
-from flows.job import load_job
-from flows.params import BuildParams
-from flows.retry import retry_here
 from tests.compare import assert_same_pyramid
 from tests.conftest import make_raster
 from topozarr_core import create_pyramid
+from topozarr_flows import BuildParams, build_pyramid
+from topozarr_flows.ops.retry import retry_here
+from topozarr_flows.runs.job import load_job
 
 
 @pytest.fixture
@@ -26,8 +25,9 @@ def source(tmp_path):
     return str(path)
 
 
-#: 4 tiles of level 0, 2 of level 1 (each reading level 0 under it), 1 of level 2 (see test_tiles)
-TILE_BYTES = 1_100_000
+#: 8 tiles of level 0 (a quarter of one time step each), 2 of level 1 (one time step each, reading the four
+#: level-0 tiles under it), 2 of level 2
+TILE_BYTES = 800_000
 
 
 def _params(src, target, **kw):
@@ -129,7 +129,7 @@ def test_retry_icechunk_main_untouched_until_publish(prefect_harness, source, tm
 
 
 def test_cli_retry_here_build_run(prefect_harness, source, tmp_path, monkeypatch, capsys):
-    from flows.cli import main
+    from topozarr_flows.ops.cli import main
 
     monkeypatch.setenv("TOPOZARR_FAULT_DIR", str(tmp_path / "faults"))
     monkeypatch.setenv("TOPOZARR_FAULTS", "tile=S0-00001@4")
@@ -151,8 +151,8 @@ def test_cli_retry_here_build_run(prefect_harness, source, tmp_path, monkeypatch
 
 def test_cli_retry_here_update_run(prefect_harness, tmp_path, monkeypatch, capsys):
     """An update run is retried with the update flow and its UpdateParams (BuildParams refuses append_dim)."""
-    from flows.cli import main
-    from flows.update import UpdateParams, update_pyramid
+    from topozarr_flows import UpdateParams, update_pyramid
+    from topozarr_flows.ops.cli import main
 
     ds = make_raster(ny=512, nx=512, nt=5, nan_fraction=0.05).drop_vars("spatial_ref")
     part, whole = str(tmp_path / "part.nc"), str(tmp_path / "whole.nc")
@@ -184,8 +184,8 @@ def test_retry_refusals(prefect_harness, tmp_path, capsys):
     from prefect import flow
     from prefect.states import Running
 
-    from flows.cli import main
-    from flows.retry import RetryRefused, mark_for_retry, retry_here
+    from topozarr_flows.ops.cli import main
+    from topozarr_flows.ops.retry import RetryRefused, mark_for_retry, retry_here
 
     @flow(name="not-a-pyramid-flow")
     def other():

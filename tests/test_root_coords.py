@@ -22,9 +22,9 @@ import zarr
 from tests.compare import assert_same_pyramid
 from tests.conftest import make_raster, validate_conventions
 from topozarr_core import UpdateRefused, create_pyramid, update_pyramid
-from topozarr_core.root_doc import OWNED_KEY, is_published
-from topozarr_core.target_contract import ForeignTarget
-from topozarr_core.validate import validate_pyramid
+from topozarr_core.publish.contract import ForeignTarget
+from topozarr_core.publish.root_doc import OWNED_KEY, is_published
+from topozarr_core.validate.pyramid import validate_pyramid
 
 KW = dict(x_dim="lon", y_dim="lat")
 
@@ -113,10 +113,10 @@ def test_rebuild_with_another_time_length_replaces_the_copy(tmp_path):
 def test_a_published_root_never_sits_over_a_stale_copy(tmp_path, monkeypatch):
     """Every root written while a rebuild, a mode="a" rewrite and an update run: each published one
     sits over a copy equal to level 0's, and each copy on disk is listed as ours by the root then."""
-    import topozarr_core.layout as layout
-    import topozarr_core.root_coords as root_coords
-    import topozarr_core.update as update
-    from topozarr_core.root_doc import owned_nodes, write_root
+    import topozarr_core.publish.root_coords as root_coords
+    import topozarr_core.publish.steps as layout
+    import topozarr_core.update.pyramid_update as update
+    from topozarr_core.publish.root_doc import owned_nodes, write_root
 
     path = tmp_path / "p.zarr"
     seen: list[str] = []
@@ -143,8 +143,8 @@ def test_a_published_root_never_sits_over_a_stale_copy(tmp_path, monkeypatch):
 
 
 def test_republishing_a_published_pyramid_unpublishes_it_before_fixing_its_copy(tmp_path, monkeypatch):
-    import topozarr_core.root_coords as root_coords
-    from topozarr_core.root_doc import write_root
+    import topozarr_core.publish.root_coords as root_coords
+    from topozarr_core.publish.root_doc import write_root
 
     ds = _raster(nt=4)
     path = tmp_path / "p.zarr"
@@ -195,9 +195,8 @@ def test_update_gives_an_older_pyramid_its_copy(tmp_path):
 
 
 def test_update_flow_refreshes_the_copy(prefect_harness, tmp_path):
-    from flows.build import build_pyramid
-    from flows.params import BuildParams
-    from flows.update import UpdateParams, update_pyramid as update_flow
+    from topozarr_flows import BuildParams, UpdateParams, build_pyramid
+    from topozarr_flows import update_pyramid as update_flow
 
     full = _raster(nt=7)
     paths = {}
@@ -245,9 +244,8 @@ def test_icechunk_rebuild_over_a_flat_pyramid_gets_the_copy(tmp_path):
 
 
 def test_icechunk_flows_carry_the_copy(prefect_harness, tmp_path):
-    from flows.build import build_pyramid
-    from flows.params import BuildParams
-    from flows.update import UpdateParams, update_pyramid as update_flow
+    from topozarr_flows import BuildParams, UpdateParams, build_pyramid
+    from topozarr_flows import update_pyramid as update_flow
 
     full = _raster(nt=5)
     paths = {}

@@ -24,7 +24,7 @@ from zarr.storage import LocalStore, MemoryStore, ObjectStore, StorePath
 
 from tests.conftest import make_raster
 from topozarr_core import create_pyramid
-from topozarr_core.io_select import (
+from topozarr_core.write.codec_pipeline import (
     RustPipelineError,
     attach_rust_pipeline,
     check_io,
@@ -291,7 +291,7 @@ def test_concurrent_python_and_rust_writes_do_not_cross(tmp_path, monkeypatch):
             try:
                 barrier.wait()
                 target(io)
-            except BaseException as e:  # pragma: no cover - surfaced below
+            except BaseException as e:  # noqa: BLE001 -- pragma: no cover - surfaced below
                 errors.append(e)
 
         threads = [threading.Thread(target=run, args=(io,)) for io in ios]

@@ -1,4 +1,4 @@
-"""Object-store writes ride out endpoint outages (topozarr_core/object_retry.py), and give up with one line.
+"""Object-store writes ride out endpoint outages (topozarr_core/store/retrying_store.py), and give up with one line.
 
 A small TCP proxy on 127.0.0.1 sits in front of the moto endpoint (AWS_ENDPOINT_URL points at it).
 It can be *cut*: existing connections are closed and new ones refused (``how="refuse"``: the
@@ -219,8 +219,8 @@ def _pyramid(ds):
 def test_retry_settings_defaults_env_and_options(s3_env, monkeypatch):
     from zarr.storage import ObjectStore as ZarrObjectStore
 
-    from topozarr_core.object_retry import RetrySettings
-    from topozarr_core.targets import object_store_from_url
+    from topozarr_core.store.retrying_store import RetrySettings
+    from topozarr_core.store.targets import object_store_from_url
 
     for name in ("TOPOZARR_S3_RETRY_TIMEOUT", "TOPOZARR_S3_MAX_RETRIES", "TOPOZARR_S3_MAX_BACKOFF"):
         monkeypatch.delenv(name, raising=False)
@@ -252,7 +252,7 @@ def test_retry_settings_defaults_env_and_options(s3_env, monkeypatch):
 def test_what_is_retried_and_how_it_reads():
     from obstore.exceptions import GenericError, PermissionDeniedError
 
-    from topozarr_core.object_retry import is_transient, outage_message
+    from topozarr_core.store.retrying_store import is_transient, outage_message
 
     def obstore_error(inner: str) -> GenericError:
         return GenericError(f"Generic S3 error: Error performing PUT http://{KEY_ID}:{SECRET}@127.0.0.1:9/b/p.zarr/k?a=1 "
@@ -292,8 +292,7 @@ def test_core_write_rides_out_outage(proxy, s3_env, s3_prefix, tmp_path):
 @pytest.mark.timeout(240)
 def test_flow_rides_out_outage(prefect_harness, proxy, s3_env, s3_prefix, tmp_path):
     """build_pyramid to an s3:// URL; new connections are reset for 32 s (what obstore alone does not retry)."""
-    from flows.build import build_pyramid
-    from flows.params import BuildParams
+    from topozarr_flows import BuildParams, build_pyramid
 
     src = tmp_path / "src.nc"
     _raster().drop_vars("spatial_ref").to_netcdf(src, engine="h5netcdf")
@@ -319,7 +318,7 @@ def test_flow_rides_out_outage(prefect_harness, proxy, s3_env, s3_prefix, tmp_pa
 @pytest.mark.parametrize("how,when,userinfo", [("refuse", "before the write", True),
                                                ("reset", "at the first chunk PUT", False)])
 def test_gives_up_with_one_line(proxy, s3_env, s3_prefix, monkeypatch, how, when, userinfo):
-    from topozarr_core.object_retry import ObjectStoreUnavailable
+    from topozarr_core.store.retrying_store import ObjectStoreUnavailable
 
     monkeypatch.setenv("TOPOZARR_S3_RETRY_TIMEOUT", "3")
     public = f"s3://{s3_env.bucket}/{s3_prefix}/p.zarr"
@@ -369,8 +368,8 @@ def test_an_operation_gives_up_within_its_bound(proxy, s3_env, s3_prefix, monkey
     (TOPOZARR_S3_MAX_BACKOFF, obstore's own retries sleep past the limit) or, when a request started just
     before the limit hangs, one request timeout. Attempts after the first end at the deadline: obstore's
     retries inside an attempt started just before it could otherwise run for a whole limit more."""
-    from topozarr_core.object_retry import ObjectStoreUnavailable, reset_outages
-    from topozarr_core.targets import object_store_from_url
+    from topozarr_core.store.retrying_store import ObjectStoreUnavailable, reset_outages
+    from topozarr_core.store.targets import object_store_from_url
 
     limit, backoff, request_timeout = 2, 1, 1
     monkeypatch.setenv("TOPOZARR_S3_RETRY_TIMEOUT", str(limit))
@@ -395,8 +394,8 @@ def test_once_an_operation_gave_up_the_others_on_that_endpoint_fail_at_once(prox
     the same endpoint, and new ones fail after one quick probe, until a request succeeds again."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from topozarr_core.object_retry import ObjectStoreUnavailable
-    from topozarr_core.targets import object_store_from_url
+    from topozarr_core.store.retrying_store import ObjectStoreUnavailable
+    from topozarr_core.store.targets import object_store_from_url
 
     monkeypatch.setenv("TOPOZARR_S3_RETRY_TIMEOUT", "3")
     url = f"s3://{s3_env.bucket}/{s3_prefix}/p.zarr"
@@ -430,8 +429,8 @@ def test_a_probe_without_answer_answers_for_a_second(proxy, s3_env, s3_prefix, m
     """After an operation gave up, a new one probes the endpoint once. When the endpoint hangs, a probe takes
     its whole timeout; for a second after one got no answer, new operations give up without a connection of
     their own (instead of one probe timeout per wave of batches). A refused probe is not reused."""
-    from topozarr_core.object_retry import PROBE_TIMEOUT, ObjectStoreUnavailable, reset_outages
-    from topozarr_core.targets import object_store_from_url
+    from topozarr_core.store.retrying_store import PROBE_TIMEOUT, ObjectStoreUnavailable, reset_outages
+    from topozarr_core.store.targets import object_store_from_url
 
     monkeypatch.setenv("TOPOZARR_S3_RETRY_TIMEOUT", "1")
     reset_outages()
@@ -464,9 +463,8 @@ def test_a_long_outage_fails_the_flow_run_in_bounded_time_and_retry_completes_it
     (the core already retried for the whole timeout), and the tiles after it fail at once. Measured before:
     initialise-target's 4 attempts took 4 x the timeout; each write task too, wave after wave. Once the
     endpoint is back, retrying the run completes it."""
-    from flows.build import build_pyramid
-    from flows.params import BuildParams
-    from flows.retry import retry_here
+    from topozarr_flows import BuildParams, build_pyramid
+    from topozarr_flows.ops.retry import retry_here
 
     limit = 6
     monkeypatch.setenv("TOPOZARR_S3_RETRY_TIMEOUT", str(limit))

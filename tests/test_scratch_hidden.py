@@ -18,7 +18,7 @@ import zarr
 
 from tests.conftest import coarsen_reference, make_raster
 from topozarr_core import create_pyramid
-from topozarr_core.paths import MISSING_GROUP, missing_path
+from topozarr_core.layout.paths import MISSING_GROUP, missing_path
 
 LEVELS = 4  # scratch counts are kept for levels 1 and 2
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.build import build_pyramid
 from tests.conftest import make_raster
 from tests.test_bad_inputs import MotoAuth
+from topozarr_flows import build_pyramid
 
 KEY_ID = "AKIATOPOZARRLEAKTEST"
 SECRET = "SUPERSECRET-xyz-topozarr-0123456789abcdef"
@@ -201,7 +201,7 @@ def test_credentials_never_leak(prefect_harness, secret_env, s3_prefix, tmp_path
 
 def test_error_summary_redacts_credentials(monkeypatch):
     """Defence in depth for messages built from backend errors (targets.error_summary)."""
-    from topozarr_core.targets import error_summary
+    from topozarr_core.store.errors import error_summary
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     err = RuntimeError(f"request failed: Credential={KEY_ID}/20250101/us-east-1/s3, secret {SECRET}\n\n"
@@ -239,7 +239,7 @@ def test_credentials_in_the_url_never_leak(prefect_harness, s3_env, s3_prefix, t
 def test_credentials_in_the_url_never_leak_from_updates(prefect_harness, s3_env, s3_prefix, tmp_path, monkeypatch,
                                                         caplog):
     """The update flow too: its plan log line, tile logs and table artifact name the target redacted."""
-    from flows.update import UpdateParams, update_pyramid
+    from topozarr_flows import UpdateParams, update_pyramid
 
     caplog.set_level(logging.INFO)
     whole = make_raster(ny=128, nx=128, nt=4, crs=None)

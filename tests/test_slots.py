@@ -1,6 +1,6 @@
 """A tile's slot of the write limit, on Prefect's public concurrency API: held by its task run (the
 server names it), given back when the tile ends, refused when the limit is missing, and given back by
-task run at once after its process was SIGKILLed (flows.recovery)."""
+task run at once after its process was SIGKILLed (topozarr_flows.prefect_api.recovery)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 from prefect import flow, task
 from prefect.runtime import task_run
 
-from flows.recovery import recover
-from flows.slots import LimitMissing, hold_slot, holders, holders_line
+from topozarr_flows.prefect_api.recovery import recover
+from topozarr_flows.prefect_api.slots import LimitMissing, hold_slot, holders, holders_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ HOLDER = textwrap.dedent("""
     from pathlib import Path
     from prefect import flow, task
     from prefect.runtime import flow_run, task_run
-    from flows.slots import hold_slot
+    from topozarr_flows.prefect_api.slots import hold_slot
 
     @task(name="doomed-tile")
     def doomed(limit):

@@ -16,14 +16,13 @@ import pytest
 import xarray as xr
 import zarr
 
-from flows.build import build_pyramid
-from flows.params import BuildParams
 from tests.compare import assert_same_pyramid
 from tests.conftest import make_raster
 from tests.test_bad_inputs import assert_clear, tree_state
 from topozarr_core import create_pyramid
-from topozarr_core.lease import LEASE_KEY, TargetBusy, acquire, holder
-from topozarr_core.target_contract import ForeignTarget, UnsafeTarget
+from topozarr_core.publish.contract import ForeignTarget, UnsafeTarget
+from topozarr_core.store.lease import LEASE_KEY, TargetBusy, acquire, holder
+from topozarr_flows import BuildParams, build_pyramid
 
 KW = dict(levels=2, x_dim="lon", y_dim="lat")
 
@@ -111,14 +110,14 @@ def test_foreign_zarr_is_refused(ds, tmp_path, kind):
             match = "Zarr group that is not a topozarr-flows pyramid"
     before = tree_state(target)
     for mode in ("w", "a"):
-        refuse(lambda: create_pyramid(ds, **KW).write(target, mode=mode), (ForeignTarget, FileExistsError), match)
+        refuse(lambda: create_pyramid(ds, **KW).write(target, mode=mode), (ForeignTarget, FileExistsError), match)  # noqa: B023
         assert tree_state(target) == before
 
 
 def test_a_pyramid_written_by_the_dask_path_is_ours(ds, tmp_path):
     """``as_datatree().to_zarr`` writes the ownership marker: a rebuild replaces it, an update extends it."""
     from topozarr_core import update_pyramid
-    from topozarr_core.root_doc import OPTIONS_KEY
+    from topozarr_core.publish.root_doc import OPTIONS_KEY
 
     grown = make_raster(ny=64, nx=64, nt=3)
     target = tmp_path / "dask.zarr"
@@ -151,7 +150,7 @@ def test_a_group_with_attributes_or_members_is_still_foreign(ds, tmp_path):
     zarr.open_group(str(member), mode="w", zarr_format=3).create_group("child")
     for target in (titled, member):
         before = tree_state(target)
-        refuse(lambda: create_pyramid(ds, **KW).write(target), ForeignTarget, "Zarr group that is not")
+        refuse(lambda: create_pyramid(ds, **KW).write(target), ForeignTarget, "Zarr group that is not")  # noqa: B023
         assert tree_state(target) == before
 
 
@@ -297,7 +296,7 @@ def test_flow_refuses_the_source_as_target(prefect_harness, zarr_source):
 
 
 def test_cli_overwrite_foreign_flag(prefect_harness, ds, tmp_path, capsys):
-    from flows.cli import main
+    from topozarr_flows.ops.cli import main
 
     src = tmp_path / "src.nc"
     ds.drop_vars("spatial_ref").to_netcdf(src, engine="h5netcdf")
@@ -379,7 +378,7 @@ def test_a_dead_writers_reused_pid_does_not_keep_the_target_busy(ds, pyramid_dir
 
     import psutil
 
-    from topozarr_core.lease import stale_reason
+    from topozarr_core.store.lease import stale_reason
 
     store = zarr.storage.LocalStore(str(pyramid_dir))
     lease = acquire(store, owner="a-live-run")

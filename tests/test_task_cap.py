@@ -6,8 +6,8 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from flows.job import load_job
-from flows.params import BuildParams
+from topozarr_flows import BuildParams
+from topozarr_flows.runs.job import load_job
 
 
 def _huge_source(path) -> str:

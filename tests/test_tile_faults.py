@@ -10,11 +10,10 @@ import threading
 import pytest
 import xarray as xr
 
-from flows.build import build_pyramid
-from flows.params import BuildParams
 from tests.compare import assert_same_pyramid
 from tests.conftest import make_raster
 from topozarr_core import create_pyramid
+from topozarr_flows import BuildParams, build_pyramid
 
 
 @pytest.fixture
@@ -80,7 +79,7 @@ def test_a_wait_for_a_slot_is_bounded_and_names_the_holders(prefect_harness, sou
     from prefect import flow, task
     from prefect.runtime import task_run
 
-    from flows.slots import hold_slot
+    from topozarr_flows.prefect_api.slots import hold_slot
 
     prefect_harness.ensure_concurrency_limit("one-slot", 1)
     holding, release = threading.Event(), threading.Event()

@@ -1,4 +1,4 @@
-"""The tile plan (topozarr_core.tiles): every shard is written by exactly one tile, any tiling gives the
+"""The tile plan (topozarr_core.plan.tiles): every shard is written by exactly one tile, any tiling gives the
 same pyramid, the source is read once, the target is read back only where a later stage starts, and
 planning a 100 TB source costs tiles, not regions."""
 
@@ -14,7 +14,7 @@ from zarr.storage import LocalStore
 from tests.compare import assert_same_pyramid
 from tests.conftest import coarsen_reference, make_raster
 from topozarr_core import create_pyramid
-from topozarr_core.paths import MISSING_GROUP
+from topozarr_core.layout.paths import MISSING_GROUP
 from topozarr_core.testing import CountingStore, stored_bytes
 
 KW = dict(x_dim="lon", y_dim="lat")

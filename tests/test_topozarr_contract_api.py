@@ -20,9 +20,15 @@ import zarr
 
 from tests.conftest import coarsen_reference, make_raster, validate_conventions
 from tests.test_bad_inputs import tree_state
-from topozarr_core import CoarseningMethod, ZarrLayerVarConfig, create_pyramid, recommend_encoding, validate_pyramid
-from topozarr_core.kernels import METHODS
-from topozarr_core.planning import auto_levels
+from topozarr_core import (
+    CoarseningMethod,
+    ZarrLayerVarConfig,
+    create_pyramid,
+    recommend_encoding,
+    validate_pyramid,
+)
+from topozarr_core.kernels.reduce import METHODS
+from topozarr_core.spec.pyramid_spec import auto_levels
 
 XY = dict(x_dim="lon", y_dim="lat")
 
@@ -39,7 +45,7 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 
 # -- pyramid.encoding / pyramid.attrs: real, editable plans -----------------------------------------
 
-def edited(ds: xr.Dataset) -> "object":
+def edited(ds: xr.Dataset) -> object:
     """A 3-level pyramid of a 300x420 float32 raster with levels 0 and 1 re-chunked by hand."""
     pyramid = create_pyramid(ds, levels=3, **XY)
     pyramid.encoding["/0"]["air"] = {"chunks": (64, 64), "shards": (128, 192)}

@@ -21,9 +21,9 @@ import zarr
 from tests.compare import assert_same_pyramid
 from tests.conftest import make_raster, validate_conventions
 from topozarr_core import create_pyramid, recommend_encoding, update_pyramid
-from topozarr_core.kernels import METHODS, block_reduce
-from topozarr_core.paths import MISSING_GROUP
-from topozarr_core.validate import validate_pyramid
+from topozarr_core.kernels.reduce import METHODS, block_reduce
+from topozarr_core.layout.paths import MISSING_GROUP
+from topozarr_core.validate.pyramid import validate_pyramid
 
 KW = dict(x_dim="lon", y_dim="lat")
 
@@ -437,7 +437,7 @@ def _assert_exact_means(path, ds, factors):
 
 def _spy_recomputed_counts(monkeypatch) -> list[int]:
     """Record the levels whose counts are recomputed from level 0 (not read from scratch)."""
-    from topozarr_core import missing_counts
+    from topozarr_core.write import missing_counts
 
     calls: list[int] = []
     real = missing_counts.counts_from_level0
@@ -502,8 +502,7 @@ def test_icechunk_snapshot_holds_no_scratch(tmp_path):
 
 
 def test_flow_build_holds_no_scratch(prefect_harness, tmp_path):
-    from flows.build import build_pyramid
-    from flows.params import BuildParams
+    from topozarr_flows import BuildParams, build_pyramid
 
     ds = make_raster(ny=300, nx=360, nan_fraction=0.05)
     src = tmp_path / "src.nc"
@@ -517,9 +516,9 @@ def test_flow_build_holds_no_scratch(prefect_harness, tmp_path):
 
 def test_kernel_counts_from_level0_equal_chained_counts():
     """The recomputed counts (missing level-0 pixels per window) are what the level chain carries."""
-    from topozarr_core.missing_counts import counts_from_level0
-    from topozarr_core.planning import build_spec
-    from topozarr_core.plan import build_region_plan
+    from topozarr_core.plan.regions import build_region_plan
+    from topozarr_core.spec.pyramid_spec import build_spec
+    from topozarr_core.write.missing_counts import counts_from_level0
 
     ds = make_raster(ny=64, nx=64, nan_fraction=0.2)
     spec = build_spec(ds, levels=4, factors=None, x_dim="lon", y_dim="lat", method="mean", crs=None,

@@ -11,8 +11,8 @@ for long 1-D coordinates. The written arrays then use them, on both write paths.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import dask.array as dsa
 import numpy as np
@@ -21,7 +21,7 @@ import xarray as xr
 import zarr
 
 from topozarr_core import create_pyramid, recommend_encoding
-from topozarr_core.levels import NO_NODATA_FILL
+from topozarr_core.layout.level_dataset import NO_NODATA_FILL
 
 MEASURED = json.loads((Path(__file__).parent / "topozarr_0_2_1_layouts.json").read_text())
 XY = dict(x_dim="lon", y_dim="lat")

@@ -16,9 +16,9 @@ import zarr
 from tests.compare import assert_same_pyramid, snapshot
 from tests.conftest import make_raster, validate_conventions
 from topozarr_core import UpdateRefused, create_pyramid, plan_update, update_pyramid
-from topozarr_core.root_doc import OPTIONS_KEY, STATUS_KEY
-from topozarr_core.plan import restrict_plan
-from topozarr_core.validate import validate_pyramid
+from topozarr_core.plan.regions import restrict_plan
+from topozarr_core.publish.root_doc import OPTIONS_KEY, STATUS_KEY
+from topozarr_core.validate.pyramid import validate_pyramid
 
 KW = dict(x_dim="lon", y_dim="lat")
 
@@ -332,8 +332,8 @@ def test_refuses_pyramid_without_the_dim(tmp_path):
 
 @pytest.mark.parametrize("k,fail_level", [(3, 1), (10, 2), (10, None)])
 def test_crashed_update_is_resumed(tmp_path, monkeypatch, k, fail_level):
-    import topozarr_core.executor as executor
-    import topozarr_core.update as upd
+    import topozarr_core.update.pyramid_update as upd
+    import topozarr_core.write.executor as executor
 
     ds = _raster()
     path = tmp_path / "u.zarr"
@@ -366,7 +366,7 @@ def test_crashed_update_is_resumed(tmp_path, monkeypatch, k, fail_level):
 
 
 def test_interrupted_update_then_longer_source(tmp_path, monkeypatch):
-    import topozarr_core.executor as executor
+    import topozarr_core.write.executor as executor
 
     ds = _raster(nt=16)
     path = tmp_path / "u.zarr"
@@ -423,14 +423,14 @@ def nc_sources(tmp_path):
 
 
 def _build_params(src, target, **kw):
-    from flows.params import BuildParams
+    from topozarr_flows import BuildParams
 
     return BuildParams(source=src, target=target, levels=3, x_dim="lon", y_dim="lat", crs="EPSG:4326",
                        max_tile_bytes=1_000_000, **kw)
 
 
 def _update_params(src, target, **kw):
-    from flows.update import UpdateParams
+    from topozarr_flows import UpdateParams
 
     # 800 kB a time step: one tile per new step (every level of it)
     return UpdateParams(source=src, target=target, max_tile_bytes=1_000_000, **kw)
@@ -442,8 +442,8 @@ def _direct_build(src, path):
 
 
 def test_update_flow_zarr(prefect_harness, nc_sources, tmp_path):
-    from flows.build import build_pyramid
-    from flows.update import update_pyramid as update_flow
+    from topozarr_flows import build_pyramid
+    from topozarr_flows import update_pyramid as update_flow
 
     _, src = nc_sources
     target = str(tmp_path / "p.zarr")
@@ -460,8 +460,8 @@ def test_update_flow_zarr(prefect_harness, nc_sources, tmp_path):
 
 
 def test_update_flow_icechunk_one_snapshot(prefect_harness, nc_sources, tmp_path):
-    from flows.build import build_pyramid
-    from flows.update import update_pyramid as update_flow
+    from topozarr_flows import build_pyramid
+    from topozarr_flows import update_pyramid as update_flow
 
     _, src = nc_sources
     repo_path = tmp_path / "repo"
@@ -486,8 +486,8 @@ def test_update_flow_icechunk_one_snapshot(prefect_harness, nc_sources, tmp_path
 
 
 def test_update_flow_refusal_fails_before_writing(prefect_harness, nc_sources, tmp_path):
-    from flows.build import build_pyramid
-    from flows.update import update_pyramid as update_flow
+    from topozarr_flows import build_pyramid
+    from topozarr_flows import update_pyramid as update_flow
 
     ds, src = nc_sources
     target = str(tmp_path / "p.zarr")
@@ -504,9 +504,9 @@ def test_update_flow_refusal_fails_before_writing(prefect_harness, nc_sources, t
 def test_update_flow_retry_redoes_only_the_failed_tile(prefect_harness, nc_sources, tmp_path, monkeypatch):
     from prefect.flow_engine import run_flow
 
-    from flows.build import build_pyramid
-    from flows.retry import mark_for_retry
-    from flows.update import update_pyramid as update_flow
+    from topozarr_flows import build_pyramid
+    from topozarr_flows import update_pyramid as update_flow
+    from topozarr_flows.ops.retry import mark_for_retry
 
     _, src = nc_sources
     target = str(tmp_path / "p.zarr")

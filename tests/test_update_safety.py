@@ -32,10 +32,10 @@ from tests.compare import assert_same_pyramid
 from tests.conftest import make_raster
 from tests.test_bad_inputs import tree_state
 from topozarr_core import UpdateRefused, create_pyramid, plan_update, update_pyramid
-from topozarr_core.lease import TargetBusy, lease_for
-from topozarr_core.root_doc import STASH_KEY, STATUS_KEY
-from topozarr_core.update import UPDATE_KEY
-from topozarr_core.update_checks import history_windows
+from topozarr_core.publish.root_doc import STASH_KEY, STATUS_KEY
+from topozarr_core.store.lease import TargetBusy, lease_for
+from topozarr_core.update.checks import history_windows
+from topozarr_core.update.pyramid_update import UPDATE_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 KW = dict(x_dim="lon", y_dim="lat", levels=3)
@@ -96,8 +96,8 @@ def test_a_reader_never_sees_a_published_root_over_mixed_lengths(tmp_path, monke
     """Every step of an update -- the documents of prepare, each region, each array of finish,
     the root publish -- is observed: the root is unpublished from the first array change to the
     publish, and published (consistent) before and after."""
-    import topozarr_core.executor as executor
-    import topozarr_core.update as upd
+    import topozarr_core.update.pyramid_update as upd
+    import topozarr_core.write.executor as executor
 
     ds = _raster(nt)
     path = tmp_path / "u.zarr"
@@ -139,7 +139,7 @@ _KILLED_UPDATE = """
 import sys, time, pathlib
 sys.path.insert(0, sys.argv[1])
 import xarray as xr
-import topozarr_core.executor as executor
+import topozarr_core.write.executor as executor
 from topozarr_core import update_pyramid
 
 real = executor.write_region
@@ -188,7 +188,7 @@ def test_sigkilled_update_leaves_an_unpublished_root_and_is_resumed(tmp_path):
 
 
 def test_interrupted_update_on_s3_is_resumed(tmp_path, s3_env, s3_prefix):
-    import topozarr_core.executor as executor
+    import topozarr_core.write.executor as executor
 
     ds = _raster(8)
     url = f"s3://{s3_env.bucket}/{s3_prefix}/p.zarr"
@@ -296,14 +296,14 @@ def test_history_samples_are_deterministic_and_cover_the_first_and_last_entries(
 
 
 def _update_params(src, target, **kw):
-    from flows.update import UpdateParams
+    from topozarr_flows import UpdateParams
 
     return UpdateParams(source=str(src), target=str(target), concurrency_limit="update-safety-writes",
                         default_concurrency=8, **kw)
 
 
 def test_flow_refuses_changed_history(prefect_harness, tmp_path):
-    from flows.update import update_pyramid as update_flow
+    from topozarr_flows import update_pyramid as update_flow
 
     ds, changed = _changed_history()
     path, src = tmp_path / "p.zarr", tmp_path / "changed.zarr"
@@ -317,7 +317,7 @@ def test_flow_refuses_changed_history(prefect_harness, tmp_path):
 
 
 def test_flow_validation_failure_leaves_the_root_unpublished(prefect_harness, tmp_path, monkeypatch):
-    import flows.update as flow_mod
+    import topozarr_flows.update.flow as flow_mod
 
     ds = _raster(7)
     path, src = tmp_path / "p.zarr", tmp_path / "src.zarr"
@@ -364,7 +364,7 @@ def test_update_is_refused_while_another_writer_holds_the_lease(tmp_path):
 
 
 def test_two_updates_at_once_the_second_is_refused(tmp_path, monkeypatch):
-    import topozarr_core.executor as executor
+    import topozarr_core.write.executor as executor
 
     ds = _raster(9)
     path = tmp_path / "p.zarr"
@@ -426,7 +426,7 @@ def test_update_on_s3_is_refused_while_another_writer_holds_the_lease(s3_env, s3
 
 
 def test_flow_update_is_refused_while_another_writer_holds_the_lease(prefect_harness, tmp_path):
-    from flows.update import update_pyramid as update_flow
+    from topozarr_flows import update_pyramid as update_flow
 
     ds = _raster(6)
     path, src = tmp_path / "p.zarr", tmp_path / "src.zarr"

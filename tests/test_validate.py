@@ -11,7 +11,12 @@ import zarr
 
 from tests.conftest import make_raster
 from topozarr_core import create_pyramid
-from topozarr_core.validate import ValidationReport, check_level, validate_pyramid, validate_root_document
+from topozarr_core.validate.pyramid import (
+    ValidationReport,
+    check_level,
+    validate_pyramid,
+    validate_root_document,
+)
 
 
 def float3d():
@@ -328,3 +333,17 @@ def test_icechunk_session_before_commit(tmp_path):
     # a readonly session of main sees no pyramid yet
     ro = repo.readonly_session("main")
     assert not validate_pyramid(p, ro.store).ok
+
+
+def test_packaged_schemas_are_the_convention_specs():
+    """The schemas validate_pyramid ships are a verbatim copy of the convention specs (when those are here)."""
+    from tests.conftest import PACKAGED_SPECS, SHARED_SPECS
+
+    if not SHARED_SPECS.exists():
+        pytest.skip("../shared/specs is not beside this checkout")
+    packaged = sorted(p.relative_to(PACKAGED_SPECS) for p in PACKAGED_SPECS.rglob("*") if p.is_file())
+    assert packaged, "no packaged schemas"
+    for rel in packaged:
+        assert (PACKAGED_SPECS / rel).read_bytes() == (SHARED_SPECS / rel).read_bytes(), rel
+    shared = {p.relative_to(SHARED_SPECS) for p in SHARED_SPECS.rglob("schema.json")}
+    assert shared <= set(packaged)

@@ -3,33 +3,38 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import psutil
 import xarray as xr
 
-from .chunking import DEFAULT_TARGET_CHUNK_BYTES
-from .edits import apply_encoding, encoding_key, planned_encoding, replan_fixed_keys
-from .executor import auto_workers, write_tiles
-from .init_ahead import LevelInitialiser
-from .layout import initialise_target, prepare_target, publish_root
-from .lease import lease_for
-from .level_cache import LevelCache
-from .level_docs import LevelDocuments
-from .levels import gridded_encoding, level_dataset, template_data
-from .metadata import (ZarrLayerVarConfig, dataset_attributes, multiscale_attributes, rename_resampling,
-                       stored_attributes)
-from .partial import check_kept_levels, finish_partial
-from .paths import MISSING_GROUP
-from .plan import RegionPlan, build_region_plan, write_unit
-from .planning import DEFAULT_MIN_DIM, CoarseningMethod, PyramidSpec, build_spec
-from .report import WriteReport
-from .root_doc import OPTIONS_KEY, creation_options
-from .stats import RegionTimer
-from .storable import short
-from .target_contract import check_target
-from .targets import resolve_store
-from .tiles import DEFAULT_TILE_BYTES, TilePlan, build_tile_plan
+from topozarr_core.layout.conventions import (
+    ZarrLayerVarConfig,
+    dataset_attributes,
+    multiscale_attributes,
+    rename_resampling,
+    stored_attributes,
+)
+from topozarr_core.layout.level_dataset import gridded_encoding, level_dataset, template_data
+from topozarr_core.plan.regions import RegionPlan, build_region_plan, write_unit
+from topozarr_core.plan.tiles import DEFAULT_TILE_BYTES, TilePlan, build_tile_plan
+from topozarr_core.publish.root_doc import OPTIONS_KEY, creation_options
+from topozarr_core.publish.steps import publish_root
+from topozarr_core.spec.chunking import DEFAULT_TARGET_CHUNK_BYTES
+from topozarr_core.spec.encoding_edits import (
+    apply_encoding,
+    encoding_key,
+    planned_encoding,
+    replan_fixed_keys,
+)
+from topozarr_core.spec.pyramid_spec import DEFAULT_MIN_DIM, CoarseningMethod, PyramidSpec, build_spec
+from topozarr_core.store.targets import resolve_store
+from topozarr_core.text import short
+from topozarr_core.write.executor import auto_workers
+from topozarr_core.write.level_cache import LevelCache
+from topozarr_core.write.report import WriteReport
+from topozarr_core.write.stats import RegionTimer
 
 #: topozarr's default: 256 MiB of level-0 input per region
 DEFAULT_MAX_REGION_BYTES = 256 * 1024 * 1024
@@ -166,7 +171,7 @@ class Pyramid:
     def tile_plan(self, levels: list[int] | None = None, max_region_bytes: int = DEFAULT_MAX_REGION_BYTES,
                   max_tile_bytes: int | None = DEFAULT_TILE_BYTES, max_tiles: int | None = None,
                   min_tiles: int = 1) -> TilePlan:
-        """The units of work of a write, as plain data every executor runs (:mod:`.tiles`).
+        """The units of work of a write, as plain data every executor runs (:mod:`topozarr_core.plan.tiles`).
 
         :param levels: the levels to write (default all; contiguous).
         :param max_region_bytes: largest level-0 region (what one thread reads and writes at once).
@@ -207,11 +212,11 @@ class Pyramid:
     def initialise(self, store: Any, mode: str = "w", levels: list[int] | None = None,
                    overwrite_foreign: bool = False, sources: tuple[str, ...] = ()) -> Any:
         """Check the target, unpublish it and create groups/arrays/coordinates (step 1 of a write).
-        Returns the store. The caller holds the target's lease (:mod:`.lease`) where it needs one."""
-        self.root_attributes()  # the edited attrs are checked now, not at publish time
+        Returns the store. The caller holds the target's lease (:mod:`topozarr_core.store.lease`) where it needs one."""
+        from topozarr_core.write.protocol import BuildWrite
+
         zstore = resolve_store(store)
-        initialise_target(zstore, self.ds, self.spec, mode, self._check_levels(levels),
-                          overwrite_foreign=overwrite_foreign, sources=sources)
+        BuildWrite.check(self, zstore, mode, levels, overwrite_foreign=overwrite_foreign, sources=sources).prepare(zstore)
         return zstore
 
     def publish(self, store: Any) -> dict:
@@ -235,68 +240,32 @@ class Pyramid:
         """Compute and write the levels through a local thread pool.
 
         Every check runs before the target changes: the edited ``encoding`` and ``attrs``, the target
-        contract (:mod:`.target_contract`; ``overwrite_foreign=True`` lets ``mode="w"`` replace data
+        contract (:mod:`topozarr_core.publish.contract`; ``overwrite_foreign=True`` lets ``mode="w"`` replace data
         this project did not write), the first level staged in memory, the lease of plain Zarr
-        targets (:mod:`.lease`). Then the root is unpublished, replaced nodes are deleted, levels
+        targets (:mod:`topozarr_core.store.lease`). Then the root is unpublished, replaced nodes are deleted, levels
         written, and the root published last.
 
         ``levels=[0, ...]`` with ``mode="w"`` into a missing or empty target creates the whole layout,
-        writes those levels and leaves the root unpublished (:mod:`.partial`); ``mode="a"`` writes the
+        writes those levels and leaves the root unpublished (:mod:`topozarr_core.publish.partial`); ``mode="a"`` writes the
         rest and publishes once every level holds data. As in topozarr, nothing is returned unless
-        ``stats=True``: then a :class:`~.report.WriteReport`, topozarr's per-level stats dict
-        (:mod:`.stats`) that also carries the write's summary (levels, regions, bytes, workers, published).
+        ``stats=True``: then a :class:`~topozarr_core.write.report.WriteReport`, topozarr's per-level stats dict
+        (:mod:`topozarr_core.write.stats`) that also carries the write's summary (levels, regions, bytes, workers, published).
         ``max_tile_bytes`` runs the tiles of :meth:`tile_plan` with that size here, stage by stage
         (default: one tile, the whole pyramid, which reads nothing back from the target)."""
-        from .io_select import open_array_for, check_io
+        from topozarr_core.write.codec_pipeline import check_io, open_array_for
+        from topozarr_core.write.protocol import BuildWrite, write_locally
 
-        spec = self.spec  # applies (and checks) the edited encoding first
-        root = self.root_attributes()
         plan = self.tile_plan(levels=levels, max_region_bytes=max_region_bytes, max_tile_bytes=max_tile_bytes)
-        stages = [(stage, [t for t in plan.tiles if t.stage == stage]) for stage in plan.stages]
-        regions = {stage: plan.region_plan(tiles) for stage, tiles in stages}
+        regions = {stage: plan.region_plan([t for t in plan.tiles if t.stage == stage]) for stage in plan.stages}
         zstore = resolve_store(store)
         check_io(io, zstore)
         workers = max(auto_workers(r, max_workers) for r in regions.values())
         keep = all(self._keep_in_memory(r, keep_levels_in_memory) for r in regions.values())
-        planned = plan.levels
-        every = list(range(self.levels))
-        new_partial = mode in ("w", "w-") and planned != every
-        state = check_target(zstore, spec, mode, every if new_partial else planned, ds=self.ds,
-                             overwrite_foreign=overwrite_foreign)
-        if new_partial and state.kind != "empty":
-            raise ValueError(f"levels={planned} with mode='w' would replace what the target holds ({state.what}) "
-                             "and leave the other levels missing; pass mode='a' to rewrite some levels of a "
-                             "pyramid of ours, or write every level")
-        before = check_kept_levels(state.attrs, planned, self.levels) if mode == "a" else None
-        docs = LevelDocuments(self.ds, spec)
-        docs.staged(planned[0])
+        steps = BuildWrite.check(self, zstore, mode, plan=plan, overwrite_foreign=overwrite_foreign)
         timer = RegionTimer() if stats else None
-        written = 0
-        with lease_for(zstore) as lease:
-            prepare_target(zstore, spec, mode, planned, state)
-            init = LevelInitialiser(zstore, self.ds, spec, every if new_partial else planned, docs)
-            init.ready(planned[0])
-            for stage, tiles in stages:
-                written += write_tiles(plan, tiles, source=self.ds, store=zstore, workers=workers,
-                                       open_array=open_array_for(io, zstore), keep_in_memory=keep,
-                                       progress=progress, timer=timer, level_ready=init.ready, idle_step=init.step,
-                                       regions=regions[stage]).bytes_written
-            for lvl in every if new_partial else ():
-                init.ready(lvl)  # the whole layout exists, the levels not written stay empty
-            if lease is not None:
-                lease.check()  # never publish over a writer that took a lease we failed to renew
-            if new_partial:
-                has_data = set(planned)
-            elif before is not None:  # mode="a" onto a partial write
-                has_data = set(planned) | before
-            else:
-                has_data = set(every)
-            complete = has_data >= set(every)
-            if complete:
-                publish_root(zstore, root)  # the scratch missing counts go first
-            else:
-                owned = {str(lvl) for lvl in every} | {MISSING_GROUP}
-                finish_partial(zstore, root, has_data, owned)
+        written = write_locally(steps, plan, zstore, workers=workers, open_array=open_array_for(io, zstore),
+                                keep_in_memory=keep, progress=progress, timer=timer, regions=regions)
+        planned, complete = plan.levels, steps.complete
         if timer is None:
             return None  # as topozarr: a report only when asked for
         return WriteReport(
@@ -321,14 +290,14 @@ class Pyramid:
         """A lazy DataTree of every level, for Dask-distributed writes: write it with
         ``dt.to_zarr(store, zarr_format=3, consolidated=False, encoding=pyramid.encoding)``.
 
-        Each level is built from the level before (:mod:`.lazy`), with the kernels of :meth:`write`, so
+        Each level is built from the level before (:mod:`topozarr_core.write.dask_levels`), with the kernels of :meth:`write`, so
         the values are :meth:`write`'s, bit for bit, and ``DataTree.to_zarr`` (one dask computation for
         every level) reads the source once. Each level's dask chunks are its shards (the unit
         ``encoding`` writes), so no two dask tasks write into one shard, whatever the source's own
         chunks. A lazily opened (not dask) source is chunked by level-0 shards: each task reads one
         shard's window.
         """
-        from .lazy import level_arrays
+        from topozarr_core.write.dask_levels import level_arrays
 
         src = self.ds.copy()
         for v in self.spec.variables:
@@ -339,7 +308,7 @@ class Pyramid:
         # ``mode="w"`` rebuild or ``update_pyramid`` knows the tree as a pyramid of ours
         tree: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=self.root_attributes())}
         for lvl in range(self.levels):
-            level_ds, encoding = level_dataset(self.ds, self.spec, lvl, lambda v, L: arrays[v.name][L])
+            level_ds, encoding = level_dataset(self.ds, self.spec, lvl, lambda v, lvl: arrays[v.name][lvl])
             for v in self.spec.variables:  # the encoding passed to to_zarr replaces the variable's: the
                 fill = encoding[v.name]["_FillValue"]  # nodata marker travels in the attributes
                 if fill is not None:
@@ -390,7 +359,7 @@ def create_pyramid(
     ``levels="auto"`` adds levels while the smaller spatial side stays at least ``min_dim`` pixels
     (``min(nx, ny) // 2**levels >= min_dim``). ``pack=False`` stores CF-packed integer variables
     (``scale_factor``/``add_offset`` in their encoding) as the decoded floats instead of packed
-    (see :mod:`.packing`)."""
+    (see :mod:`topozarr_core.spec.packing`)."""
     spec = build_spec(
         ds,
         levels=levels,

@@ -21,11 +21,11 @@ class CountingStore(WrapperStore):
     """A store that counts the bytes (and requests) of every ``get``, per first path component (``"0"``,
     ``"1"``, ..., ``"_topozarr_missing"``, or the variable name for a flat source) and in total."""
 
-    def __init__(self, store: Any, counts: "ReadCounts | None" = None) -> None:
+    def __init__(self, store: Any, counts: ReadCounts | None = None) -> None:
         super().__init__(store)
         self.counts = counts if counts is not None else ReadCounts()
 
-    def with_read_only(self, read_only: bool = False) -> "CountingStore":
+    def with_read_only(self, read_only: bool = False) -> CountingStore:
         return CountingStore(self._store.with_read_only(read_only), self.counts)
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:

@@ -1,1 +1,0 @@
-"""Prefect flows over topozarr_core: build and update pyramids as retryable tile tasks."""

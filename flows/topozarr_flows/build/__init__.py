@@ -1,0 +1,1 @@
+"""The build-pyramid flow and its tasks."""

@@ -1,0 +1,1 @@
+"""Operator commands: the CLI, retries from the command line, the demo, fault injection for drills."""

@@ -1,0 +1,112 @@
+"""The parameter models of the build and update flows: validated before any task runs (also for deployments)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+from topozarr_core.kernels.reduce import METHODS
+from topozarr_core.plan.tiles import DEFAULT_TILE_BYTES
+from topozarr_core.spec.chunking import VALID_CHUNKS_PER_SHARD
+from topozarr_core.store import icechunk_txn
+from topozarr_core.update.pyramid_update import DEFAULT_VERIFY_SAMPLES
+
+WRITE_LIMIT = "topozarr-writes"
+
+
+class RunParams(BaseModel):
+    """Where from, where to, and how hard to push: what builds and updates share."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(description="Path or URL of a NetCDF/Zarr dataset, or icechunk://<repo>?branch=<b>")
+    target: str = Field(description="Local path or s3:// URL of the pyramid (Zarr) or of the Icechunk repository")
+    target_format: Literal["zarr", "icechunk"] = "zarr"
+    branch: str = Field("main", description="Icechunk branch published at the end")
+    variables: list[str] | None = None
+    crs: str | None = None
+    io: Literal["python", "rust"] = "python"
+    max_tile_bytes: int = Field(DEFAULT_TILE_BYTES, ge=100_000, description="Input bytes per tile (one write "
+                                "task) while a stage of tiles takes in one more level: larger tiles cover more "
+                                "levels and make fewer tasks, smaller ones spread over more workers")
+    min_tiles: int = Field(4, ge=1, description="A stage of tiles takes in one more level only while it keeps "
+                           "at least this many tiles: the workers stay busy to the end of a run (about the slots "
+                           "of the limit, or the workers of a cluster)")
+    max_task_runs: int = Field(2000, ge=1, description="At most this many tile tasks per run: tiles are made "
+                               "larger when the plan would have more")
+    max_region_bytes: int = Field(256_000_000, ge=1_000_000, description="Largest level-0 region one thread of a "
+                                  "tile reads and writes at once (the memory of a task is a few of them per thread)")
+    concurrency_limit: str = Field(WRITE_LIMIT, description="Task concurrency limit (tag) each tile holds a slot of")
+    default_concurrency: int = Field(4, ge=1, description="Slots of the limit when the flow has to create it")
+    validate_samples: int = Field(4, ge=0)
+
+    @field_validator("source", "target", "branch", "concurrency_limit")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v or not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _rust_needs_zarr(self) -> RunParams:
+        if self.target_format == "icechunk" and self.io == "rust":
+            raise ValueError("io='rust' cannot write Icechunk targets (zarrs would silently fall back); use io='python'")
+        return self
+
+
+class BuildParams(RunParams):
+    """A build: the run options plus the pyramid's layout."""
+
+    levels: StrictInt | None = Field(None, ge=1, le=24)
+    factors: list[int] | None = None
+    x_dim: str = "x"
+    y_dim: str = "y"
+    method: str = "mean"
+    chunks_per_shard: int | None = 4
+    mode: Literal["w", "w-", "a"] = "w"
+    overwrite_foreign: bool = Field(False, description="Let mode 'w' replace a target holding data this project "
+                                    "did not write (everything there is deleted)")
+
+    @field_validator("x_dim", "y_dim")
+    @classmethod
+    def _dims_not_blank(cls, v: str) -> str:
+        return cls._not_blank(v)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; choose one of {list(METHODS)}")
+        return v
+
+    @field_validator("chunks_per_shard")
+    @classmethod
+    def _cps(cls, v: int | None) -> int | None:
+        if v is not None and v not in VALID_CHUNKS_PER_SHARD:
+            raise ValueError(f"chunks_per_shard must be one of {VALID_CHUNKS_PER_SHARD} or null")
+        return v
+
+    @model_validator(mode="after")
+    def _levels_xor_factors(self) -> BuildParams:
+        if (self.levels is None) == (self.factors is None):
+            raise ValueError("give exactly one of levels or factors")
+        return self
+
+
+class UpdateParams(RunParams):
+    """What to update and from where; layout options come from the pyramid itself."""
+
+    append_dim: str = Field("time", description="Dimension the source grew along")
+    verify_samples: int = Field(DEFAULT_VERIFY_SAMPLES, ge=0, description="Level-0 chunks per gridded variable "
+                                "compared with the source over the existing entries (rewritten history is "
+                                "refused); 0 skips the check")
+
+    @field_validator("append_dim")
+    @classmethod
+    def _append_dim_not_blank(cls, v: str) -> str:
+        return cls._not_blank(v)
+
+    @property
+    def icechunk(self) -> icechunk_txn.IcechunkTarget | None:
+        return icechunk_txn.IcechunkTarget(self.target, self.branch) if self.target_format == "icechunk" else None

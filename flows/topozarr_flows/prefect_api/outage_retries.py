@@ -1,0 +1,27 @@
+"""Task retries that leave object-store outages to the core: ``retry_condition_fn`` of the flows' tasks.
+
+An :class:`~topozarr_core.store.retrying_store.ObjectStoreUnavailable` means the core already retried the
+endpoint for the whole ``TOPOZARR_S3_RETRY_TIMEOUT``. Retrying the task as well multiplied that
+(initialise-target: 4 attempts of 2-4 minutes each, over 10 minutes before the run failed), and once
+one operation gave up, the core fails every further one on that endpoint at once
+(:mod:`topozarr_core.store.outages`): so such a task fails for good, the run ends Failed within about the
+retry timeout, and ``topozarr-flows retry`` (or the UI's Retry) resumes it once the endpoint is back.
+Every other failure keeps the task's retry policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from topozarr_core.store.retrying_store import ObjectStoreUnavailable
+
+
+def retry_unless_unavailable(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's ``retry_condition_fn``: False (no retry) when the task failed with ``ObjectStoreUnavailable``.
+
+    Parameters are Prefect's: the task, its run, and the Failed state (its data is the exception)."""
+    err = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return not isinstance(err, ObjectStoreUnavailable)
+
+
+__all__ = ["retry_unless_unavailable"]

@@ -1,0 +1,96 @@
+"""Per-process cache of what every task derives from the parameters: source, pyramid, tile plan, store.
+
+Tasks receive only plain parameters; each process (thread-pool runner, Dask worker, a resumed run)
+re-derives the same deterministic plan from them, so nothing unpicklable crosses task boundaries.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from topozarr_core import Pyramid, TilePlan, create_pyramid
+from topozarr_core.store import icechunk_txn
+from topozarr_core.store.icechunk_txn import IcechunkTarget
+from topozarr_core.store.lease import lease_for
+from topozarr_core.store.sources import open_source
+from topozarr_core.store.targets import resolve_store
+from topozarr_core.write.protocol import BuildWrite
+from topozarr_flows.params import BuildParams
+
+
+@dataclass
+class Job:
+    params: BuildParams
+    pyramid: Pyramid
+    plan: TilePlan
+
+    @property
+    def icechunk(self) -> IcechunkTarget | None:
+        if self.params.target_format != "icechunk":
+            return None
+        return IcechunkTarget(self.params.target, self.params.branch)
+
+    def zarr_store(self) -> Any:
+        return resolve_store(self.params.target)
+
+    def check_target(self) -> None:
+        """Read-only check that the target can take this pyramid in this mode (creates nothing)."""
+        levels = self.plan.levels
+        if self.icechunk is not None:
+            icechunk_txn.check_target(self.icechunk, self.pyramid.spec, self.params.mode, levels)
+        else:
+            BuildWrite.check(self.pyramid, resolve_store(self.params.target, read_only=True), self.params.mode,
+                             plan=self.plan, sources=(self.params.source,),
+                             overwrite_foreign=self.params.overwrite_foreign)
+
+    def initialise(self, store: Any) -> None:
+        """Steps 1-2 of the write protocol on the writable target: check again, then prepare."""
+        self.pyramid.initialise(store, mode=self.params.mode, levels=self.plan.levels,
+                                overwrite_foreign=self.params.overwrite_foreign, sources=(self.params.source,))
+
+
+@contextmanager
+def target_lease(params: Any) -> Iterator[None]:
+    """Hold the lease of a plain Zarr target for the whole flow run (Icechunk needs none). The
+    owner is the flow run, so a retry of the same run reclaims the lease a killed attempt left."""
+    if params.target_format == "icechunk":
+        yield
+        return
+    from prefect.runtime import flow_run
+
+    with lease_for(resolve_store(params.target), owner=f"flow-run/{flow_run.id}"):
+        yield
+
+
+_jobs: dict[str, Job] = {}
+_lock = threading.Lock()
+
+
+def load_job(params: BuildParams) -> Job:
+    key = params.model_dump_json()
+    with _lock:
+        job = _jobs.get(key)
+        if job is None:
+            job = _jobs[key] = _build(params)
+        return job
+
+
+def _build(params: BuildParams) -> Job:
+    ds = open_source(params.source, params.variables)
+    pyramid = create_pyramid(
+        ds,
+        levels=params.levels,
+        factors=params.factors,
+        x_dim=params.x_dim,
+        y_dim=params.y_dim,
+        method=params.method,
+        crs=params.crs,
+        chunks_per_shard=params.chunks_per_shard,
+    )
+    plan = pyramid.tile_plan(max_region_bytes=params.max_region_bytes, max_tile_bytes=params.max_tile_bytes,
+                             max_tiles=params.max_task_runs, min_tiles=params.min_tiles)
+    return Job(params, pyramid, plan)

@@ -1,0 +1,49 @@
+"""What every tile task does, in the build and the update flow: hold a slot, write the tile, report."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from collections.abc import Callable
+from typing import Any
+
+import xarray as xr
+from prefect import get_run_logger
+from prefect.runtime import task_run
+
+from topozarr_core.plan.tiles import TilePlan
+from topozarr_core.write.codec_pipeline import open_array_for
+from topozarr_core.write.executor import shared_pool, write_tiles
+from topozarr_flows.prefect_api.slots import hold_slot
+from topozarr_flows.runs import faults
+
+
+def write_one_tile(plan: TilePlan, source: xr.Dataset, key: str, *, io: str, limit: str, fork: Any = None,
+                   store: Callable[[], Any]) -> dict:
+    """Write tile ``key`` of ``plan`` holding one slot of the task concurrency limit ``limit``.
+
+    With an Icechunk ``fork`` the tile writes into its own copy of it (exactly as a remote worker
+    would) and returns that copy for merging; otherwise into ``store()``. The tile's regions run in
+    this process's shared thread pool (:func:`topozarr_core.write.executor.shared_pool`), so the tiles a
+    process runs at once share its cores.
+    """
+    tile = plan.tile(key)
+    if fork is not None:
+        fork = pickle.loads(pickle.dumps(fork))  # a fresh copy for each attempt: a retry starts clean
+        target = fork.store
+    else:
+        target = store()
+    with hold_slot(limit, str(task_run.id) if task_run.id else None):
+        started = time.time()
+        faults.maybe_fail(key)
+        result = write_tiles(plan, [tile], source=source, store=faults.wrap_store(key, target),
+                             workers=os.cpu_count() or 1, open_array=open_array_for(io, target), pool=shared_pool())
+        finished = time.time()
+    get_run_logger().info("wrote %s: %d regions, %.1f MB in %.2f s", tile.label, result.regions,
+                          result.bytes_written / 1e6, result.seconds)
+    out = {"key": key, "levels": list(tile.levels), "regions": result.regions, "bytes": result.bytes_written,
+           "seconds": result.seconds, "started": started, "finished": finished}
+    if fork is not None:
+        out["fork"] = fork
+    return out

@@ -1,0 +1,1 @@
+"""The coarsening kernels: NaN-aware means and the other reductions, compiled where it pays."""

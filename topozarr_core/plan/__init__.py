@@ -1,0 +1,1 @@
+"""Units of work as plain, picklable data: regions, tiles and their dependency graph."""

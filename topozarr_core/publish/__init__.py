@@ -1,0 +1,1 @@
+"""Never half-published: the initialise/publish steps, root documents, the target contract."""

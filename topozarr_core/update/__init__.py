@@ -1,0 +1,1 @@
+"""Incremental updates of a published pyramid."""

@@ -1,0 +1,1 @@
+"""Checks of a written pyramid against its plan and the convention schemas."""

@@ -1,0 +1,1 @@
+"""Pictures: quicklook PNGs and the colormaps they share with the preview."""

@@ -1,0 +1,156 @@
+"""Choose the codec pipeline that encodes and writes regions: zarr-python ("python") or zarrs ("rust").
+
+How the choice is applied
+-------------------------
+The usual way to pick zarrs is ``zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})``.
+That config is one process-global dict, and donfig's ``config.set`` context manager mutates it and
+restores the saved value on exit, so it is *not* thread-safe: a python write opening arrays while a
+rust write is inside the block picks up zarrs, and interleaved enter/exit from two threads can leave
+``codec_pipeline.path`` permanently set to zarrs. We therefore never touch the global config: an
+``io="rust"`` opener opens the array normally and then swaps a :class:`zarrs.ZarrsCodecPipeline`
+built for *that handle only* into it (:func:`attach_rust_pipeline`).
+
+No silent fallback
+------------------
+zarrs 0.2.3 falls back to zarr-python in two ways (see ``zarrs/pipeline.py``):
+
+* unsupported *stores* (``MemoryStore``, ``IcechunkStore``, ...): the Rust constructor raises
+  ``NotImplementedError("zarrs-python does not support X stores")``, zarr-python's
+  ``create_codec_pipeline`` swallows it and builds a ``BatchedCodecPipeline`` instead -- even with
+  ``codec_pipeline.strict=True``;
+* unsupported *metadata / selections / dtypes* (datetime, strings, non-slice indexing): the
+  ``ZarrsCodecPipeline`` keeps a ``python_impl`` and quietly uses it, unless strict.
+
+Here both are errors: :func:`check_io` rejects unsupported stores up front, and the attached
+pipeline is built strict (``python_impl=None``), so anything zarrs cannot encode raises instead of
+being encoded by Python. Supported: local paths / ``LocalStore`` and ``ObjectStore`` wrapping an
+obstore S3/GCS/Azure/HTTP/Local store (zarrs rebuilds the obstore store in Rust from its config).
+
+Only *write* handles get zarrs; read handles (mode ``"r"``) stay on zarr-python, see ``_open_rust``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import zarr
+from zarr.storage import LocalStore, ObjectStore
+
+from topozarr_core.store.targets import is_icechunk_store
+
+IO_CHOICES = ("python", "rust")
+RUST_PIPELINE = "zarrs.ZarrsCodecPipeline"
+
+#: zarrs ``chunk_concurrent_maximum`` for region writes; ``None`` lets zarrs decide. Tried 1, 2: no clear gain
+#: over the default on 2 cores (benchmarks/bench_io.py --rust-chunk-concurrency).
+RUST_CHUNK_CONCURRENT_MAXIMUM: int | None = None
+#: zarrs ``num_threads`` (its rayon pool); ``None`` = zarrs default (all cores). Tried 1, 2: no clear gain.
+RUST_NUM_THREADS: int | None = None
+
+
+def _is_memory_object_store(store: Any) -> bool:
+    return isinstance(store, ObjectStore) and type(store.store).__name__ == "MemoryStore"
+
+
+def rust_supported(store: Any) -> bool:
+    """zarrs serves local filesystem and obstore-backed stores; not Icechunk or memory stores."""
+    return (
+        isinstance(store, (LocalStore, ObjectStore))
+        and not is_icechunk_store(store)
+        and not _is_memory_object_store(store)
+    )
+
+
+def check_io(io: str, store: Any) -> None:
+    if io not in IO_CHOICES:
+        raise ValueError(f"io must be one of {IO_CHOICES}, got {io!r}")
+    if io == "rust" and not rust_supported(store):
+        what = type(store).__name__
+        if isinstance(store, ObjectStore):
+            what = f"ObjectStore({type(store.store).__name__})"
+        raise ValueError(
+            f"io='rust' cannot write to {what}: zarrs serves local paths, LocalStore and "
+            "obstore-backed ObjectStore (S3/GCS/Azure/HTTP/local file) targets only (on memory and Icechunk "
+            "stores zarrs would silently fall back to zarr-python); use io='python'"
+        )
+
+
+class RustPipelineError(RuntimeError):
+    """zarrs could not build its codec pipeline for an array (and we refuse to fall back)."""
+
+
+def _rust_impl(metadata: Any, store: Any) -> Any:
+    from zarrs._internal import CodecPipelineImpl
+
+    cfg = zarr.config  # read-only here: never mutated
+    validate = cfg.get("codec_pipeline.validate_checksums", True)
+    try:
+        return CodecPipelineImpl(
+            json.dumps(metadata.to_dict()),
+            store_config=store,
+            validate_checksums=True if validate is None else bool(validate),
+            chunk_concurrent_minimum=cfg.get("codec_pipeline.chunk_concurrent_minimum", None),
+            chunk_concurrent_maximum=RUST_CHUNK_CONCURRENT_MAXIMUM,
+            num_threads=RUST_NUM_THREADS,
+            direct_io=False,
+        )
+    except NotImplementedError as e:  # unsupported store: zarr-python would silently use Python
+        raise RustPipelineError(f"io='rust': {e}; use io='python'") from e
+    except (TypeError, ValueError) as e:  # unsupported metadata/codec or store config
+        raise RustPipelineError(f"io='rust': zarrs cannot handle this array/store: {e}") from e
+
+
+def attach_rust_pipeline(arr: zarr.Array) -> zarr.Array:
+    """Make ``arr`` (this handle only) read and write through a strict zarrs pipeline."""
+    from zarrs import ZarrsCodecPipeline
+
+    aa = arr._async_array
+    store = aa.store_path.store
+    pipeline = ZarrsCodecPipeline(
+        metadata=aa.metadata,
+        store=store,
+        impl=_rust_impl(aa.metadata, store),
+        python_impl=None,  # strict: unsupported dtype/selection raises instead of using Python
+    )
+    object.__setattr__(aa, "codec_pipeline", pipeline)  # AsyncArray is a frozen dataclass
+    return arr
+
+
+def _open_python(store: Any, path: str, mode: str) -> zarr.Array:
+    return zarr.open_array(store=store, path=path, mode=mode, zarr_format=3)
+
+
+def _open_rust(store: Any, path: str, mode: str) -> zarr.Array:
+    arr = _open_python(store, path, mode)
+    if mode == "r":
+        # Read handles (the previous level, re-read when levels are not kept in memory) stay on
+        # zarr-python: zarrs 0.2.3 hangs on partial chunk/shard *reads* from ObjectStore(S3Store)
+        # (the call holds the GIL and never issues the HTTP request). Writes are unaffected.
+        return arr
+    return attach_rust_pipeline(arr)
+
+
+def open_array_for(io: str, store: Any) -> Callable[[Any, str, str], zarr.Array]:
+    """An opener ``(store, path, mode) -> zarr.Array`` whose arrays carry the chosen codec pipeline."""
+    check_io(io, store)
+    return _open_rust if io == "rust" else _open_python
+
+
+def pipeline_name(arr: zarr.Array) -> str:
+    """Name of the codec pipeline an array handle actually uses (tests assert on it).
+
+    ``"ZarrsCodecPipeline"`` only when the Rust implementation is live and strict (no Python
+    fallback); a zarrs pipeline whose Rust side failed reports ``"ZarrsCodecPipeline(fallback)"``,
+    one that may fall back per call (zarrs's non-strict default) ``"ZarrsCodecPipeline(non-strict)"``.
+    """
+    cp = arr._async_array.codec_pipeline
+    name = type(cp).__name__
+    if name == "ZarrsCodecPipeline":
+        if getattr(cp, "impl", None) is None:
+            return f"{name}(fallback)"
+        if getattr(cp, "python_impl", None) is not None:
+            return f"{name}(non-strict)"
+    return name
+
