@@ -10,7 +10,7 @@ PAGE := flows/topozarr_flows/preview/static/app.js
 HAVE_NPM := $(shell command -v npm 2>/dev/null)
 PAGE_IF_NPM := $(if $(HAVE_NPM),$(PAGE))
 
-.PHONY: demo test bench clean preview-page
+.PHONY: demo test bench clean preview-page docs
 
 # The preview page (maplibre-gl + zarr-layer, exact versions in package-lock.json), bundled by esbuild
 # into flows/topozarr_flows/preview/static: no CDN at run time.
@@ -35,5 +35,13 @@ test: $(STAMP) $(PAGE_IF_NPM)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_write.py
 
+# The documentation site (mkdocs.yml) into site/; --strict: a broken link or API reference fails the build.
+$(VENV)/.docs-installed: $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) demo-output $(WEB)/node_modules flows/topozarr_flows/preview/static
+	rm -rf $(VENV) demo-output $(WEB)/node_modules flows/topozarr_flows/preview/static site

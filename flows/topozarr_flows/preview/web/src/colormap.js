@@ -1,7 +1,7 @@
-// Colormap names -> 256 colours, from the table the quicklook uses too (topozarr_core/colormaps.json:
+// Colormap names -> 256 colours, from the table the quicklook uses too (topozarr_core/viewer/colormaps.json:
 // CarbonPlan's maps and matplotlib's common ones). Same lookup rules as topozarr_core/colormaps.py:
 // as written, then an alias, then case-insensitively (CarbonPlan's lowercase names first); `_r` reverses.
-import table from '../../../../topozarr_core/colormaps.json'
+import table from '../../../../../topozarr_core/viewer/colormaps.json'
 
 export const DEFAULT_COLORMAP = 'viridis'
 
