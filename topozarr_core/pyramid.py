@@ -89,10 +89,12 @@ class Pyramid:
 
     @property
     def x_dim(self) -> str:
+        """The x dimension."""
         return self._planned.x_dim
 
     @property
     def y_dim(self) -> str:
+        """The y dimension."""
         return self._planned.y_dim
 
     @property
@@ -124,18 +126,22 @@ class Pyramid:
     # -- description ---------------------------------------------------------------------------
     @property
     def factors(self) -> list[int]:
+        """The cumulative coarsening factor of each level (``[1, 2, 4, ...]``)."""
         return list(self._planned.factors)
 
     @property
     def levels(self) -> int:
+        """The number of levels, level 0 included (topozarr's meaning)."""
         return len(self._planned.factors)
 
     @property
     def level_names(self) -> list[str]:
+        """The levels' group names: ``["0", "1", ...]``."""
         return [str(i) for i in range(self.levels)]
 
     @property
     def crs(self):
+        """The pyramid's CRS (a :class:`pyproj.CRS`)."""
         return self._planned.crs
 
     def root_attributes(self) -> dict[str, Any]:
@@ -151,6 +157,9 @@ class Pyramid:
         return {**self.attrs, OPTIONS_KEY: creation_options(self.spec)}
 
     def level_shape(self, level: int) -> tuple[int, int]:
+        """The ``(ny, nx)`` size of a level.
+
+        :param level: the level's index (0 is full resolution)."""
         return self._planned.grid.shape(self._planned.factors[level])
 
     def region_plan(self, levels: list[int] | None = None,
@@ -251,7 +260,27 @@ class Pyramid:
         ``stats=True``: then a :class:`~topozarr_core.write.report.WriteReport`, topozarr's per-level stats dict
         (:mod:`topozarr_core.write.stats`) that also carries the write's summary (levels, regions, bytes, workers, published).
         ``max_tile_bytes`` runs the tiles of :meth:`tile_plan` with that size here, stage by stage
-        (default: one tile, the whole pyramid, which reads nothing back from the target)."""
+        (default: one tile, the whole pyramid, which reads nothing back from the target).
+
+        :param store: the target: a path, an ``s3://`` URL, a zarr store, or a writable Icechunk
+            session (or its store; commit it afterwards).
+        :param mode: ``"w"`` builds the pyramid, replacing one this project wrote; ``"a"`` writes
+            the levels given by ``levels`` into an existing pyramid of ours; ``"w-"`` writes only
+            into a missing or empty target.
+        :param max_workers: threads of the write pool (default: from the CPU count and the
+            available RAM).
+        :param max_region_bytes: the most bytes of one region (a unit of reading and encoding).
+        :param progress: show a progress bar (tqdm) of the regions written.
+        :param keep_levels_in_memory: reduce a level in RAM for the next (default: when it fits);
+            ``False`` reads it back from the target.
+        :param levels: write only these levels (see above).
+        :param io: ``"python"`` (zarr's codec pipeline) or ``"rust"`` (zarrs; local paths and
+            obstore-backed targets only: refused where zarrs would silently fall back to Python,
+            such as Icechunk and memory stores).
+        :param overwrite_foreign: let ``mode="w"`` replace a target this project did not write.
+        :param stats: return a :class:`~topozarr_core.write.report.WriteReport` (else ``None``).
+        :param max_tile_bytes: run the tiles of :meth:`tile_plan` of at most this size.
+        :returns: ``None``, or the report when ``stats=True``."""
         from topozarr_core.write.codec_pipeline import check_io, open_array_for
         from topozarr_core.write.protocol import BuildWrite, write_locally
 
@@ -356,10 +385,32 @@ def create_pyramid(
 ) -> Pyramid:
     """Plan a multiscale pyramid; raises ValueError/TypeError on bad input before anything is written.
 
-    ``levels="auto"`` adds levels while the smaller spatial side stays at least ``min_dim`` pixels
-    (``min(nx, ny) // 2**levels >= min_dim``). ``pack=False`` stores CF-packed integer variables
-    (``scale_factor``/``add_offset`` in their encoding) as the decoded floats instead of packed
-    (see :mod:`topozarr_core.spec.packing`)."""
+    Nothing is read or written here: the result is an editable plan (:class:`Pyramid`) whose
+    :meth:`Pyramid.write` builds the pyramid, or whose :meth:`Pyramid.as_datatree` gives it lazily.
+
+    :param ds: the source: an xarray Dataset (or a DataArray, written as one variable) with the two
+        spatial dims; NetCDF, Zarr, Icechunk or in memory, lazily loaded or not.
+    :param levels: how many levels to build after level 0 (``levels=3`` gives ``0..3``);
+        ``"auto"`` adds levels while the smaller spatial side stays at least ``min_dim`` pixels
+        (``min(nx, ny) // 2**levels >= min_dim``). Give ``levels`` or ``factors``, not both.
+    :param factors: the cumulative coarsening factor of every level, starting with 1
+        (``[1, 2, 4, 8]``); each must divide the next.
+    :param x_dim: the name of the x (longitude, easting) dimension.
+    :param y_dim: the name of the y (latitude, northing) dimension.
+    :param method: how a window of pixels becomes one: ``"mean"`` (NaN-aware, exact at every
+        level), ``"max"``, ``"min"``, ``"sum"``, ``"nearest"``, ``"mode"``, ``"majority"``.
+    :param crs: the coordinate reference system (anything :class:`pyproj.CRS` accepts), when the
+        dataset does not carry one (``spatial_ref``, ``crs_wkt``, ``proj:code``).
+    :param layer_hints: display hints for zarr-layer per variable (:class:`ZarrLayerVarConfig`:
+        colour limits and colormap), written into the multiscales metadata.
+    :param chunks_per_shard: chunks per shard along each spatial dim (1, 2, 4, 8, 16 or 32), or
+        ``None`` for unsharded arrays.
+    :param target_chunk_bytes: the uncompressed size a chunk aims at.
+    :param min_dim: the smallest side that ``levels="auto"`` keeps.
+    :param pack: ``False`` stores CF-packed integer variables (``scale_factor``/``add_offset`` in
+        their encoding) as the decoded floats instead of packed (see
+        :mod:`topozarr_core.spec.packing`).
+    :returns: the plan: levels, ``encoding`` and ``attrs`` that can be edited before writing."""
     spec = build_spec(
         ds,
         levels=levels,

@@ -20,26 +20,29 @@ class RunParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: str = Field(description="Path or URL of a NetCDF/Zarr dataset, or icechunk://<repo>?branch=<b>")
+    source: str = Field(description="Path or URL of a NetCDF/Zarr dataset, or `icechunk://<repo>?branch=<b>`")
     target: str = Field(description="Local path or s3:// URL of the pyramid (Zarr) or of the Icechunk repository")
-    target_format: Literal["zarr", "icechunk"] = "zarr"
+    target_format: Literal["zarr", "icechunk"] = Field("zarr", description="`zarr`: a plain Zarr v3 store; "
+                                                       "`icechunk`: an Icechunk repository, published by one "
+                                                       "commit on `branch` at the end")
     branch: str = Field("main", description="Icechunk branch published at the end")
-    variables: list[str] | None = None
-    crs: str | None = None
-    io: Literal["python", "rust"] = "python"
+    variables: list[str] | None = Field(None, description="The source's variables to write (default: every "
+                                        "variable over both spatial dims)")
+    crs: str | None = Field(None, description="The CRS (`EPSG:4326`, WKT, PROJ string) when the source "
+                            "carries none")
+    io: Literal["python", "rust"] = Field("python", description="`python`: zarr's codec pipeline; `rust`: "
+                                          "zarrs (plain Zarr targets only)")
     max_tile_bytes: int = Field(DEFAULT_TILE_BYTES, ge=100_000, description="Input bytes per tile (one write "
                                 "task) while a stage of tiles takes in one more level: larger tiles cover more "
                                 "levels and make fewer tasks, smaller ones spread over more workers")
-    min_tiles: int = Field(4, ge=1, description="A stage of tiles takes in one more level only while it keeps "
-                           "at least this many tiles: the workers stay busy to the end of a run (about the slots "
-                           "of the limit, or the workers of a cluster)")
     max_task_runs: int = Field(2000, ge=1, description="At most this many tile tasks per run: tiles are made "
                                "larger when the plan would have more")
     max_region_bytes: int = Field(256_000_000, ge=1_000_000, description="Largest level-0 region one thread of a "
                                   "tile reads and writes at once (the memory of a task is a few of them per thread)")
     concurrency_limit: str = Field(WRITE_LIMIT, description="Task concurrency limit (tag) each tile holds a slot of")
     default_concurrency: int = Field(4, ge=1, description="Slots of the limit when the flow has to create it")
-    validate_samples: int = Field(4, ge=0)
+    validate_samples: int = Field(4, ge=0, description="Chunks per level read back and compared with the "
+                                  "source's coarsened values before publishing; 0 checks only the metadata")
 
     @field_validator("source", "target", "branch", "concurrency_limit")
     @classmethod
@@ -58,13 +61,23 @@ class RunParams(BaseModel):
 class BuildParams(RunParams):
     """A build: the run options plus the pyramid's layout."""
 
-    levels: StrictInt | None = Field(None, ge=1, le=24)
-    factors: list[int] | None = None
-    x_dim: str = "x"
-    y_dim: str = "y"
-    method: str = "mean"
-    chunks_per_shard: int | None = 4
-    mode: Literal["w", "w-", "a"] = "w"
+    levels: StrictInt | None = Field(None, ge=1, le=24, description="Levels after level 0, each coarsened 2x "
+                                     "(give `levels` or `factors`)")
+    factors: list[int] | None = Field(None, description="Cumulative factors of every level, starting with 1 "
+                                      "(`[1, 2, 4, 8]`)")
+    x_dim: str = Field("x", description="The x (longitude, easting) dimension")
+    y_dim: str = Field("y", description="The y (latitude, northing) dimension")
+    method: str = Field("mean", description="How pixels are combined: mean (NaN-aware), max, min, sum, nearest, "
+                        "mode, majority")
+    chunks_per_shard: int | None = Field(4, description="Chunks per shard along each spatial dim (1, 2, 4, 8, "
+                                         "16, 32), or null for no sharding")
+    mode: Literal["w", "w-", "a"] = Field("w", description="`w` builds (replacing a pyramid this project "
+                                          "wrote), `w-` only into a missing or empty target, `a` rewrites "
+                                          "levels of an existing pyramid")
+    min_tiles: int = Field(4, ge=1, description="A stage of tiles takes in one more level only while it keeps "
+                           "at least this many tiles: the workers stay busy to the end of a run (about the slots "
+                           "of the limit, or the workers of a cluster). Builds only: an update's tiles are cut "
+                           "along the append dim")
     overwrite_foreign: bool = Field(False, description="Let mode 'w' replace a target holding data this project "
                                     "did not write (everything there is deleted)")
 
@@ -109,4 +122,5 @@ class UpdateParams(RunParams):
 
     @property
     def icechunk(self) -> icechunk_txn.IcechunkTarget | None:
+        """The Icechunk repository and branch of the target, or None for a plain Zarr target."""
         return icechunk_txn.IcechunkTarget(self.target, self.branch) if self.target_format == "icechunk" else None

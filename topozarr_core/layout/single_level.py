@@ -28,9 +28,12 @@ def recommend_encoding(
     the written zarr ``fill_value`` marks nodata as in a pyramid's levels; an integer raster without one
     gets netCDF's default fill (:data:`topozarr_core.layout.level_dataset.NO_NODATA_FILL`), so its zeros stay data for zarr-layer and GDAL.
 
-    Parameters: ``ds`` the dataset; ``x_dim``/``y_dim`` its spatial dims; ``chunks_per_shard`` chunks per
-    shard along each spatial dim (1, 2, 4, 8, 16, 32, or None for no sharding); ``target_chunk_bytes`` the
-    uncompressed size a chunk aims at."""
+    :param ds: the dataset.
+    :param x_dim: its x dimension.
+    :param y_dim: its y dimension.
+    :param chunks_per_shard: chunks per shard along each spatial dim (1, 2, 4, 8, 16, 32, or None
+        for no sharding).
+    :param target_chunk_bytes: the uncompressed size a chunk aims at."""
     layouts = recommend_encodings(ds, x_dim, y_dim, chunks_per_shard, target_chunk_bytes)
     out = {name: enc.to_xarray() for name, enc in layouts.items()}
     for name in out:
@@ -51,7 +54,16 @@ def attach_geozarr_metadata(
     crs: Any = None,
     layer_hints: dict[str, ZarrLayerVarConfig] | None = None,
 ) -> xr.Dataset:
-    """A copy of ``ds`` with ``spatial:``/``proj:`` (and zarr-layer) root attributes, no multiscales."""
+    """A copy of ``ds`` with ``spatial:``/``proj:`` (and zarr-layer) root attributes, no multiscales.
+
+    For a single-level dataset written with :func:`recommend_encoding`; refuses bad input as
+    :func:`~topozarr_core.create_pyramid` does.
+
+    :param ds: the dataset.
+    :param x_dim: its x dimension.
+    :param y_dim: its y dimension.
+    :param crs: the CRS, when the dataset carries none.
+    :param layer_hints: zarr-layer display hints per variable (:class:`~topozarr_core.ZarrLayerVarConfig`)."""
     spec = build_spec(ds, levels=1, factors=None, x_dim=x_dim, y_dim=y_dim, method="mean", crs=crs,
                       layer_hints=None, chunks_per_shard=None, target_chunk_bytes=DEFAULT_TARGET_CHUNK_BYTES)
     validate_layer_hints(layer_hints, [v.name for v in spec.variables if not v.is_coord])

@@ -1,6 +1,6 @@
 """What a write may do to its target: checked read-only, before anything is created or deleted.
 
-The contract (README, "What never happens"):
+The contract (docs/guarantees.md):
 
 * ``mode="w"`` replaces only a missing or empty target, or a pyramid this project wrote (its root
   carries ``topozarr:options`` or ``topozarr:status``). Anything else -- foreign files, a Zarr

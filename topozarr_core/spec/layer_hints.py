@@ -9,7 +9,13 @@ from typing import Any
 @dataclass(frozen=True)
 class ZarrLayerVarConfig:
     """Per-variable display hints for zarr-layer; they change no data. Positional order
-    ``(clim, colormap)`` is topozarr's."""
+    ``(clim, colormap)`` is topozarr's.
+
+    Frozen and checked when made (topozarr's is a plain dataclass): a reversed or empty ``clim``
+    fails here, in one line, instead of drawing nothing in the viewer.
+
+    :param clim: the colour limits ``[min, max]`` with ``min < max``, in data units.
+    :param colormap: a colormap name zarr-layer knows (for example ``"viridis"``)."""
 
     clim: list[float] | None = None
     colormap: str | None = None
@@ -24,6 +30,7 @@ class ZarrLayerVarConfig:
             object.__setattr__(self, "clim", [float(v) for v in clim])
 
     def to_json(self) -> dict[str, Any]:
+        """The hints as the multiscales metadata stores them: only the fields that are set."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 

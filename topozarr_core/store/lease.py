@@ -7,7 +7,7 @@ exclusive create on local disk, ``If-None-Match: *`` on object storage), renews 
 writes, and deletes it when done. Another writer finding a live lease is refused with
 :class:`TargetBusy`.
 
-Stale-lease rule (documented in the README): a lease is stale, and taken over, when
+Stale-lease rule (documented in docs/guarantees.md): a lease is stale, and taken over, when
 
 * its ``expires`` time has passed (writers renew every ``ttl / 4`` seconds; default ttl 120 s), or
 * it was taken on this host by a process that no longer exists (a killed run: taken over at once; the

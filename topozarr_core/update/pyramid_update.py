@@ -471,6 +471,27 @@ def update_pyramid(
     A second writer on the same plain Zarr target is refused with ``TargetBusy``. Running it again
     with the same source writes nothing. For Icechunk, ``store`` is a writable session (or its
     store); commit it afterwards.
+
+    :param ds: the whole grown source (see above).
+    :param store: the pyramid to update: a path, an ``s3://`` URL, a zarr store, or a writable
+        Icechunk session (or its store).
+    :param append_dim: the dimension that grew (``"time"``).
+    :param x_dim: the x dimension (default: the one the pyramid was built with).
+    :param y_dim: the y dimension (default: as built).
+    :param factors: the levels' cumulative factors (default: as built; a different value is refused).
+    :param method: the coarsening method (default: as built; a different value is refused).
+    :param chunks_per_shard: chunks per shard (default: as built).
+    :param target_chunk_bytes: the chunk size aimed at (default: as built).
+    :param crs: the coordinate reference system, when the source carries none (default: the
+        source's own, else the pyramid's; a different one is refused).
+    :param layer_hints: zarr-layer display hints (default: the pyramid's stored hints).
+    :param verify_samples: level-0 chunks per variable compared with the stored pyramid, to refuse
+        a source that rewrote history.
+    :param max_workers: threads of the write pool (default: from the CPU count and RAM).
+    :param max_region_bytes: the most bytes of one region.
+    :param progress: show a progress bar of the regions written.
+    :param io: ``"python"`` or ``"rust"`` (as :meth:`topozarr_core.Pyramid.write`).
+    :returns: an :class:`UpdateReport`: the old and new lengths, the levels and regions written.
     """
     update = plan_update(ds, store, append_dim, x_dim=x_dim, y_dim=y_dim, factors=factors, method=method,
                          chunks_per_shard=chunks_per_shard, target_chunk_bytes=target_chunk_bytes, crs=crs,

@@ -63,13 +63,16 @@ class ValidationReport:
 
     @property
     def ok(self) -> bool:
+        """True when no schema error and no mismatch was found."""
         return not self.schema_errors and not self.mismatches
 
     @property
     def problems(self) -> list[str]:
+        """Every problem found, one line each."""
         return [f"schema: {e}" for e in self.schema_errors] + list(self.mismatches)
 
     def summary(self) -> str:
+        """One line: OK or how many problems, levels and windows checked."""
         state = "OK" if self.ok else f"FAILED ({len(self.problems)} problems)"
         return f"pyramid validation {state}: {len(self.levels)} levels, {self.spot_checks} windows spot-checked"
 
@@ -352,6 +355,17 @@ def validate_pyramid(
     ``store`` is anything :func:`topozarr_core.store.targets.resolve_store` accepts (a path, URL, zarr
     store, Icechunk session or session store); it is opened read-only. Uncommitted Icechunk
     changes are visible when the writable session's store is passed.
+
+    :param pyramid: the plan the pyramid was written from.
+    :param store: the written pyramid (see above).
+    :param samples_per_level: chunks per level and variable whose values are compared with the
+        source coarsened independently.
+    :param seed: the seed that picks the samples.
+    :param check_values: ``False`` checks only the structure and metadata.
+    :param rtol: the relative tolerance of the value comparison.
+    :param root_attrs: see above.
+    :param checked_levels: see above.
+    :returns: a :class:`ValidationReport` (``ok``, ``problems``, ``summary()``).
     """
     _check_args(samples_per_level, rtol)
     zstore = _read_only(resolve_store(store))

@@ -220,7 +220,16 @@ def _message(info: UpdateInfo) -> str:
 
 @flow(name="update-pyramid", persist_result=True, on_crashed=[on_crashed])
 def update_pyramid(params: UpdateParams) -> dict[str, Any]:
-    """Append the new ``params.append_dim`` entries of ``params.source`` to the pyramid ``params.target``."""
+    """Append the new ``params.append_dim`` entries of ``params.source`` to the pyramid ``params.target``.
+
+    Writes only what changes (the new entries' regions at every level, and arrays whose layout must
+    change); running it again with the same source writes nothing. The result equals a build from
+    the grown source.
+
+    :param params: the source, the pyramid and how to run (validated before any task runs); the
+        layout options come from the pyramid itself.
+    :returns: a summary: the append dim, old and new lengths, levels and regions written.
+    """
     logger = get_run_logger()
     before_attempt(params.concurrency_limit)
     planned = plan_update_task(params)
