@@ -93,7 +93,12 @@ class EndpointOutages:
 
     async def attempt(self, endpoint: str, call: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
         """Run one attempt of an operation on ``endpoint``: raises :class:`EndpointGaveUp` when another
-        operation there gives up meanwhile, :class:`AttemptDeadline` after ``timeout`` seconds."""
+        operation there gives up meanwhile, :class:`AttemptDeadline` after ``timeout`` seconds.
+
+        :param endpoint: the service and bucket the operation talks to.
+        :param call: starts the attempt.
+        :param timeout: seconds the attempt may take (None: no limit).
+        """
         task = asyncio.ensure_future(call())
         with self._lock:
             self._in_flight.setdefault(endpoint, set()).add(task)
