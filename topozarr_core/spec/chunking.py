@@ -220,7 +220,7 @@ def variable_encoding(
     :param x_dim: the x dimension's name.
     :param chunks_per_shard: chunks per shard along each spatial dim (None: unsharded).
     :param target_chunk_bytes: the chunk size to aim at.
-    :param source_chunks: see above.
+    :param source_chunks: the source's chunk per dim name (absent: not chunked, or the variables disagree).
     """
     dims, shape = tuple(dims), tuple(shape)
     if len(dims) != len(shape):
