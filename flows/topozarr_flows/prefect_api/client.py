@@ -49,6 +49,10 @@ class BusyRetryTransport(httpx.BaseTransport):
         self.inner = inner or httpx.HTTPTransport(retries=3)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request``; while the answer is 429/502/503, send it again after a growing back-off (for at most 120 s).
+
+        :param request: the request.
+        """
         backoff, since = FIRST_BACKOFF, time.monotonic()
         while True:
             response = self.inner.handle_request(request)
@@ -62,6 +66,7 @@ class BusyRetryTransport(httpx.BaseTransport):
             backoff = min(backoff * 2, MAX_BACKOFF)
 
     def close(self) -> None:
+        """Close the wrapped transport."""
         self.inner.close()
 
 

@@ -53,6 +53,7 @@ class RunChecks:
         return out
 
     def close(self) -> None:
+        """Stop the checks: those not started are cancelled, running ones are not waited for."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -62,7 +63,11 @@ _guard = threading.Lock()
 
 @contextmanager
 def checking(run_id: str, check: Callable[[int], LevelCheck]) -> Iterator[RunChecks]:
-    """Background checks for flow run ``run_id`` while the block runs; dropped when it ends."""
+    """Background checks for flow run ``run_id`` while the block runs; dropped when it ends.
+
+    :param run_id: the flow run's id.
+    :param check: checks one level.
+    """
     checks = RunChecks(check)
     with _guard:
         previous = _runs.pop(run_id, None)
