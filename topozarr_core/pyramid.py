@@ -49,6 +49,9 @@ class Pyramid:
     """A planned pyramid: nothing is computed or written until ``write`` or ``as_datatree``."""
 
     def __init__(self, ds: xr.Dataset, spec: PyramidSpec, replan: Callable[[str], PyramidSpec] | None = None):
+        """Made by :func:`create_pyramid` from the source ``ds`` and its checked plan ``spec``; ``replan`` plans the
+        same pyramid for another ``method``.
+        """
         self.ds = ds
         self._planned = spec
         #: plans the same pyramid for another ``method`` (topozarr lets the method be edited after planning)

@@ -47,6 +47,9 @@ class LevelDocuments:
     """
 
     def __init__(self, ds: xr.Dataset, spec: PyramidSpec) -> None:
+        """:param ds: the source dataset.
+        :param spec: the pyramid's spec.
+        """
         self.ds, self.spec = ds, spec
         self._levels: dict[int, dict[str, Buffer]] = {}
 

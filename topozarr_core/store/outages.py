@@ -31,6 +31,7 @@ class EndpointGaveUp(Exception):
     """An attempt was cancelled because another operation on its endpoint gave up."""
 
     def __init__(self, seconds_ago: float) -> None:
+        """:param seconds_ago: how long ago the other operation gave up."""
         super().__init__(f"another request to this endpoint gave up {seconds_ago:.0f} s ago")
         self.seconds_ago = seconds_ago
 

@@ -231,8 +231,13 @@ class ObjectStore(zarr.storage.ObjectStore):
 
     def __init__(self, store: Any, *, read_only: bool = False, retry: RetrySettings | None = None,
                  location: str | None = None, probe: Any = None) -> None:
-        """``probe``: the same obstore store without retries (:meth:`RetrySettings.probe_config`), for
-        the one request that tells whether an endpoint an operation gave up on is back."""
+        """:param store: the obstore store.
+        :param read_only: refuse writes.
+        :param retry: the retry settings (default: :meth:`RetrySettings.from_env`).
+        :param location: the URL shown in messages, without credentials (default: the store's).
+        :param probe: the same obstore store without retries (:meth:`RetrySettings.probe_config`), for
+            the one request that tells whether an endpoint an operation gave up on is back.
+        """
         super().__init__(store, read_only=read_only)
         self.retry = retry or RetrySettings.from_env()
         self.location = public_url(location) if location else _location_of(store)

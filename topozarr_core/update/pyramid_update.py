@@ -200,6 +200,9 @@ class PyramidUpdate:
     separate tasks)."""
 
     def __init__(self, pyramid: Pyramid, info: UpdateInfo):
+        """:param pyramid: the pyramid planned from the grown source.
+        :param info: what planning found (:class:`UpdateInfo`).
+        """
         self.pyramid = pyramid
         self.info = info
 

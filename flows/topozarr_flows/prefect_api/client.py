@@ -46,6 +46,7 @@ class BusyRetryTransport(httpx.BaseTransport):
     """An httpx transport that sends a request again, after a short back-off, while the server is busy."""
 
     def __init__(self, inner: httpx.BaseTransport | None = None) -> None:
+        """:param inner: the transport that sends the requests (default: httpx's, with 3 connection retries)."""
         self.inner = inner or httpx.HTTPTransport(retries=3)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:

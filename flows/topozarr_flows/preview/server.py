@@ -33,6 +33,11 @@ class PreviewServer(ThreadingHTTPServer):
 
     def __init__(self, pyramid: PyramidStore, host: str = "127.0.0.1", port: int = 0,
                  static_dir: Path = STATIC_DIR):
+        """:param pyramid: the pyramid to serve.
+        :param host: a loopback address (any other is refused).
+        :param port: the port (0: any free one).
+        :param static_dir: the built page (its ``index.html`` must exist).
+        """
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"preview serves on the loopback interface only, not host={short(host)!r}")
         if not (static_dir / "index.html").is_file():

@@ -28,6 +28,7 @@ class RunChecks:
     """The background checks of one flow-run attempt's levels."""
 
     def __init__(self, check: Callable[[int], LevelCheck]) -> None:
+        """:param check: checks one level; run in one background thread."""
         self._check = check
         # one thread: a check is small, and it must not take cores from the tiles still writing
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topozarr-level-check")
