@@ -49,6 +49,9 @@ class Pyramid:
     """A planned pyramid: nothing is computed or written until ``write`` or ``as_datatree``."""
 
     def __init__(self, ds: xr.Dataset, spec: PyramidSpec, replan: Callable[[str], PyramidSpec] | None = None):
+        """Made by :func:`create_pyramid` from the source ``ds`` and its checked plan ``spec``; ``replan`` plans the
+        same pyramid for another ``method``.
+        """
         self.ds = ds
         self._planned = spec
         #: plans the same pyramid for another ``method`` (topozarr lets the method be edited after planning)
@@ -165,7 +168,11 @@ class Pyramid:
     def region_plan(self, levels: list[int] | None = None,
                     max_region_bytes: int = DEFAULT_MAX_REGION_BYTES) -> RegionPlan:
         """Every region of ``levels`` (default all) as one plan: what one tile covering the whole
-        pyramid runs (see :meth:`tile_plan` for the units of work)."""
+        pyramid runs (see :meth:`tile_plan` for the units of work).
+
+        :param levels: the levels to plan (default all).
+        :param max_region_bytes: the largest level-0 region that a widening to whole source chunks may make.
+        """
         _check_region_bytes(max_region_bytes)
         return build_region_plan(
             x_dim=self.spec.x_dim,
@@ -221,7 +228,16 @@ class Pyramid:
     def initialise(self, store: Any, mode: str = "w", levels: list[int] | None = None,
                    overwrite_foreign: bool = False, sources: tuple[str, ...] = ()) -> Any:
         """Check the target, unpublish it and create groups/arrays/coordinates (step 1 of a write).
-        Returns the store. The caller holds the target's lease (:mod:`topozarr_core.store.lease`) where it needs one."""
+
+        The caller holds the target's lease (:mod:`topozarr_core.store.lease`) where it needs one.
+
+        :param store: the target: a path, URL or zarr store.
+        :param mode: ``"w"``, ``"w-"`` or ``"a"``, as in :meth:`write`.
+        :param levels: the levels the write rewrites (default all).
+        :param overwrite_foreign: delete data there that this project did not write.
+        :param sources: the source's URLs or paths, which the target must not be.
+        :returns: the zarr store written to.
+        """
         from topozarr_core.write.protocol import BuildWrite
 
         zstore = resolve_store(store)
@@ -229,7 +245,11 @@ class Pyramid:
         return zstore
 
     def publish(self, store: Any) -> dict:
-        """Write the root multiscales metadata, ``attrs`` as edited (last step of a write)."""
+        """Write the root multiscales metadata, ``attrs`` as edited (last step of a write).
+
+        :param store: the target: a path, URL or zarr store.
+        :returns: the root attributes written.
+        """
         return publish_root(resolve_store(store), self.root_attributes())
 
     def write(

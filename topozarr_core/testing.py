@@ -26,9 +26,19 @@ class CountingStore(WrapperStore):
         self.counts = counts if counts is not None else ReadCounts()
 
     def with_read_only(self, read_only: bool = False) -> CountingStore:
+        """A counting copy of the wrapped store with ``read_only`` set, sharing these counts.
+
+        :param read_only: whether the copy refuses writes.
+        """
         return CountingStore(self._store.with_read_only(read_only), self.counts)
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        """The wrapped store's ``get``, counting the bytes it returns.
+
+        :param key: the key.
+        :param prototype: the buffer prototype.
+        :param byte_range: the byte range, or None (all).
+        """
         buf = await super().get(key, prototype, byte_range)
         if buf is not None:
             self.counts.add(key, len(buf))
@@ -45,6 +55,11 @@ class ReadCounts:
         self.metadata_bytes = 0
 
     def add(self, key: str, nbytes: int) -> None:
+        """Count one read of ``nbytes`` bytes of ``key`` (a ``zarr.json`` only in ``metadata_bytes``).
+
+        :param key: the key read.
+        :param nbytes: its size in bytes.
+        """
         with self._lock:
             if key.endswith("zarr.json"):
                 self.metadata_bytes += nbytes
@@ -59,6 +74,7 @@ class ReadCounts:
         return sum(self.bytes.values())
 
     def reset(self) -> None:
+        """Set every count back to zero."""
         with self._lock:
             self.bytes.clear()
             self.requests.clear()
@@ -66,7 +82,11 @@ class ReadCounts:
 
 
 def stored_bytes(store: Any, prefix: str = "") -> int:
-    """Bytes of every chunk (and shard) stored under ``prefix``, metadata documents left out."""
+    """Bytes of every chunk (and shard) stored under ``prefix``, metadata documents left out.
+
+    :param store: the zarr store.
+    :param prefix: the key prefix (``""``: everything).
+    """
     from zarr.core.sync import sync
 
     async def total() -> int:

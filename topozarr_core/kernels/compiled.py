@@ -100,7 +100,19 @@ def _win_min(data, i, y0, x0, f, has_fill, fill, init):
 
 @_jit
 def mean_plain(data, f, has_fill, fill, miss_val, do_round, weight, out, out_missing):
-    """Nan-mean; missing counts derived from data (``weight`` per missing pixel)."""
+    """Nan-mean of each ``f`` x ``f`` window; missing counts derived from data (``weight`` per missing pixel).
+
+    :param data: the input, ``(n, Y, X)`` C-contiguous.
+    :param f: the reduction factor.
+    :param has_fill: whether ``fill`` marks missing pixels (NaN always does).
+    :param fill: the fill value, a scalar of ``data``'s dtype.
+    :param miss_val: the value written where a window has no valid pixel.
+    :param do_round: round the mean to the nearest integer (integer outputs).
+    :param weight: the missing count of one missing input pixel.
+    :param out: the output, ``(n, Y // f, X // f)``.
+    :param out_missing: the output's missing counts, same shape as ``out``.
+    :returns: 0.
+    """
     n, yo, xo = out.shape
     for i in range(n):
         for oy in range(yo):
@@ -126,6 +138,17 @@ def mean_weighted(data, missing, weight, f, has_fill, fill, miss_val, do_round, 
 
     Returns the number of windows without valid weight when ``has_fill`` is
     False (integer data without fill value has no way to mark them).
+
+    :param data: the input, ``(n, Y, X)`` C-contiguous.
+    :param missing: the input's missing counts, same shape as ``data``.
+    :param weight: the missing count of a fully missing input pixel.
+    :param f: the reduction factor.
+    :param has_fill: whether ``fill`` marks missing pixels (NaN always does).
+    :param fill: the fill value, a scalar of ``data``'s dtype.
+    :param miss_val: the value written where a window has no valid weight.
+    :param do_round: round the mean to the nearest integer (integer outputs).
+    :param out: the output, ``(n, Y // f, X // f)``.
+    :param out_missing: the summed missing counts of each window, same shape as ``out``.
     """
     n, yo, xo = out.shape
     bad = 0
@@ -151,7 +174,16 @@ def mean_weighted(data, missing, weight, f, has_fill, fill, miss_val, do_round, 
 
 @_jit
 def sum_kernel(data, f, has_fill, fill, zero, out):
-    """Sum of valid pixels; ``zero`` sets the accumulator type (float64 / int64 / uint64)."""
+    """Sum of valid pixels; ``zero`` sets the accumulator type (float64 / int64 / uint64).
+
+    :param data: the input, ``(n, Y, X)`` C-contiguous.
+    :param f: the reduction factor.
+    :param has_fill: whether ``fill`` marks missing pixels (NaN always does).
+    :param fill: the fill value, a scalar of ``data``'s dtype.
+    :param zero: the accumulator's zero.
+    :param out: the output, ``(n, Y // f, X // f)``; a window without valid pixels sums to 0.
+    :returns: 0.
+    """
     n, yo, xo = out.shape
     for i in range(n):
         for oy in range(yo):
@@ -170,6 +202,17 @@ def sum_kernel(data, f, has_fill, fill, zero, out):
 
 @_jit
 def max_kernel(data, f, has_fill, fill, init, miss_val, out):
+    """Max of the valid pixels of each ``f`` x ``f`` window.
+
+    :param data: the input, ``(n, Y, X)`` C-contiguous.
+    :param f: the reduction factor.
+    :param has_fill: whether ``fill`` marks missing pixels (NaN always does).
+    :param fill: the fill value, a scalar of ``data``'s dtype.
+    :param init: the identity of max (-inf, or the dtype's minimum).
+    :param miss_val: the value written where a window has no valid pixel.
+    :param out: the output, ``(n, Y // f, X // f)``.
+    :returns: 0.
+    """
     n, yo, xo = out.shape
     for i in range(n):
         for oy in range(yo):
@@ -184,6 +227,17 @@ def max_kernel(data, f, has_fill, fill, init, miss_val, out):
 
 @_jit
 def min_kernel(data, f, has_fill, fill, init, miss_val, out):
+    """Min of the valid pixels of each ``f`` x ``f`` window.
+
+    :param data: the input, ``(n, Y, X)`` C-contiguous.
+    :param f: the reduction factor.
+    :param has_fill: whether ``fill`` marks missing pixels (NaN always does).
+    :param fill: the fill value, a scalar of ``data``'s dtype.
+    :param init: the identity of min (+inf, or the dtype's maximum).
+    :param miss_val: the value written where a window has no valid pixel.
+    :param out: the output, ``(n, Y // f, X // f)``.
+    :returns: 0.
+    """
     n, yo, xo = out.shape
     for i in range(n):
         for oy in range(yo):
@@ -198,6 +252,13 @@ def min_kernel(data, f, has_fill, fill, init, miss_val, out):
 
 @_jit
 def nearest_kernel(data, f, out):
+    """Nearest: the top-left pixel of each ``f`` x ``f`` window, missing or not.
+
+    :param data: the input, ``(n, Y, X)`` C-contiguous.
+    :param f: the reduction factor.
+    :param out: the output, ``(n, Y // f, X // f)``.
+    :returns: 0.
+    """
     n, yo, xo = out.shape
     for i in range(n):
         for oy in range(yo):
@@ -246,6 +307,15 @@ def mode_kernel(data, f, has_fill, fill, miss_val, majority, out):
 
     Generic factor: insertion-sort each window's valid pixels into a buffer,
     then take the longest run (cheap to compile; factor 2 has mode_f2_kernel).
+
+    :param data: the input, ``(n, Y, X)`` C-contiguous.
+    :param f: the reduction factor.
+    :param has_fill: whether ``fill`` marks missing pixels (NaN always does).
+    :param fill: the fill value, a scalar of ``data``'s dtype.
+    :param miss_val: the value written where a window has no (majority) value.
+    :param majority: require a strict majority of the valid pixels.
+    :param out: the output, ``(n, Y // f, X // f)``.
+    :returns: 0.
     """
     n, yo, xo = out.shape
     buf = np.empty(f * f, dtype=data.dtype)
@@ -283,7 +353,16 @@ def mode_kernel(data, f, has_fill, fill, miss_val, majority, out):
 
 @_jit
 def mode_f2_kernel(data, has_fill, fill, miss_val, majority, out):
-    """:func:`mode_kernel` for factor 2, in a kernel of its own so it vectorizes."""
+    """:func:`mode_kernel` for factor 2, in a kernel of its own so it vectorizes.
+
+    :param data: the input, ``(n, Y, X)`` C-contiguous.
+    :param has_fill: whether ``fill`` marks missing pixels (NaN always does).
+    :param fill: the fill value, a scalar of ``data``'s dtype.
+    :param miss_val: the value written where a window has no (majority) value.
+    :param majority: require a strict majority of the valid pixels.
+    :param out: the output, ``(n, Y // 2, X // 2)``.
+    :returns: 0.
+    """
     n, yo, xo = out.shape
     for i in range(n):
         for oy in range(yo):
@@ -296,6 +375,14 @@ def mode_f2_kernel(data, has_fill, fill, miss_val, majority, out):
 
 @_jit
 def missing_mask_kernel(data, has_fill, fill, out):
+    """Mark the missing pixels (NaN, or ``fill`` when ``has_fill``) of ``data`` in ``out``.
+
+    :param data: the input, ``(n, Y, X)`` C-contiguous.
+    :param has_fill: whether ``fill`` marks missing pixels.
+    :param fill: the fill value, a scalar of ``data``'s dtype.
+    :param out: a boolean array of ``data``'s shape.
+    :returns: 0.
+    """
     n, y, x = data.shape
     for i in range(n):
         for r in range(y):

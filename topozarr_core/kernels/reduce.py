@@ -175,7 +175,11 @@ def _reduce_half(data: np.ndarray, factor: int, method: str, fill_value: float |
 
 
 def missing_mask(data: np.ndarray, fill_value: float | int | None) -> np.ndarray:
-    """Boolean mask of missing pixels: NaN, or equal to ``fill_value`` when given."""
+    """Boolean mask of missing pixels: NaN, or equal to ``fill_value`` when given.
+
+    :param data: the pixels, any shape.
+    :param fill_value: the fill value, or None (only NaN is missing).
+    """
     data = np.asarray(data)
     dt = _check_dtype(data.dtype)
     if dt == _HALF:

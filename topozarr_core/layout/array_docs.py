@@ -30,7 +30,10 @@ from topozarr_core.layout.paths import data_path
 def gridded_arrays(spec: Any) -> dict[str, tuple[Any, int, bool]]:
     """{path: (variable, level, is missing-count array)} of every published array written region by
     region. The missing counts are scratch of one write (never published): an update makes its own
-    (``layout.create_scratch_counts``)."""
+    (``layout.create_scratch_counts``).
+
+    :param spec: the pyramid's spec (:class:`~topozarr_core.spec.pyramid_spec.PyramidSpec`).
+    """
     out: dict[str, tuple[Any, int, bool]] = {}
     for v in spec.variables:
         for lvl in range(len(spec.factors)):
@@ -40,13 +43,21 @@ def gridded_arrays(spec: Any) -> dict[str, tuple[Any, int, bool]]:
 
 
 def grown_arrays(spec: Any, dim: str) -> dict[str, tuple[Any, int, bool]]:
-    """The gridded arrays having ``dim``: those an update grows (or relays out)."""
+    """The gridded arrays having ``dim``: those an update grows (or relays out).
+
+    :param spec: the pyramid's spec.
+    :param dim: the dimension an update appends along.
+    """
     return {p: entry for p, entry in gridded_arrays(spec).items() if dim in entry[0].dims}
 
 
 def state_paths(spec: Any, dim: str) -> list[str]:
     """The documents whose content tells an update's starting point: the arrays it grows and the
-    level-0 coordinate along ``dim`` (compared by :func:`state_digest` between plan and prepare)."""
+    level-0 coordinate along ``dim`` (compared by :func:`state_digest` between plan and prepare).
+
+    :param spec: the pyramid's spec.
+    :param dim: the dimension an update appends along.
+    """
     return sorted(grown_arrays(spec, dim)) + [f"0/{dim}"]
 
 
@@ -57,7 +68,11 @@ def state_digest(root: dict | None, docs: dict[str, dict | None]) -> str:
 
 
 def level_variables(ds: xr.Dataset, spec: Any) -> dict[str, str]:
-    """{name: kind} of the arrays of every level group: gridded / x / y / crs / other."""
+    """{name: kind} of the arrays of every level group: gridded / x / y / crs / other.
+
+    :param ds: the source dataset.
+    :param spec: the pyramid's spec.
+    """
     tmpl, _ = level_dataset(ds, spec, 0, placeholder)
     gridded = {v.name for v in spec.variables}
     crs_name = crs_coord_name(ds)
@@ -69,18 +84,31 @@ def level_variables(ds: xr.Dataset, spec: Any) -> dict[str, str]:
 
 
 def placeholder(v: Any, level: int) -> np.ndarray:
-    """Zero-cost stand-in for gridded values (those variables are dropped before anything is written)."""
+    """Zero-cost stand-in for gridded values (those variables are dropped before anything is written).
+
+    :param v: the variable's spec (:class:`~topozarr_core.spec.variables.VarSpec`).
+    :param level: the level index.
+    """
     return np.broadcast_to(np.zeros((), dtype=v.level_dtype(level)), v.shapes[level])
 
 
 def shard_unit(v: Any, level: int) -> list[int]:
-    """The chunk grid of a gridded array as written: its shard shape (chunk shape when unsharded)."""
+    """The chunk grid of a gridded array as written: its shard shape (chunk shape when unsharded).
+
+    :param v: the variable's spec.
+    :param level: the level index.
+    """
     enc = v.encodings[level]
     return list(enc.shards if enc.shards is not None else enc.chunks)
 
 
 def chunk_grid_of(doc: dict) -> list[int] | None:
-    """The ``chunk_grid`` chunk shape of an array document."""
+    """The ``chunk_grid`` chunk shape of an array document.
+
+    None when ``doc`` has none (a group, or a malformed document).
+
+    :param doc: a parsed ``zarr.json``.
+    """
     try:
         return list(doc["chunk_grid"]["configuration"]["chunk_shape"])
     except (KeyError, TypeError):
@@ -90,7 +118,12 @@ def chunk_grid_of(doc: dict) -> list[int] | None:
 def appended_variables(ds: xr.Dataset, spec: Any, dim: str) -> tuple[MemoryStore, list[tuple[str, str]]]:
     """The coordinates / carried variables along ``dim`` of every level, written (in memory) by
     xarray exactly as a build writes them; returns the store and (source path, target path) pairs.
-    Variables without a spatial dim are the same at every level: written once, copied to each."""
+    Variables without a spatial dim are the same at every level: written once, copied to each.
+
+    :param ds: the source dataset (with the appended data).
+    :param spec: the pyramid's spec.
+    :param dim: the dimension an update appends along.
+    """
     mem = MemoryStore()
     gridded = {v.name for v in spec.variables}
     first = level_dataset(ds, spec, 0, placeholder)
@@ -113,7 +146,11 @@ def appended_variables(ds: xr.Dataset, spec: Any, dim: str) -> tuple[MemoryStore
 
 
 def children(store: Any, groups: list[str]) -> dict[str, set[str]]:
-    """{group: names of its child nodes}, listed concurrently."""
+    """{group: names of its child nodes}, listed concurrently.
+
+    :param store: the zarr store.
+    :param groups: group paths (``""`` is the root).
+    """
     async def one(path: str) -> set[str]:
         return {k for k in [k async for k in store.list_dir(f"{path}/" if path else "")] if k != "zarr.json"}
 
@@ -124,7 +161,11 @@ def children(store: Any, groups: list[str]) -> dict[str, set[str]]:
 
 
 def read_docs(store: Any, paths: list[str]) -> dict[str, dict | None]:
-    """The ``zarr.json`` documents of ``paths`` (None when missing), fetched concurrently."""
+    """The ``zarr.json`` documents of ``paths`` (None when missing), fetched concurrently.
+
+    :param store: the zarr store.
+    :param paths: node paths (``""`` is the root).
+    """
     proto = default_buffer_prototype()
 
     async def one(path: str) -> dict | None:
@@ -138,7 +179,11 @@ def read_docs(store: Any, paths: list[str]) -> dict[str, dict | None]:
 
 
 def write_docs(store: Any, docs: dict[str, dict]) -> None:
-    """Write the ``zarr.json`` documents ``{path: doc}`` concurrently."""
+    """Write the ``zarr.json`` documents ``{path: doc}`` concurrently.
+
+    :param store: the zarr store.
+    :param docs: ``{node path: document}``.
+    """
     proto = default_buffer_prototype()
 
     async def run() -> None:
@@ -150,7 +195,11 @@ def write_docs(store: Any, docs: dict[str, dict]) -> None:
 
 def refresh_level_attributes(store: Any, spec: Any) -> list[str]:
     """Give every level group the attributes a build of the source writes (the dataset's global
-    attributes may have changed, e.g. a ``history``); returns the groups rewritten."""
+    attributes may have changed, e.g. a ``history``); returns the groups rewritten.
+
+    :param store: the zarr store of the pyramid.
+    :param spec: the pyramid's spec (its ``source_attrs`` are the new global attributes).
+    """
     groups = [str(lvl) for lvl in range(len(spec.factors))]
     docs = read_docs(store, groups)
     changed = {}
@@ -168,7 +217,12 @@ def refresh_level_attributes(store: Any, spec: Any) -> list[str]:
 
 
 def grown_doc(doc: dict, shape: tuple[int, ...], unit: list[int]) -> dict:
-    """``doc`` with another shape and chunk grid (codecs, attributes and fill value kept)."""
+    """``doc`` with another shape and chunk grid (codecs, attributes and fill value kept).
+
+    :param doc: the array's ``zarr.json`` (not modified).
+    :param shape: the new shape.
+    :param unit: the new chunk grid shape (the shard shape when sharded).
+    """
     out = json.loads(json.dumps(doc))
     out["shape"] = [int(n) for n in shape]
     out["chunk_grid"]["configuration"]["chunk_shape"] = [int(n) for n in unit]
@@ -183,6 +237,9 @@ def clear_chunks(store: Any, paths: list[str]) -> None:
 
     The document stays, so an update killed between this and the new document leaves an array
     that still opens (empty, to be rewritten whole by the resumed update), never a lost node.
+
+    :param store: the zarr store.
+    :param paths: array paths.
     """
 
     async def one(path: str) -> None:

@@ -43,7 +43,12 @@ RESAMPLING_NAMES = {"mean": "average", "max": "max", "min": "min", "sum": "sum",
 
 
 def geo_attributes(grid: SpatialGrid, crs: pyproj.CRS, factor: int = 1) -> dict[str, Any]:
-    """``spatial:`` and ``proj:`` attributes of one level (or a flat dataset)."""
+    """``spatial:`` and ``proj:`` attributes of one level (or a flat dataset).
+
+    :param grid: the level-0 spatial grid.
+    :param crs: the CRS.
+    :param factor: the level's factor relative to level 0.
+    """
     return {
         **proj_attributes(crs),
         "spatial:dimensions": [grid.y.name, grid.x.name],
@@ -56,7 +61,12 @@ def geo_attributes(grid: SpatialGrid, crs: pyproj.CRS, factor: int = 1) -> dict[
 
 def flat_attributes(grid: SpatialGrid, crs: pyproj.CRS,
                     layer_hints: dict[str, ZarrLayerVarConfig] | None = None) -> dict[str, Any]:
-    """Root attributes of a single-level GeoZarr dataset (no multiscales)."""
+    """Root attributes of a single-level GeoZarr dataset (no multiscales).
+
+    :param grid: the spatial grid.
+    :param crs: the CRS.
+    :param layer_hints: per-variable ``zarr-layer`` hints, or None.
+    """
     attrs: dict[str, Any] = {
         "zarr_conventions": [SPATIAL_CONVENTION, PROJ_CONVENTION],
         **geo_attributes(grid, crs),
@@ -74,7 +84,10 @@ RESERVED_PREFIXES = ("spatial:", "proj:", "topozarr:")
 
 def dataset_attributes(attrs: dict[str, Any] | None) -> dict[str, Any]:
     """The dataset's global attributes that level groups and the root carry (topozarr copies them
-    to every level): all but the reserved convention keys."""
+    to every level): all but the reserved convention keys.
+
+    :param attrs: the dataset's attributes, or None.
+    """
     return {k: v for k, v in (attrs or {}).items()
             if k not in RESERVED_ATTRS and not str(k).startswith(RESERVED_PREFIXES)}
 
@@ -90,7 +103,13 @@ def stored_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
 def level_attributes(grid: SpatialGrid, crs: pyproj.CRS, factor: int,
                      source_attrs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Attributes of one level group: the dataset's global attributes and its own geo attributes
-    (so a level opens standalone); the convention keys always win."""
+    (so a level opens standalone); the convention keys always win.
+
+    :param grid: the level-0 spatial grid.
+    :param crs: the CRS.
+    :param factor: the level's factor relative to level 0.
+    :param source_attrs: the source dataset's global attributes, or None.
+    """
     return {**dataset_attributes(source_attrs), "zarr_conventions": [SPATIAL_CONVENTION, PROJ_CONVENTION],
             **geo_attributes(grid, crs, factor)}
 
@@ -102,7 +121,14 @@ def multiscale_attributes(
     method: str,
     layer_hints: dict[str, ZarrLayerVarConfig] | None = None,
 ) -> dict[str, Any]:
-    """Root attributes of a pyramid: conventions, multiscales layout, geo attributes, hints."""
+    """Root attributes of a pyramid: conventions, multiscales layout, geo attributes, hints.
+
+    :param grid: the level-0 spatial grid.
+    :param crs: the CRS.
+    :param factors: each level's factor relative to level 0 (the first is 1).
+    :param method: the reduction method (a key of ``RESAMPLING_NAMES``).
+    :param layer_hints: per-variable ``zarr-layer`` hints, or None.
+    """
     resampling = RESAMPLING_NAMES[method]
     layout: list[dict[str, Any]] = []
     for i, f in enumerate(factors):
@@ -143,7 +169,10 @@ def rename_resampling(attrs: Any, old: str, new: Any) -> bool:
 
 
 def comparable(doc: Any) -> Any:
-    """A metadata document in comparable form: NaN-safe, tuples as lists, numpy scalars as Python."""
+    """A metadata document in comparable form: NaN-safe, tuples as lists, numpy scalars as Python.
+
+    :param doc: any JSON-like value.
+    """
     import json
     import math
 

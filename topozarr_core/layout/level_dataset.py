@@ -42,7 +42,10 @@ NO_NODATA_FILL = {
 
 
 def crs_coord_name(ds: xr.Dataset) -> str:
-    """Name of the CF grid-mapping scalar written to every level (reuses xproj's if present)."""
+    """Name of the CF grid-mapping scalar written to every level (reuses xproj's if present).
+
+    :param ds: the source dataset.
+    """
     for name, index in ds.xindexes.items():
         if type(index).__name__ == "CRSIndex":
             return str(name)
@@ -96,11 +99,25 @@ def _along_one_axis(ds: xr.Dataset, name: str, spec: PyramidSpec, level: int) ->
 
 
 def axis_centres(ds: xr.Dataset, spec: PyramidSpec, axis: Axis, level: int) -> np.ndarray:
-    """A level's x or y coordinate (level 0: the source's, bit for bit; see ``grid.level_centres``)."""
+    """A level's x or y coordinate (level 0: the source's, bit for bit; see ``grid.level_centres``).
+
+    :param ds: the source dataset.
+    :param spec: the pyramid's spec.
+    :param axis: the x or y axis of ``spec.grid``.
+    :param level: the level index.
+    """
     return level_centres(ds, axis, spec.factors[: level + 1])
 
 
 def gridded_encoding(spec_var: VarSpec, level: int) -> dict[str, Any]:
+    """The ``to_zarr`` encoding of a gridded variable at one level: its chunks/shards/codecs, dtype and fill value.
+
+    The zarr ``fill_value`` is the nodata value when there is one; float data without one gets NaN, other
+    dtypes none (or the ``NO_NODATA_FILL`` value of their dtype).
+
+    :param spec_var: the variable's spec.
+    :param level: the level index.
+    """
     enc = spec_var.encodings[level].to_xarray()
     dtype = np.dtype(spec_var.level_dtype(level))
     if spec_var.fill_value is not None:
@@ -117,7 +134,13 @@ def gridded_encoding(spec_var: VarSpec, level: int) -> dict[str, Any]:
 
 
 def level_dataset(ds: xr.Dataset, spec: PyramidSpec, level: int, data: GriddedData) -> tuple[xr.Dataset, dict]:
-    """The level-``level`` Dataset and its to_zarr encoding. ``data(var, level)`` gives gridded values."""
+    """The level-``level`` Dataset and its to_zarr encoding. ``data(var, level)`` gives gridded values.
+
+    :param ds: the source dataset.
+    :param spec: the pyramid's spec.
+    :param level: the level index.
+    :param data: gives the gridded values of a variable at a level (real data or a placeholder).
+    """
     f = spec.factors[level]
     grid = spec.grid
     crs_name = crs_coord_name(ds)
@@ -157,7 +180,11 @@ def level_dataset(ds: xr.Dataset, spec: PyramidSpec, level: int, data: GriddedDa
 
 
 def template_data(v: VarSpec, level: int) -> dsa.Array:
-    """Lazy placeholder whose dask chunks match the shards, so xarray accepts it for region writes."""
+    """Lazy placeholder whose dask chunks match the shards, so xarray accepts it for region writes.
+
+    :param v: the variable's spec.
+    :param level: the level index.
+    """
     enc = v.encodings[level]
     unit = enc.shards if enc.shards is not None else enc.chunks
     return dsa.zeros(v.shapes[level], dtype=v.level_dtype(level), chunks=unit)

@@ -47,6 +47,9 @@ class LevelDocuments:
     """
 
     def __init__(self, ds: xr.Dataset, spec: PyramidSpec) -> None:
+        """:param ds: the source dataset.
+        :param spec: the pyramid's spec.
+        """
         self.ds, self.spec = ds, spec
         self._levels: dict[int, dict[str, Buffer]] = {}
 
@@ -78,7 +81,12 @@ class LevelDocuments:
 
 
 def build_level(ds: xr.Dataset, spec: PyramidSpec, level: int) -> dict[str, Buffer]:
-    """The level's keys as xarray writes them (template data, ``compute=False``)."""
+    """The level's keys as xarray writes them (template data, ``compute=False``).
+
+    :param ds: the source dataset.
+    :param spec: the pyramid's spec.
+    :param level: the level index.
+    """
     store = zarr.storage.MemoryStore()
     tmpl, encoding = level_dataset(ds, spec, level, template_data)
     tmpl.to_zarr(store, group=str(level), mode="w", compute=False, zarr_format=3, consolidated=False,
@@ -88,7 +96,14 @@ def build_level(ds: xr.Dataset, spec: PyramidSpec, level: int) -> dict[str, Buff
 
 def derive_level(ref_keys: dict[str, Buffer], ds: xr.Dataset, spec: PyramidSpec, ref: int,
                  level: int) -> dict[str, Buffer] | None:
-    """Level ``level``'s keys edited from level ``ref``'s, or None when that would not be exact."""
+    """Level ``level``'s keys edited from level ``ref``'s, or None when that would not be exact.
+
+    :param ref_keys: the keys of level ``ref`` (others are ignored), as :func:`build_level` returns them.
+    :param ds: the source dataset.
+    :param spec: the pyramid's spec.
+    :param ref: the level the keys come from.
+    :param level: the level to derive.
+    """
     proto = default_buffer_prototype()
     gridded = {v.name: v for v in spec.variables}
     axes = {spec.y_dim: spec.grid.y, spec.x_dim: spec.grid.x}
@@ -156,7 +171,13 @@ def _rechunked(doc: dict[str, Any], shape: tuple[int, ...], chunks: tuple[int, .
 
 
 def create_missing(spec: PyramidSpec, level: int) -> dict[str, Buffer]:
-    """The hidden per-pixel missing-count arrays of a mean level (see ``paths.MISSING_GROUP``)."""
+    """The hidden per-pixel missing-count arrays of a mean level (see ``paths.MISSING_GROUP``).
+
+    Empty where the level keeps no scratch counts (see :func:`~topozarr_core.layout.paths.keeps_scratch_counts`).
+
+    :param spec: the pyramid's spec.
+    :param level: the level index.
+    """
     if not keeps_scratch_counts(len(spec.factors), level):
         return {}
     keys: dict[str, Buffer] = {}
@@ -182,7 +203,15 @@ def create_missing(spec: PyramidSpec, level: int) -> dict[str, Buffer]:
 
 
 def derive_missing(ref_keys: dict[str, Buffer], spec: PyramidSpec, ref: int, level: int) -> dict[str, Buffer] | None:
-    """Level ``level``'s missing-count documents edited from level ``ref``'s (None: not derivable)."""
+    """Level ``level``'s missing-count documents edited from level ``ref``'s (None: not derivable).
+
+    Empty where the level keeps no scratch counts or no variable tracks missing pixels.
+
+    :param ref_keys: keys that hold level ``ref``'s missing-count documents.
+    :param spec: the pyramid's spec.
+    :param ref: the level the documents come from.
+    :param level: the level to derive.
+    """
     tracked = [v for v in spec.variables if v.track_missing]
     if not keeps_scratch_counts(len(spec.factors), level) or not tracked:
         return {}

@@ -9,6 +9,7 @@ MISSING_GROUP = "_topozarr_missing"
 
 
 def data_path(level: int, var: str) -> str:
+    """The store path of variable ``var`` at level ``level`` (``"{level}/{var}"``)."""
     return f"{level}/{var}"
 
 
@@ -25,7 +26,11 @@ def is_missing_array_key(key: str) -> bool:
 
 def keeps_scratch_counts(n_levels: int, level: int) -> bool:
     """Whether a level's missing counts are written as scratch: only when a next level may read
-    them back from the store (level 0 has none, the coarsest level feeds no level)."""
+    them back from the store (level 0 has none, the coarsest level feeds no level).
+
+    :param n_levels: the number of levels of the pyramid.
+    :param level: the level index.
+    """
     return 1 <= level < n_levels - 1
 
 

@@ -49,7 +49,11 @@ def viewer_attributes(grid: SpatialGrid, crs: pyproj.CRS) -> dict[str, Any]:
     """``{VIEWER_KEY: {...}}`` for the root, in zarr-layer's option names: the level-0 edge
     ``bounds`` ``[xmin, ymin, xmax, ymax]`` in CRS units and ``latIsAscending`` (given both it reads
     no coordinate arrays and warns of nothing), and for every CRS but EPSG:4326 the ``proj4``
-    definition the page must pass."""
+    definition the page must pass.
+
+    :param grid: the level-0 spatial grid.
+    :param crs: the CRS.
+    """
     hint: dict[str, Any] = {"bounds": [float(v) for v in grid.bbox(1)], "latIsAscending": bool(grid.y.step > 0)}
     if crs_code(crs) != "EPSG:4326":
         hint["proj4"] = proj4_definition(crs)

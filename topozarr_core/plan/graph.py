@@ -38,6 +38,10 @@ class RegionIndex:
 
     @classmethod
     def of(cls, boxes: list[Box]) -> RegionIndex:
+        """An index of ``boxes`` (region ``i`` is ``boxes[i]``), frozen and ready for lookups.
+
+        :param boxes: the regions' boxes of one (level, variable), a product grid.
+        """
         index = cls()
         for i, box in enumerate(boxes):
             index.add(box, i)
@@ -45,9 +49,15 @@ class RegionIndex:
         return index
 
     def add(self, box: Box, index: int) -> None:
+        """Record that ``box`` is region number ``index``; call :meth:`freeze` after the last one.
+
+        :param box: the region's box.
+        :param index: the region's index in the plan.
+        """
         self.by_box[box] = index
 
     def freeze(self) -> None:
+        """Build the per-dim sorted intervals from the boxes added so far."""
         ndim = len(next(iter(self.by_box))) if self.by_box else 0
         self.intervals = [sorted({box[d] for box in self.by_box}) for d in range(ndim)]
         self.starts = [[a for a, _ in iv] for iv in self.intervals]

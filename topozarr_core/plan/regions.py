@@ -24,19 +24,23 @@ Box = tuple[tuple[int, int], ...]  # (start, stop) per dim, in the variable's di
 
 @dataclass(frozen=True)
 class Region:
+    """One unit of work: the ``box`` (per dim ``(start, stop)``, in the level's indices) of variable ``var`` at ``level``."""
     level: int
     var: str
     box: Box
 
     def slices(self) -> tuple[slice, ...]:
+        """The box as slices, to index an array."""
         return tuple(slice(a, b) for a, b in self.box)
 
     def shape(self) -> tuple[int, ...]:
+        """The box's shape."""
         return tuple(b - a for a, b in self.box)
 
 
 @dataclass(frozen=True)
 class LevelPlan:
+    """The regions of one level, with its ``factor`` (cumulative from level 0) and ``step`` (from the previous level)."""
     level: int
     factor: int  # cumulative factor from level 0
     step: int  # factor relative to the previous level (1 for level 0)
@@ -44,6 +48,7 @@ class LevelPlan:
 
     @property
     def n_regions(self) -> int:
+        """The number of regions of this level."""
         return len(self.regions)
 
 
@@ -59,6 +64,10 @@ class RegionPlan:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def var(self, name: str) -> VarSpec:
+        """The spec of variable ``name``; KeyError when the plan has none.
+
+        :param name: the variable's name.
+        """
         for v in self.variables:
             if v.name == name:
                 return v
@@ -94,7 +103,10 @@ def _grid_boxes(shape: tuple[int, ...], unit: tuple[int, ...], window: Box | Non
 
 
 def write_unit(enc: VarEncoding) -> tuple[int, ...]:
-    """What one region writes at most: a shard (or a chunk when unsharded)."""
+    """What one region writes at most: a shard (or a chunk when unsharded).
+
+    :param enc: the array's encoding at that level.
+    """
     return enc.shards if enc.shards is not None else enc.chunks
 
 
@@ -102,7 +114,12 @@ def level0_unit(
     spec: VarSpec, source_chunks: tuple[int, ...] | None, max_region_bytes: int
 ) -> tuple[int, ...]:
     """Level-0 region size: whole shards, widened per dim to cover whole source chunks when the
-    widened region stays within ``max_region_bytes``."""
+    widened region stays within ``max_region_bytes``.
+
+    :param spec: the variable's spec.
+    :param source_chunks: the source's chunk shape of that variable, or None (not chunked).
+    :param max_region_bytes: the largest region a widening may make.
+    """
     unit = list(write_unit(spec.encodings[0]))
     if not source_chunks:
         return tuple(unit)
@@ -126,7 +143,14 @@ def _itemsize(dtype: str) -> int:
 def level_regions(spec: VarSpec, level: int, source_chunks: tuple[int, ...] | None, max_region_bytes: int,
                   window: Box | None = None) -> list[Region]:
     """The regions of one variable at one level, in plan order, optionally only inside ``window``
-    (in that level's index space; a window aligned to the level's shards keeps every region whole)."""
+    (in that level's index space; a window aligned to the level's shards keeps every region whole).
+
+    :param spec: the variable's spec.
+    :param level: the level index.
+    :param source_chunks: the source's chunk shape of that variable (widens level-0 regions), or None.
+    :param max_region_bytes: the largest level-0 region a widening may make.
+    :param window: a box in the level's indices, or None (the whole array).
+    """
     unit = level0_unit(spec, source_chunks, max_region_bytes) if level == 0 else write_unit(spec.encodings[level])
     return [Region(level, spec.name, box) for box in _grid_boxes(spec.shapes[level], unit, window)]
 
@@ -145,7 +169,18 @@ def build_region_plan(
 ) -> RegionPlan:
     """Shard-aligned regions for every variable at every requested level (all of a level, or, with
     ``windows``, only those inside the windows given for its ``(level, variable)``; windows aligned
-    to the level's shards, as tiles' are, keep every region whole and never split one)."""
+    to the level's shards, as tiles' are, keep every region whole and never split one).
+
+    :param x_dim: the x dimension's name.
+    :param y_dim: the y dimension's name.
+    :param factors: each level's factor relative to level 0.
+    :param variables: the gridded variables' specs.
+    :param source_chunks: per variable, the source's chunk shape (or None).
+    :param max_region_bytes: the largest level-0 region a widening to whole source chunks may make.
+    :param levels: the levels to plan (default all).
+    :param windows: per ``(level, variable)``, the boxes to cover; None: everything.
+    :param extra: free-form data the plan carries for the executor (``handoff``, ``restricted``).
+    """
     wanted = list(range(len(factors))) if levels is None else sorted(levels)
     level_plans = []
     for lvl in wanted:

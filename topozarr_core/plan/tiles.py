@@ -86,12 +86,20 @@ class TilePlan:
 
     # -- description ---------------------------------------------------------------------------
     def var(self, name: str) -> VarSpec:
+        """The spec of variable ``name``; KeyError when the plan has none.
+
+        :param name: the variable's name.
+        """
         for v in self.variables:
             if v.name == name:
                 return v
         raise KeyError(name)
 
     def tile(self, key: str) -> Tile:
+        """The tile whose key is ``key``; KeyError naming it when the plan has none.
+
+        :param key: a tile key such as ``S0-00003``.
+        """
         index = self.__dict__.get("_by_key")
         if index is None:
             index = {t.key: t for t in self.tiles}
@@ -103,10 +111,12 @@ class TilePlan:
 
     @property
     def stages(self) -> list[int]:
+        """The stage numbers, ascending."""
         return sorted({t.stage for t in self.tiles})
 
     @property
     def levels(self) -> list[int]:
+        """The levels that the tiles write, ascending."""
         return sorted({lvl for t in self.tiles for lvl in t.levels})
 
     @property
@@ -371,13 +381,21 @@ def build_tile_plan(
 ) -> TilePlan:
     """Tile the pyramid's ``levels`` (default all; a contiguous run) into stages of tiles.
 
-    ``max_tile_bytes``: at most this many bytes of input per tile while a stage grows by a level
-    (``None``: one tile per variable group covering everything). ``max_tiles``: a hard cap on the
-    number of tiles (tiles merged until it holds). ``min_tiles``: a stage takes in one more level (or
-    more entries of another dim) only while it keeps at least this many tiles, so the workers of a
-    distributed run stay busy to the end. ``restricted``: an update's window along a
-    non-spatial dim (``{"dim", "start", "stop", "whole", "clip"}``): tiles cover it only, every level
-    in one stage, cut along that dim only (one tile when whole arrays are rewritten too).
+    :param x_dim: the x dimension's name.
+    :param y_dim: the y dimension's name.
+    :param factors: each level's factor relative to level 0.
+    :param variables: the gridded variables' specs.
+    :param source_chunks: per variable, the source's chunk shape (or None).
+    :param max_region_bytes: the largest level-0 region a widening to whole source chunks may make.
+    :param levels: the levels to tile (default all).
+    :param max_tile_bytes: at most this many bytes of input per tile while a stage grows by a level
+        (``None``: one tile per variable group covering everything).
+    :param max_tiles: a hard cap on the number of tiles (tiles merged until it holds).
+    :param min_tiles: a stage takes in one more level (or more entries of another dim) only while it
+        keeps at least this many tiles, so the workers of a distributed run stay busy to the end.
+    :param restricted: an update's window along a non-spatial dim (``{"dim", "start", "stop", "whole",
+        "clip"}``): tiles cover it only, every level in one stage, cut along that dim only (one tile when
+        whole arrays are rewritten too).
     """
     factors = tuple(int(f) for f in factors)
     variables = tuple(variables)

@@ -54,6 +54,10 @@ _PARTIAL = re.compile(r"^(zarr|topozarr\.lease)\.[0-9a-f]{32}\.partial$")
 
 
 def ignorable(name: str) -> bool:
+    """Whether a root key of ours does not make a target "not empty": a stale lease or a half-written temporary file.
+
+    :param name: a key at the target's root.
+    """
     return name in _IGNORABLE or bool(_PARTIAL.match(name))
 _SYSTEM_DIRS = ("bin", "boot", "dev", "etc", "home", "lib", "lib32", "lib64", "media", "mnt", "opt", "proc", "root",
                 "run", "sbin", "srv", "sys", "tmp", "usr", "var")
@@ -78,6 +82,7 @@ class TargetState:
 
     @property
     def attrs(self) -> dict:
+        """The root group's attributes (empty when there is no root document)."""
         return root_attrs(self.root)
 
 
@@ -169,7 +174,11 @@ def protected_locations() -> list[tuple[Path, str]]:
 
 
 def check_location(target: Location | None, sources: list[Location]) -> None:
-    """Refuse targets that are never safe to replace (no opt-in can override this)."""
+    """Refuse targets that are never safe to replace (no opt-in can override this).
+
+    :param target: where the write goes, or None (not a location we can tell: nothing to refuse).
+    :param sources: where the source dataset's data lives.
+    """
     if target is None:
         return
     if target.kind == "local":
@@ -189,7 +198,16 @@ def check_location(target: Location | None, sources: list[Location]) -> None:
 
 def check_target(store: Any, spec: Any, mode: str, levels: list[int], *, ds: Any = None,
                  sources: tuple[str, ...] = (), overwrite_foreign: bool = False) -> TargetState:
-    """Refuse, before writing anything, targets the requested mode must not touch. Returns what is there."""
+    """Refuse, before writing anything, targets the requested mode must not touch. Returns what is there.
+
+    :param store: the target zarr store.
+    :param spec: the pyramid's spec.
+    :param mode: ``"w"``, ``"w-"`` or ``"a"``, as in :meth:`~topozarr_core.pyramid.Pyramid.write`.
+    :param levels: the levels the write rewrites (all of them in mode ``"w"``).
+    :param ds: the source dataset (its files must not be the target), or None.
+    :param sources: the source's URLs or paths, also never a target.
+    :param overwrite_foreign: the caller's opt-in to deleting data this project did not write.
+    """
     if mode not in WRITE_MODES:
         raise ValueError(f"mode must be one of {WRITE_MODES}, got {mode!r}")
     src_locations = dataset_locations(ds, sources)

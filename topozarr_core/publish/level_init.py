@@ -33,6 +33,12 @@ class LevelInitialiser:
 
     def __init__(self, store: Any, ds: xr.Dataset, spec: PyramidSpec, levels: list[int],
                  docs: LevelDocuments | None = None) -> None:
+        """:param store: the target zarr store.
+        :param ds: the source dataset.
+        :param spec: the pyramid's spec.
+        :param levels: the levels to create.
+        :param docs: the write's staged level documents, or None (a new one).
+        """
         self.store, self.ds, self.spec = store, ds, spec
         self.pending = set(levels)
         self.docs = docs or LevelDocuments(ds, spec)

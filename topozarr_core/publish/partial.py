@@ -19,7 +19,10 @@ WRITTEN_KEY = "topozarr:levels_written"
 
 
 def recorded_levels(attrs: dict) -> set[int] | None:
-    """The levels a partial write recorded in an unpublished root (None: no partial write there)."""
+    """The levels a partial write recorded in an unpublished root (None: no partial write there).
+
+    :param attrs: the root's attributes.
+    """
     if STATUS_KEY not in attrs or not isinstance(attrs.get(WRITTEN_KEY), list):
         return None
     return {int(x) for x in attrs[WRITTEN_KEY] if isinstance(x, int) and not isinstance(x, bool)}
@@ -27,7 +30,12 @@ def recorded_levels(attrs: dict) -> set[int] | None:
 
 def check_kept_levels(attrs: dict, levels: list[int], n_levels: int) -> set[int] | None:
     """``mode="a"`` onto a partial write: every level kept (not rewritten) must hold data. Returns the
-    levels written before (None when the target is not a partial write)."""
+    levels written before (None when the target is not a partial write).
+
+    :param attrs: the root's attributes.
+    :param levels: the levels this write rewrites.
+    :param n_levels: the number of levels of the pyramid.
+    """
     recorded = recorded_levels(attrs)
     if recorded is None:
         return None
@@ -40,7 +48,13 @@ def check_kept_levels(attrs: dict, levels: list[int], n_levels: int) -> set[int]
 
 def finish_partial(store: Any, published: dict, written: set[int], owned: set[str]) -> dict:
     """End a write that left levels unwritten: an unpublished root carrying ``published``'s layout
-    (stashed), options and the written levels. Returns the root attributes written."""
+    (stashed), options and the written levels. Returns the root attributes written.
+
+    :param store: the target zarr store.
+    :param published: the root attributes a complete write would publish.
+    :param written: the levels that hold data now.
+    :param owned: the top-level nodes this project wrote.
+    """
     attrs = unpublished_attrs(published, INCOMPLETE, owned, **{WRITTEN_KEY: sorted(written)})
     write_root(store, attrs)
     return attrs

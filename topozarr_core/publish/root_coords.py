@@ -38,21 +38,32 @@ from topozarr_core.publish.root_doc import (
 
 
 def planned_names(ds: xr.Dataset | None, x_dim: str, y_dim: str) -> list[str]:
-    """The root copies a pyramid of ``ds`` gets: its 1-D dimension coordinates along non-spatial dims."""
+    """The root copies a pyramid of ``ds`` gets: its 1-D dimension coordinates along non-spatial dims.
+
+    :param ds: the source dataset, or None (no copies).
+    :param x_dim: the x dimension's name.
+    :param y_dim: the y dimension's name.
+    """
     if ds is None:
         return []
     return sorted(str(n) for n, v in ds.coords.items() if v.dims == (n,) and n not in (x_dim, y_dim))
 
 
 def first_level(attrs: dict) -> str:
-    """The path of level 0 (the first ``multiscales`` layout asset; ``"0"`` for our layouts)."""
+    """The path of level 0 (the first ``multiscales`` layout asset; ``"0"`` for our layouts).
+
+    :param attrs: the root's attributes.
+    """
     layout = (attrs.get("multiscales") or {}).get("layout") or []
     asset = layout[0].get("asset") if layout and isinstance(layout[0], dict) else None
     return str(asset) if asset else "0"
 
 
 def spatial_dims(attrs: dict) -> set[str]:
-    """The spatial dimension names of a root: from ``topozarr:options``, else ``spatial:dimensions``."""
+    """The spatial dimension names of a root: from ``topozarr:options``, else ``spatial:dimensions``.
+
+    :param attrs: the root's attributes.
+    """
     options = attrs.get(OPTIONS_KEY)
     if isinstance(options, dict) and options.get("x_dim") and options.get("y_dim"):
         return {str(options["x_dim"]), str(options["y_dim"])}
@@ -60,7 +71,11 @@ def spatial_dims(attrs: dict) -> set[str]:
 
 
 def level_names(store: Any, attrs: dict) -> list[str]:
-    """The 1-D non-spatial dimension coordinates level 0 holds in ``store`` (what gets copied)."""
+    """The 1-D non-spatial dimension coordinates level 0 holds in ``store`` (what gets copied).
+
+    :param store: the pyramid's zarr store.
+    :param attrs: the root's attributes.
+    """
     level = first_level(attrs)
     spatial = spatial_dims(attrs)
 
@@ -94,7 +109,12 @@ async def _node_bytes(store: Any, path: str) -> dict[str, bytes]:
 
 
 def stale_names(store: Any, attrs: dict, names: list[str] | None = None) -> list[str]:
-    """The copies that are missing at the root or differ (any key, byte for byte) from level 0's array."""
+    """The copies that are missing at the root or differ (any key, byte for byte) from level 0's array.
+
+    :param store: the pyramid's zarr store.
+    :param attrs: the root's attributes.
+    :param names: the copies to compare (default: every one level 0 has).
+    """
     level = first_level(attrs)
     names = level_names(store, attrs) if names is None else names
 
@@ -136,7 +156,11 @@ def publish_copies(store: Any, attrs: dict) -> dict:
     current root (one extra root write, only when they are not listed yet), so a kill at any instant
     leaves every copy under a root that owns it; a published root over copies about to change is
     unpublished first, so no reader sees a published root over a missing or stale copy. Copies of ours
-    that level 0 no longer has a coordinate for are deleted."""
+    that level 0 no longer has a coordinate for are deleted.
+
+    :param store: the pyramid's zarr store.
+    :param attrs: the root attributes about to be published.
+    """
     names = level_names(store, attrs)
     stale = stale_names(store, attrs, names)
     current = read_root(store)

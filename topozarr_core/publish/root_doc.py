@@ -41,7 +41,10 @@ class RootUnreadable(ValueError):
 
 
 def read_root(store: Any) -> dict | None:
-    """The root document as JSON (None when there is none)."""
+    """The root document as JSON (None when there is none).
+
+    :param store: the zarr store.
+    """
     try:
         raw = sync(store.get(ROOT_DOC, prototype=default_buffer_prototype()))
     except FileNotFoundError:  # a read-only local store whose directory does not exist yet
@@ -56,12 +59,19 @@ def read_root(store: Any) -> dict | None:
 
 
 def root_attrs(doc: dict | None) -> dict:
+    """The attributes of a root document (empty when there is none or they are not a mapping).
+
+    :param doc: the root document as JSON, or None.
+    """
     attrs = (doc or {}).get("attributes") or {}
     return attrs if isinstance(attrs, dict) else {}
 
 
 def is_pyramid_root(doc: dict | None) -> bool:
-    """Written by this project: a group whose attributes carry our options or our status marker."""
+    """Written by this project: a group whose attributes carry our options or our status marker.
+
+    :param doc: the root document as JSON, or None.
+    """
     if not doc or doc.get("node_type") != "group":
         return False
     attrs = root_attrs(doc)
@@ -69,17 +79,27 @@ def is_pyramid_root(doc: dict | None) -> bool:
 
 
 def is_published(attrs: dict) -> bool:
+    """Whether a root is published: it has ``multiscales`` and no status marker of an unfinished write.
+
+    :param attrs: the root's attributes.
+    """
     return isinstance(attrs.get("multiscales"), dict) and STATUS_KEY not in attrs
 
 
 def multiscales_of(attrs: dict) -> dict | None:
-    """The layout of a published root, or the stashed one of an unpublished root."""
+    """The layout of a published root, or the stashed one of an unpublished root.
+
+    :param attrs: the root's attributes.
+    """
     ms = attrs.get("multiscales") if isinstance(attrs.get("multiscales"), dict) else attrs.get(STASH_KEY)
     return ms if isinstance(ms, dict) else None
 
 
 def owned_nodes(attrs: dict) -> set[str]:
-    """Top-level node names this project wrote below a root of ours."""
+    """Top-level node names this project wrote below a root of ours.
+
+    :param attrs: the root's attributes.
+    """
     owned = {str(x) for x in attrs.get(OWNED_KEY) or [] if isinstance(x, (str, int))}
     ms = multiscales_of(attrs) or {}
     owned |= {str(entry.get("asset")) for entry in ms.get("layout", []) if isinstance(entry, dict)
@@ -108,13 +128,20 @@ def unpublished_attrs(attrs: dict, status: str, owned: set[str], **extra: Any) -
 
 
 def write_root(store: Any, attrs: dict) -> None:
-    """Replace the root group document in one write (atomic on local disk and object stores)."""
+    """Replace the root group document in one write (atomic on local disk and object stores).
+
+    :param store: the zarr store.
+    :param attrs: the root group's attributes.
+    """
     buf = GroupMetadata(attributes=attrs).to_buffer_dict(default_buffer_prototype())[ROOT_DOC]
     sync(store.set(ROOT_DOC, buf))
 
 
 def creation_options(spec: Any) -> dict[str, Any]:
-    """The ``create_pyramid`` options that fix a pyramid's layout (besides the source and its CRS)."""
+    """The ``create_pyramid`` options that fix a pyramid's layout (besides the source and its CRS).
+
+    :param spec: the pyramid's spec.
+    """
     return {
         "x_dim": spec.x_dim,
         "y_dim": spec.y_dim,

@@ -43,7 +43,14 @@ from topozarr_core.store.targets import check_writable, is_icechunk_store
 def prepare_target(store: Any, spec: PyramidSpec, mode: str, levels: list[int], state: TargetState) -> None:
     """Unpublish the root (one atomic write), then delete what the rewrite replaces: in mode ``w`` every
     node this project wrote there (a foreign file beside them stays), or everything when the caller
-    opted in to replacing a foreign target. ``state`` is what :func:`check_target` found."""
+    opted in to replacing a foreign target. ``state`` is what :func:`check_target` found.
+
+    :param store: the target zarr store.
+    :param spec: the pyramid's spec.
+    :param mode: ``"w"`` or ``"a"`` (``"w-"`` found the target empty).
+    :param levels: the levels the write rewrites.
+    :param state: what :func:`check_target` found.
+    """
     check_writable(store)  # one line instead of the backend's dump at the first write below
     new_nodes = {str(lvl) for lvl in range(len(spec.factors))} | {MISSING_GROUP}
     if mode == "a":
@@ -109,6 +116,12 @@ def initialise_level(store: Any, ds: xr.Dataset, spec: PyramidSpec, level: int,
     requests instead of ~15 sequential ones per level (most of a level's creation time on a local
     disk, far more on object storage). Levels are independent of each other here, so a writer may
     create level ``L + 1`` while level ``L``'s regions are being written.
+
+    :param store: the target zarr store.
+    :param ds: the source dataset.
+    :param spec: the pyramid's spec.
+    :param level: the level index.
+    :param docs: the write's staged level documents, or None (a fresh one for this level).
     """
     staging = (docs or LevelDocuments(ds, spec)).staged(level)
     sync(_replace(staging, store, [f"{level}/"] + _scratch_prefixes(spec, [level])))
@@ -120,7 +133,12 @@ def _scratch_prefixes(spec: PyramidSpec, levels: Any) -> list[str]:
 
 
 def create_scratch_counts(store: Any, spec: PyramidSpec, levels: Any) -> None:
-    """(Re)create the empty scratch missing-count arrays of ``levels`` (an update's, at its grown shapes)."""
+    """(Re)create the empty scratch missing-count arrays of ``levels`` (an update's, at its grown shapes).
+
+    :param store: the target zarr store.
+    :param spec: the pyramid's spec.
+    :param levels: the level indices.
+    """
     levels = list(levels)
     keys: dict = {}
     for lvl in levels:
@@ -131,7 +149,10 @@ def create_scratch_counts(store: Any, spec: PyramidSpec, levels: Any) -> None:
 
 
 def drop_scratch(store: Any) -> None:
-    """Delete the scratch group (missing counts): a published pyramid holds only what readers expect."""
+    """Delete the scratch group (missing counts): a published pyramid holds only what readers expect.
+
+    :param store: the target zarr store.
+    """
     sync(_delete_scratch(store, MISSING_GROUP))
 
 
@@ -158,13 +179,23 @@ async def _replace(staging: Any, store: Any, prefixes: list[str]) -> None:
 
 
 def publish(store: Any, spec: PyramidSpec) -> dict:
-    """Write the root ``multiscales``/``spatial:``/``proj:`` metadata: the last step of a write."""
+    """Write the root ``multiscales``/``spatial:``/``proj:`` metadata: the last step of a write.
+
+    :param store: the target zarr store.
+    :param spec: the pyramid's spec.
+    :returns: the root attributes written.
+    """
     return publish_root(store, published_attrs(spec))
 
 
 def publish_root(store: Any, attrs: dict) -> dict:
     """The last step of every write: the scratch data goes, the root copies of level 0's non-spatial
-    coordinates are brought up to date (:mod:`topozarr_core.publish.root_coords`), then the published root (one atomic write)."""
+    coordinates are brought up to date (:mod:`topozarr_core.publish.root_coords`), then the published root (one atomic write).
+
+    :param store: the target zarr store.
+    :param attrs: the root attributes to publish.
+    :returns: the root attributes written (with ``topozarr:owned`` listing the root copies).
+    """
     drop_scratch(store)  # before the root: a published root never sits over scratch data
     attrs = publish_copies(store, attrs)  # before the root too: never a published root over a stale copy
     write_root(store, attrs)
@@ -173,7 +204,10 @@ def publish_root(store: Any, attrs: dict) -> dict:
 
 def published_attrs(spec: PyramidSpec) -> dict:
     """The root attributes of the finished pyramid: the dataset's global attributes under the
-    convention keys (which always win, see ``metadata.dataset_attributes``)."""
+    convention keys (which always win, see :func:`~topozarr_core.layout.conventions.dataset_attributes`).
+
+    :param spec: the pyramid's spec.
+    """
     attrs = {**stored_attributes(dataset_attributes(spec.source_attrs)),
              **multiscale_attributes(spec.grid, spec.crs, list(spec.factors), spec.method, spec.layer_hints)}
     attrs[OPTIONS_KEY] = creation_options(spec)

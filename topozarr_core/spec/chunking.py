@@ -106,7 +106,11 @@ def ideal_chunk(itemsize: int, target_chunk_bytes: int = DEFAULT_TARGET_CHUNK_BY
 
 
 def ideal_chunk_1d(itemsize: int, target_chunk_bytes: int = DEFAULT_TARGET_CHUNK_BYTES) -> int:
-    """Elements per chunk of a 1-D array (a coordinate) of about ``target_chunk_bytes``."""
+    """Elements per chunk of a 1-D array (a coordinate) of about ``target_chunk_bytes``.
+
+    :param itemsize: bytes per element.
+    :param target_chunk_bytes: the chunk size to aim at.
+    """
     itemsize = _require_positive_int("itemsize", itemsize)
     return max(MIN_CHUNK, _require_positive_int("target_chunk_bytes", target_chunk_bytes) // itemsize)
 
@@ -145,6 +149,11 @@ def snap_to_source(size: int, ideal: int, source_chunk: int,
     ``[ideal / 2, 2 * ideal]``. A dim of at most 128 or at most ``ideal`` is one chunk: nothing to snap.
     float32 (ideal 362), ``chunks_per_shard=4``: source 1024 -> (256, 4); 512 -> (256, 2);
     2000 -> (250, 4); 100 -> (350, 4) (shard 1400 = 14 source chunks).
+
+    :param size: the dim's length.
+    :param ideal: the chunk length to aim at.
+    :param source_chunk: the source's chunk length along the dim.
+    :param chunks_per_shard: the chunks per shard along the dim (None: unsharded, treated as 1).
     """
     if source_chunk <= 0 or size <= MIN_CHUNK or size <= ideal:
         return None
@@ -163,7 +172,16 @@ def widen_non_spatial(shards: list[int], chunks: list[int], shape: tuple[int, ..
                       itemsize: int, target_chunk_bytes: int, chunks_per_shard: int) -> list[int]:
     """``shards`` with the budget the spatial dims leave unused spent on the non-spatial dims (innermost
     first, chunks stay 1): the shard budget is ``target_chunk_bytes * chunks_per_shard ** n_spatial``
-    bytes and at most :data:`MAX_INNER_CHUNKS` inner chunks. Nothing widens at ``chunks_per_shard=1``."""
+    bytes and at most :data:`MAX_INNER_CHUNKS` inner chunks. Nothing widens at ``chunks_per_shard=1``.
+
+    :param shards: the shard shape so far.
+    :param chunks: the chunk shape.
+    :param shape: the array's shape.
+    :param non_spatial: the indices of the non-spatial dims.
+    :param itemsize: bytes per element.
+    :param target_chunk_bytes: the chunk size aimed at.
+    :param chunks_per_shard: the chunks per shard along each spatial dim.
+    """
     out = list(shards)
     if chunks_per_shard <= 1 or not non_spatial:
         return out
@@ -194,6 +212,15 @@ def variable_encoding(
 
     ``source_chunks`` maps dim names to the source's chunk along them (absent: not chunked, or the
     variables disagree). See the module docstring for the rules.
+
+    :param dims: the variable's dims.
+    :param shape: the variable's shape.
+    :param itemsize: bytes per stored element.
+    :param y_dim: the y dimension's name.
+    :param x_dim: the x dimension's name.
+    :param chunks_per_shard: chunks per shard along each spatial dim (None: unsharded).
+    :param target_chunk_bytes: the chunk size to aim at.
+    :param source_chunks: the source's chunk per dim name (absent: not chunked, or the variables disagree).
     """
     dims, shape = tuple(dims), tuple(shape)
     if len(dims) != len(shape):
@@ -239,7 +266,12 @@ def variable_encoding(
 
 def coordinate_encoding(size: int, itemsize: int,
                         target_chunk_bytes: int = DEFAULT_TARGET_CHUNK_BYTES) -> VarEncoding | None:
-    """Chunks of a 1-D coordinate along a spatial dim (never sharded), or None when one chunk holds it."""
+    """Chunks of a 1-D coordinate along a spatial dim (never sharded), or None when one chunk holds it.
+
+    :param size: the coordinate's length.
+    :param itemsize: bytes per element.
+    :param target_chunk_bytes: the chunk size to aim at.
+    """
     chunk = balanced_chunk(int(size), ideal_chunk_1d(itemsize, target_chunk_bytes))
     return VarEncoding(chunks=(chunk,), shards=None) if chunk < size else None
 
@@ -248,7 +280,12 @@ def level_source_chunks(source_chunks: Mapping[str, int] | None, factor: int,
                         spatial: tuple[str, str]) -> dict[str, int] | None:
     """The source chunks as a level coarsened by ``factor`` sees them: a spatial chunk divided by the
     factor when the factor divides it (``xarray.coarsen`` splits other blocks unevenly: nothing to snap
-    to), non-spatial chunks as they are."""
+    to), non-spatial chunks as they are.
+
+    :param source_chunks: the source's chunk per dim, or None (not chunked).
+    :param factor: the level's factor relative to level 0.
+    :param spatial: the two spatial dims' names.
+    """
     if source_chunks is None:
         return None
     if any(source_chunks[d] % factor for d in spatial if d in source_chunks):

@@ -36,7 +36,11 @@ def _from_cf(ds: xr.Dataset) -> pyproj.CRS | None:
 
 
 def resolve_crs(ds: xr.Dataset, crs: Any = None) -> pyproj.CRS:
-    """Return the dataset's CRS or raise a ValueError that says how to provide one."""
+    """Return the dataset's CRS or raise a ValueError that says how to provide one.
+
+    :param ds: the source dataset (its CRS is read from its grid mapping or xproj index).
+    :param crs: an explicit CRS (anything ``pyproj.CRS.from_user_input`` takes), which wins; None: the dataset's.
+    """
     if crs is not None:
         try:
             found = pyproj.CRS.from_user_input(crs)
@@ -54,7 +58,12 @@ def resolve_crs(ds: xr.Dataset, crs: Any = None) -> pyproj.CRS:
 
 def horizontal(crs: pyproj.CRS, what: str) -> pyproj.CRS:
     """A pyramid's x/y need a horizontal CRS (geographic or projected; a compound CRS gives its
-    horizontal part); a vertical or engineering CRS cannot place a grid on a map."""
+    horizontal part); a vertical or engineering CRS cannot place a grid on a map.
+
+    :param crs: the CRS.
+    :param what: how the error names it, e.g. ``crs='EPSG:5703'``.
+    :returns: ``crs``, or its horizontal part; ValueError when it has none.
+    """
     if crs.is_compound:
         parts = [c for c in crs.sub_crs_list if c.is_geographic or c.is_projected]
         if parts:
@@ -66,7 +75,10 @@ def horizontal(crs: pyproj.CRS, what: str) -> pyproj.CRS:
 
 
 def proj_attributes(crs: pyproj.CRS) -> dict[str, str]:
-    """``proj:`` attributes: exactly one of proj:code or proj:wkt2 (the schema's oneOf)."""
+    """``proj:`` attributes: exactly one of proj:code or proj:wkt2 (the schema's oneOf).
+
+    :param crs: the CRS.
+    """
     authority = crs.to_authority(min_confidence=100)
     if authority is not None:
         return {"proj:code": f"{authority[0]}:{authority[1]}"}

@@ -38,12 +38,19 @@ def planned_encoding(spec: PyramidSpec) -> dict[str, dict[str, dict[str, Any]]]:
     variable with a nodata value other than NaN also carries ``fill_value``, its nodata value, which an
     edit may not change: xarray replaces a variable's encoding by the one passed, so the seed's
     ``as_datatree().to_zarr(..., encoding=pyramid.encoding)`` then marks nodata in the zarr ``fill_value``
-    as :meth:`Pyramid.write` does (readers such as zarr-layer mask by it)."""
+    as :meth:`Pyramid.write` does (readers such as zarr-layer mask by it).
+
+    :param spec: the pyramid's spec.
+    """
     return {level_key(lvl): level_encoding(spec, lvl) for lvl in range(len(spec.factors))}
 
 
 def level_encoding(spec: PyramidSpec, level: int) -> dict[str, dict[str, Any]]:
-    """The planned encoding entries of one level (see :func:`planned_encoding`)."""
+    """The planned encoding entries of one level (see :func:`planned_encoding`).
+
+    :param spec: the pyramid's spec.
+    :param level: the level index.
+    """
     out = {v.name: {**_plain_entry(v.encodings[level].to_xarray()), **fixed_encoding(v, level)}
            for v in spec.variables}
     for name, layouts in spec.side_encodings.items():
@@ -54,13 +61,21 @@ def level_encoding(spec: PyramidSpec, level: int) -> dict[str, dict[str, Any]]:
 
 def side_fixed(spec: PyramidSpec, name: str) -> dict[str, Any]:
     """The non-editable part of a side entry: the zarr ``fill_value`` of a variable over one spatial dim
-    whose nodata value is not NaN."""
+    whose nodata value is not NaN.
+
+    :param spec: the pyramid's spec.
+    :param name: the side entry's variable name.
+    """
     return {"fill_value": spec.side_fills[name]} if name in spec.side_fills else {}
 
 
 def fixed_encoding(var: Any, level: int) -> dict[str, Any]:
     """The non-editable part of a gridded variable's entry at ``level``: the zarr ``fill_value`` of a
-    variable whose nodata value is not NaN (nothing otherwise)."""
+    variable whose nodata value is not NaN (nothing otherwise).
+
+    :param var: the gridded variable's spec.
+    :param level: the level index.
+    """
     from topozarr_core.layout.level_dataset import (
         gridded_encoding,  # levels imports the planning modules this one builds on
     )

@@ -39,6 +39,9 @@ def level_centres(ds: xr.Dataset, axis: Axis, factors: tuple[int, ...] | list[in
     window means of the level before, ``values.reshape(n, step).mean(axis=1)`` per step as topozarr
     computes them (``xarray.coarsen(...).mean()`` step by step): float coordinates keep their dtype,
     others become float64. A dim without coordinate gets its indices as float64.
+
+    :param ds: the source dataset.
+    :param axis: the x or y axis of the grid.
     """
     values = np.arange(axis.size, dtype="f8") if axis.implicit else np.asarray(ds[axis.name].values)
     for prev, f in zip(factors, factors[1:]):
@@ -56,7 +59,10 @@ class SpatialGrid:
     x: Axis
 
     def shape(self, factor: int = 1) -> tuple[int, int]:
-        """Level shape after trimming, like ``coarsen(boundary="trim")``."""
+        """Level shape after trimming, like ``coarsen(boundary="trim")``.
+
+        :param factor: the level's factor relative to level 0.
+        """
         return (self.y.size // factor, self.x.size // factor)
 
     def transform(self, factor: int = 1) -> list[float]:
@@ -64,7 +70,10 @@ class SpatialGrid:
         return [self.x.step * factor, 0.0, self.x.origin, 0.0, self.y.step * factor, self.y.origin]
 
     def bbox(self, factor: int = 1) -> list[float]:
-        """[xmin, ymin, xmax, ymax] covered by the (trimmed) level."""
+        """[xmin, ymin, xmax, ymax] covered by the (trimmed) level.
+
+        :param factor: the level's factor relative to level 0.
+        """
         ny, nx = self.shape(factor)
         xs = (self.x.origin, self.x.origin + self.x.step * factor * nx)
         ys = (self.y.origin, self.y.origin + self.y.step * factor * ny)
@@ -113,7 +122,12 @@ def _axis(ds: xr.Dataset, dim: str, role: str) -> Axis:
 
 
 def spatial_grid(ds: xr.Dataset, x_dim: str, y_dim: str) -> SpatialGrid:
-    """Validate and describe the spatial grid; raises ValueError/TypeError on bad coordinates."""
+    """Validate and describe the spatial grid; raises ValueError/TypeError on bad coordinates.
+
+    :param ds: the source dataset.
+    :param x_dim: the x dimension's name.
+    :param y_dim: the y dimension's name.
+    """
     if x_dim == y_dim:
         raise ValueError(f"x_dim and y_dim must differ, both are {x_dim!r}")
     return SpatialGrid(y=_axis(ds, y_dim, "y_dim"), x=_axis(ds, x_dim, "x_dim"))

@@ -35,7 +35,11 @@ class ZarrLayerVarConfig:
 
 
 def validate_layer_hints(hints: dict[str, ZarrLayerVarConfig] | None, variables: list[str]) -> None:
-    """Hints must name written variables and be ZarrLayerVarConfig objects."""
+    """Hints must name written variables and be ZarrLayerVarConfig objects.
+
+    :param hints: ``{variable: ZarrLayerVarConfig}``, or None.
+    :param variables: the gridded variables' names.
+    """
     for name, hint in (hints or {}).items():
         if name not in variables:
             raise ValueError(f"layer_hints names {name!r}, which is not a gridded variable ({variables})")

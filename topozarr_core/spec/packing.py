@@ -50,7 +50,11 @@ class Packing:
         return out
 
     def pack(self, values: np.ndarray, name: str) -> np.ndarray:
-        """Decoded values back to packed integers (NaN -> the fill value)."""
+        """Decoded values back to packed integers (NaN -> the fill value).
+
+        :param values: decoded (float) values.
+        :param name: the variable's name, for error messages.
+        """
         scale = 1.0 if self.scale_factor is None else self.scale_factor
         offset = 0.0 if self.add_offset is None else self.add_offset
         decoded = np.asarray(values, dtype="f8")
@@ -78,7 +82,15 @@ def _number(value: Any, name: str, key: str) -> float:
 
 
 def source_packing(da: xr.DataArray, method: str, pack: bool) -> Packing | None:
-    """The packing to keep for a gridded data variable, or None (stored as it is decoded)."""
+    """The packing to keep for a gridded data variable, or None (stored as it is decoded).
+
+    Packing is kept only with ``pack`` for a method that packs (``PACKABLE_METHODS``), a float variable whose
+    encoding has ``scale_factor``/``add_offset`` over a supported integer ``dtype``.
+
+    :param da: the source variable (decoded).
+    :param method: the reduction method.
+    :param pack: the caller's ``create_pyramid(pack=...)``.
+    """
     enc = da.encoding or {}
     if not pack or method not in PACKABLE_METHODS or not any(k in enc for k in PACKING_KEYS):
         return None
@@ -106,13 +118,20 @@ def source_packing(da: xr.DataArray, method: str, pack: bool) -> Packing | None:
 
 
 def packing_attrs(v: Any) -> dict[str, float]:
-    """The packing attributes a gridded variable's arrays carry (none when it is not packed)."""
+    """The packing attributes a gridded variable's arrays carry (none when it is not packed).
+
+    :param v: the variable's spec.
+    """
     packing = getattr(v, "packing", None)
     return packing.attrs() if packing is not None else {}
 
 
 def stored_values(v: Any, values: np.ndarray) -> np.ndarray:
-    """Source values (as xarray decodes them) as level 0 stores them: packed, or cast to the dtype."""
+    """Source values (as xarray decodes them) as level 0 stores them: packed, or cast to the dtype.
+
+    :param v: the variable's spec.
+    :param values: the decoded values.
+    """
     packing = getattr(v, "packing", None)
     if packing is not None:
         return packing.pack(values, v.name)

@@ -64,10 +64,12 @@ class PyramidSpec:
 
     @property
     def x_dim(self) -> str:
+        """The x dimension's name."""
         return self.grid.x.name
 
     @property
     def y_dim(self) -> str:
+        """The y dimension's name."""
         return self.grid.y.name
 
 
@@ -125,7 +127,10 @@ def auto_levels(ny: int, nx: int, min_dim: int = DEFAULT_MIN_DIM) -> int:
 def nodata_value(da: xr.DataArray) -> float | int | None:
     """The variable's nodata value: its ``_FillValue`` attribute, or for an integer variable also its
     ``encoding["_FillValue"]`` (where xarray keeps it after decoding, as topozarr reads it). A float
-    variable's encoding fill is already NaN in the decoded data, so NaN stays its nodata."""
+    variable's encoding fill is already NaN in the decoded data, so NaN stays its nodata.
+
+    :param da: the source variable.
+    """
     fill, where = da.attrs.get("_FillValue"), "attribute"
     if fill is None and da.dtype.kind in "iu":
         fill, where = da.encoding.get("_FillValue"), "encoding"
@@ -163,7 +168,10 @@ def _source_chunks(da: xr.DataArray) -> tuple[int, ...] | None:
 
 def layout_chunks(da: xr.DataArray) -> tuple[int, ...] | None:
     """The source chunk shape the layout snaps to, as topozarr sniffs it: the first dask chunk per dim,
-    else the Zarr backend's ``encoding["chunks"]`` (a NetCDF file's chunking is not snapped to)."""
+    else the Zarr backend's ``encoding["chunks"]`` (a NetCDF file's chunking is not snapped to).
+
+    :param da: the source variable.
+    """
     if da.chunks:
         return tuple(int(c[0]) if len(c) else 1 for c in da.chunks)
     chunks = da.encoding.get("chunks")
@@ -175,7 +183,12 @@ def layout_chunks(da: xr.DataArray) -> tuple[int, ...] | None:
 def layout_source_chunks(ds: xr.Dataset, x_dim: str, y_dim: str) -> dict[str, int] | None:
     """The source chunk per dim that every layout snaps to: one value for the whole dataset, taken from
     the data variables over both spatial dims. None when one of them is not chunked or they disagree
-    along x or y (then nothing snaps, as in topozarr); a non-spatial dim they disagree on is left out."""
+    along x or y (then nothing snaps, as in topozarr); a non-spatial dim they disagree on is left out.
+
+    :param ds: the source dataset.
+    :param x_dim: the x dimension's name.
+    :param y_dim: the y dimension's name.
+    """
     sizes: dict[str, set[int]] = {x_dim: set(), y_dim: set()}
     for da in ds.data_vars.values():
         if not {x_dim, y_dim} <= set(da.dims):
@@ -194,7 +207,18 @@ def level_layouts(da: xr.DataArray, x_dim: str, y_dim: str, factors: tuple[int, 
                   chunks_per_shard: int | None, target_chunk_bytes: int, source_chunks: dict[str, int] | None,
                   itemsize: int | None = None) -> tuple[list[tuple[int, ...]], list[VarEncoding]]:
     """Shape and chunk/shard layout at every factor of a variable over one or both spatial dims. Needs only
-    the sizes (and the source chunks), not a uniform grid: :func:`recommend_encodings` uses it on any raster."""
+    the sizes (and the source chunks), not a uniform grid: :func:`recommend_encodings` uses it on any raster.
+
+    :param da: the variable.
+    :param x_dim: the x dimension's name.
+    :param y_dim: the y dimension's name.
+    :param factors: each level's factor relative to level 0.
+    :param chunks_per_shard: chunks per shard along each spatial dim (None: unsharded).
+    :param target_chunk_bytes: the chunk size to aim at.
+    :param source_chunks: the source's chunk per dim that layouts snap to, or None.
+    :param itemsize: bytes per stored element (default: the variable's dtype's).
+    :returns: the shapes and the encodings, one per factor.
+    """
     itemsize = itemsize or da.dtype.itemsize  # a packed variable's stored dtype (see packing)
     dims = tuple(map(str, da.dims))
     shapes, encodings = [], []
@@ -211,7 +235,17 @@ def side_layouts(ds: xr.Dataset, x_dim: str, y_dim: str, factors: tuple[int, ...
                  ) -> dict[str, tuple[VarEncoding | None, ...]]:
     """Per level, the layout of what is written beside the gridded variables, as topozarr plans it: data
     variables over one spatial dim (chunked and sharded like a gridded one along the dim they have) and
-    1-D coordinates along a spatial dim (1-D chunks, unsharded, none when one chunk holds them)."""
+    1-D coordinates along a spatial dim (1-D chunks, unsharded, none when one chunk holds them).
+
+    :param ds: the source dataset.
+    :param x_dim: the x dimension's name.
+    :param y_dim: the y dimension's name.
+    :param factors: each level's factor relative to level 0.
+    :param names: the variables to lay out (see :func:`side_names`).
+    :param chunks_per_shard: chunks per shard along each spatial dim (None: unsharded).
+    :param target_chunk_bytes: the chunk size to aim at.
+    :param source_chunks: the source's chunk per dim that layouts snap to, or None.
+    """
     out: dict[str, tuple[VarEncoding | None, ...]] = {}
     for name in names:
         da = ds[name]
@@ -226,13 +260,23 @@ def side_layouts(ds: xr.Dataset, x_dim: str, y_dim: str, factors: tuple[int, ...
 
 
 def side_names(ds: xr.Dataset, x_dim: str, y_dim: str) -> list[str]:
-    """Data variables over exactly one spatial dim, then 1-D coordinates along a spatial dim."""
+    """Data variables over exactly one spatial dim, then 1-D coordinates along a spatial dim.
+
+    :param ds: the source dataset.
+    :param x_dim: the x dimension's name.
+    :param y_dim: the y dimension's name.
+    """
     spatial = {x_dim, y_dim}
     names = [str(n) for n, da in ds.data_vars.items() if len(spatial & set(da.dims)) == 1]
     return names + [str(n) for n, da in ds.coords.items() if da.ndim == 1 and da.dims[0] in spatial]
 
 
 def check_dtype(da: xr.DataArray, name: str) -> None:
+    """Refuse a variable whose dtype the kernels do not support (TypeError saying how to cast it).
+
+    :param da: the variable.
+    :param name: its name, for the message.
+    """
     if da.dtype not in SUPPORTED_DTYPES:
         raise TypeError(
             f"variable {name!r} has unsupported dtype {da.dtype}; supported: "
@@ -244,7 +288,14 @@ def recommend_encodings(ds: xr.Dataset, x_dim: str, y_dim: str, chunks_per_shard
                         target_chunk_bytes: int) -> dict[str, VarEncoding]:
     """Level-0 layout of a flat dataset: gridded variables, variables over one spatial dim and long 1-D
     coordinates (see :mod:`topozarr_core.spec.chunking`). Only the dims are checked: an encoding needs no CRS, no uniform (or
-    even 2-pixel) grid and no particular dtype (a bool mask gets one too), only the sizes."""
+    even 2-pixel) grid and no particular dtype (a bool mask gets one too), only the sizes.
+
+    :param ds: the dataset.
+    :param x_dim: the x dimension's name.
+    :param y_dim: the y dimension's name.
+    :param chunks_per_shard: chunks per shard along each spatial dim (None: unsharded).
+    :param target_chunk_bytes: the chunk size to aim at.
+    """
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"recommend_encoding needs an xarray Dataset, got {type(ds).__name__}")
     if x_dim == y_dim:
@@ -299,6 +350,24 @@ def build_spec(
     min_dim: int = DEFAULT_MIN_DIM,
     pack: bool = True,
 ) -> PyramidSpec:
+    """Check the inputs and plan the pyramid: the work behind :func:`~topozarr_core.pyramid.create_pyramid`.
+
+    Every check runs here, before anything is written; the parameters are ``create_pyramid``'s.
+
+    :param ds: the source dataset (a DataArray becomes a one-variable dataset).
+    :param levels: the number of levels (factors ``1, 2, 4, ...``), ``"auto"`` (see :func:`auto_levels`) or
+        None; exactly one of ``levels`` and ``factors`` is given.
+    :param factors: each level's factor relative to level 0, instead of ``levels``.
+    :param x_dim: the x dimension's name.
+    :param y_dim: the y dimension's name.
+    :param method: the reduction method.
+    :param crs: an explicit CRS, or None (the dataset's).
+    :param layer_hints: per-variable ``zarr-layer`` hints, or None.
+    :param chunks_per_shard: chunks per shard along each spatial dim (None: unsharded).
+    :param target_chunk_bytes: the chunk size to aim at.
+    :param min_dim: the smallest side ``levels="auto"`` keeps.
+    :param pack: keep CF-packed integer variables packed.
+    """
     if isinstance(ds, xr.DataArray):
         ds = ds.to_dataset(name=ds.name or "data")
     if not isinstance(ds, xr.Dataset):

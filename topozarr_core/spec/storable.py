@@ -26,7 +26,11 @@ _VALID_ATTR_TYPES = (str, Number, np.ndarray, np.number, np.bool_, list, tuple, 
 
 
 def check_node_name(name: Hashable, what: str = "variable") -> None:
-    """A Zarr v3 node name: a non-empty string without '/', not only dots, not starting with '__'."""
+    """A Zarr v3 node name: a non-empty string without '/', not only dots, not starting with '__'.
+
+    :param name: the node's name.
+    :param what: what the message calls it (``"variable"``, ``"coordinate"``).
+    """
     if not isinstance(name, str):
         raise TypeError(f"{what} name {short(name)} must be a string to be stored in Zarr")
     problem = None
@@ -46,7 +50,11 @@ def check_node_name(name: Hashable, what: str = "variable") -> None:
 
 
 def check_attrs(attrs: dict, owner: str) -> None:
-    """Every attribute JSON-storable the way xarray's Zarr backend stores it (numpy values as lists)."""
+    """Every attribute JSON-storable the way xarray's Zarr backend stores it (numpy values as lists).
+
+    :param attrs: the attributes.
+    :param owner: what the message calls their owner, e.g. ``"the dataset"``.
+    """
     for key, value in attrs.items():
         if not isinstance(key, str) or not key:
             raise ValueError(f"{owner} has an attribute named {short(key)}: attribute names must be non-empty strings")
@@ -82,7 +90,10 @@ def _json_problem(value: Any) -> str | None:
 
 
 def check_storable(ds: xr.Dataset) -> None:
-    """Names and attributes of everything a pyramid level would store."""
+    """Names and attributes of everything a pyramid level would store.
+
+    :param ds: the dataset.
+    """
     check_attrs(ds.attrs, "the dataset")
     for name, var in ds.variables.items():
         what = "coordinate" if name in ds.coords else "variable"

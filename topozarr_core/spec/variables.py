@@ -26,8 +26,16 @@ class VarSpec:
     packing: Packing | None = None
 
     def level_dtype(self, level: int) -> str:
-        """Level 0 keeps the source dtype; coarser levels use the method's output dtype."""
+        """Level 0 keeps the source dtype; coarser levels use the method's output dtype.
+
+        :param level: the level index.
+        """
         return self.dtype if level == 0 else self.out_dtype
 
     def axes(self, y_dim: str, x_dim: str) -> tuple[int, int]:
+        """The positions of the y and x dims in the variable's dims.
+
+        :param y_dim: the y dimension's name.
+        :param x_dim: the x dimension's name.
+        """
         return self.dims.index(y_dim), self.dims.index(x_dim)

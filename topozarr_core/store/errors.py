@@ -51,7 +51,11 @@ def root_cause(err: BaseException) -> BaseException:
 
 def error_summary(err: BaseException, limit: int = 300) -> str:
     """One line for people from an object-store or Icechunk error: the service's error code and message,
-    without request dumps, Rust debug structures or response bodies, and with credentials redacted."""
+    without request dumps, Rust debug structures or response bodies, and with credentials redacted.
+
+    :param err: the error.
+    :param limit: the most characters returned.
+    """
     text = str(err)
     if m := _XML_CODE.search(text):  # an S3-style XML error body
         message = _XML_MESSAGE.search(text)

@@ -30,6 +30,7 @@ class IcechunkTarget:
     branch: str = "main"
 
     def storage(self) -> icechunk.Storage:
+        """The repository's Icechunk storage: S3 (region, endpoint and credentials from the environment) or a local path."""
         if self.location.startswith("s3://"):
             bucket, _, prefix = self.location[len("s3://"):].partition("/")
             endpoint = os.environ.get("AWS_ENDPOINT_URL")
@@ -45,6 +46,10 @@ class IcechunkTarget:
         return icechunk.local_filesystem_storage(os.path.abspath(self.location.removeprefix("file://")))
 
     def open_repo(self, create: bool = True) -> icechunk.Repository:
+        """Open the repository, creating it when it does not exist and ``create`` is set (else FileNotFoundError).
+
+        :param create: create a missing repository.
+        """
         storage = self.storage()
         if icechunk.Repository.exists(storage):
             return icechunk.Repository.open(storage)
@@ -53,12 +58,22 @@ class IcechunkTarget:
         return icechunk.Repository.create(storage)
 
     def staging_branch(self, run_id: str) -> str:
+        """The name of run ``run_id``'s staging branch.
+
+        :param run_id: the run's id (the same on every retry and resume of the run).
+        """
         return f"{STAGING_PREFIX}{run_id}"
 
 
 def check_target(target: IcechunkTarget, spec: Any, mode: str, levels: list[int]) -> None:
     """Refuse, before anything is created, branched or committed, a target ``begin``/``initialise`` would fail on
-    (read-only: a missing repository is not created here)."""
+    (read-only: a missing repository is not created here).
+
+    :param target: the repository branch.
+    :param spec: the pyramid's spec.
+    :param mode: ``"w"``, ``"w-"`` or ``"a"``.
+    :param levels: the levels the write rewrites.
+    """
     from topozarr_core.publish.contract import check_target as check_tree
     from topozarr_core.store.errors import TargetError, error_summary, store_errors
     from topozarr_core.store.targets import check_local_target, probe_object_store
@@ -87,7 +102,11 @@ def check_target(target: IcechunkTarget, spec: Any, mode: str, levels: list[int]
 
 
 def begin(target: IcechunkTarget, run_id: str) -> tuple[str, str]:
-    """Create (or reuse, on resume) the staging branch; returns (staging branch, base snapshot of the user's branch)."""
+    """Create (or reuse, on resume) the staging branch; returns (staging branch, base snapshot of the user's branch).
+
+    :param target: the repository branch.
+    :param run_id: the run's id (names the staging branch).
+    """
     repo = target.open_repo(create=True)
     branches = set(repo.list_branches())
     if target.branch not in branches:
@@ -100,16 +119,32 @@ def begin(target: IcechunkTarget, run_id: str) -> tuple[str, str]:
 
 
 def writable(target: IcechunkTarget, branch: str) -> icechunk.Session:
+    """A writable session on ``branch`` of an existing repository.
+
+    :param target: the repository.
+    :param branch: the branch to write to.
+    """
     return target.open_repo(create=False).writable_session(branch)
 
 
 def fork(target: IcechunkTarget, staging: str) -> Any:
-    """A picklable ForkSession of the staging head, for one level's batch writers."""
+    """A picklable ForkSession of the staging head, for one level's batch writers.
+
+    :param target: the repository.
+    :param staging: the staging branch.
+    """
     return writable(target, staging).fork()
 
 
 def merge_and_commit(target: IcechunkTarget, staging: str, forks: list[Any], message: str) -> str:
-    """Merge the batch writers' forks into the staging branch and commit them as one snapshot."""
+    """Merge the batch writers' forks into the staging branch and commit them as one snapshot.
+
+    :param target: the repository.
+    :param staging: the staging branch.
+    :param forks: the writers' forked sessions, once they are done.
+    :param message: the commit message.
+    :returns: the new snapshot id.
+    """
     session = writable(target, staging)
     if forks:
         session.merge(*forks)
@@ -121,7 +156,12 @@ def publish(target: IcechunkTarget, staging: str, base: str) -> str:
 
     The loser of a race (the branch moved since ``base``) publishes nothing and deletes its staging
     branch too: its pyramid was built on a snapshot that is no longer the branch's head, so nothing
-    could ever publish it (a retry of the run compares with the same ``base``)."""
+    could ever publish it (a retry of the run compares with the same ``base``).
+
+    :param target: the repository and the user's branch.
+    :param staging: the staging branch.
+    :param base: the user's branch head that the run started from (:func:`begin`).
+    """
     repo = target.open_repo(create=False)
     current = repo.lookup_branch(target.branch)
     has_staging = staging in repo.list_branches()

@@ -98,7 +98,12 @@ def _read(store: Any) -> tuple[dict | None, bytes | None]:
 
 
 def stale_reason(doc: dict, owner: str, now: float | None = None) -> str | None:
-    """Why ``doc`` may be taken over by ``owner`` (None: it is live)."""
+    """Why ``doc`` may be taken over by ``owner`` (None: it is live).
+
+    :param doc: the lease document found.
+    :param owner: who wants the lease.
+    :param now: the time to compare expiry with (default: now).
+    """
     now = time.time() if now is None else now
     if doc.get("owner") == owner:
         return "it is our own (a retry of the same run)"
@@ -125,6 +130,7 @@ class Lease:
     lost: str | None = None
 
     def renew(self) -> None:
+        """Extend the lease by ``ttl`` seconds; :class:`LeaseLost` (recorded in ``lost``) when it is no longer ours."""
         doc, _ = _read(self.store)
         if doc is None or doc.get("token") != self.token:
             self.lost = f"the lease on the target was taken over by {_holder(doc)}"
@@ -148,6 +154,7 @@ class Lease:
         return self
 
     def check(self) -> None:
+        """Raise :class:`LeaseLost` when a renewal found the lease taken over."""
         if self.lost:
             raise LeaseLost(self.lost)
 
@@ -180,7 +187,12 @@ def _holder(doc: dict | None) -> str:
 
 
 def acquire(store: Any, owner: str | None = None, ttl: float = DEFAULT_TTL) -> Lease:
-    """Take the target's lease for ``owner`` (default: a new id for this write), or raise TargetBusy."""
+    """Take the target's lease for ``owner`` (default: a new id for this write), or raise TargetBusy.
+
+    :param store: the target's zarr store.
+    :param owner: who takes it (the same owner retaking it is a retry of the same run).
+    :param ttl: seconds the lease lives without renewal.
+    """
     owner = owner or f"write-{uuid.uuid4().hex[:12]}"
     token = uuid.uuid4().hex
     for _ in range(3):
@@ -210,7 +222,11 @@ def _remove_if_unchanged(store: Any, raw: bytes | None) -> None:
 @contextmanager
 def lease_for(store: Any, owner: str | None = None) -> Iterator[Lease | None]:
     """Hold the lease of a plain Zarr target (local or object store) while the block runs; other
-    stores need none (Icechunk commits are compare-and-swap; memory stores are private)."""
+    stores need none (Icechunk commits are compare-and-swap; memory stores are private).
+
+    :param store: the target's zarr store.
+    :param owner: who takes it (default: a new id for this write).
+    """
     check_writable(store)  # the lease is a write's first write: refuse a read-only store in one line
     if not isinstance(store, (LocalStore, ObjectStore)):
         yield None
@@ -220,7 +236,10 @@ def lease_for(store: Any, owner: str | None = None) -> Iterator[Lease | None]:
 
 
 def holder(store: Any) -> dict | None:
-    """The current lease document, if any (for status displays and tests)."""
+    """The current lease document, if any (for status displays and tests).
+
+    :param store: the target's zarr store.
+    """
     return _read(store)[0]
 
 

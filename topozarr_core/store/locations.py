@@ -27,6 +27,10 @@ class Location:
     path: str
 
     def overlaps(self, other: Location) -> bool:
+        """Whether one location contains the other (or they are the same).
+
+        :param other: the other location.
+        """
         if self.kind != other.kind:
             return False
         a, b = self.path.rstrip("/") + "/", other.path.rstrip("/") + "/"
@@ -37,11 +41,18 @@ class Location:
 
 
 def local_location(path: str | os.PathLike) -> Location:
+    """The location of a local path, resolved (``file://`` and ``~`` allowed).
+
+    :param path: the path.
+    """
     return Location("local", str(Path(os.fspath(path).removeprefix("file://")).expanduser().resolve()))
 
 
 def url_location(url: str) -> Location:
-    """``s3://[user@]bucket/prefix?query`` -> ``s3://bucket/prefix`` (credentials and query dropped)."""
+    """``s3://[user@]bucket/prefix?query`` -> ``s3://bucket/prefix`` (credentials and query dropped).
+
+    :param url: an object-store URL.
+    """
     scheme, _, rest = url.partition("://")
     rest = rest.split("?", 1)[0].split("#", 1)[0]
     netloc, _, prefix = rest.partition("/")
@@ -50,7 +61,10 @@ def url_location(url: str) -> Location:
 
 
 def location_of_string(source: str) -> Location | None:
-    """The location a path or URL names (``icechunk://<location>?...`` names its repository)."""
+    """The location a path or URL names (``icechunk://<location>?...`` names its repository).
+
+    :param source: a path or URL (empty: None).
+    """
     if source.startswith("icechunk://"):
         source = source[len("icechunk://"):].split("?", 1)[0]
     if "://" in source and not source.startswith("file://"):

@@ -31,6 +31,7 @@ class EndpointGaveUp(Exception):
     """An attempt was cancelled because another operation on its endpoint gave up."""
 
     def __init__(self, seconds_ago: float) -> None:
+        """:param seconds_ago: how long ago the other operation gave up."""
         super().__init__(f"another request to this endpoint gave up {seconds_ago:.0f} s ago")
         self.seconds_ago = seconds_ago
 
@@ -93,7 +94,12 @@ class EndpointOutages:
 
     async def attempt(self, endpoint: str, call: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
         """Run one attempt of an operation on ``endpoint``: raises :class:`EndpointGaveUp` when another
-        operation there gives up meanwhile, :class:`AttemptDeadline` after ``timeout`` seconds."""
+        operation there gives up meanwhile, :class:`AttemptDeadline` after ``timeout`` seconds.
+
+        :param endpoint: the service and bucket the operation talks to.
+        :param call: starts the attempt.
+        :param timeout: seconds the attempt may take (None: no limit).
+        """
         task = asyncio.ensure_future(call())
         with self._lock:
             self._in_flight.setdefault(endpoint, set()).add(task)

@@ -82,6 +82,10 @@ class RetrySettings:
 
     @classmethod
     def from_env(cls, environ: Any = None) -> RetrySettings:
+        """The settings with the ``TOPOZARR_S3_*`` variables of ``environ`` applied over the defaults.
+
+        :param environ: the environment mapping (default ``os.environ``).
+        """
         env = os.environ if environ is None else environ
         s = cls()
         return replace(
@@ -166,7 +170,10 @@ _DEBUG = re.compile(r"\n\s*\n\s*(?:Debug source:|context:)")
 
 
 def is_transient(err: BaseException) -> bool:
-    """An obstore error that a later attempt may not hit: network errors, timeouts, 5xx, throttling."""
+    """An obstore error that a later attempt may not hit: network errors, timeouts, 5xx, throttling.
+
+    :param err: the error.
+    """
     import obstore.exceptions
 
     if not isinstance(err, obstore.exceptions.GenericError):
@@ -179,11 +186,20 @@ def is_transient(err: BaseException) -> bool:
 
 def outage_message(verb: str, location: str, op: str, key: str, err: BaseException | None, elapsed: float,
                    limit: float, note: str = "") -> str:
-    """One line for people: what failed where, for how long, and the network-level cause, e.g.
-    ``writing s3://bucket/p.zarr failed after 120 s of retries (limit: TOPOZARR_S3_RETRY_TIMEOUT=120 s):
-    PUT 0/air/c/0/0/0: HTTP error: error sending request (Connection refused)``. ``note`` says why an
-    operation gave up before its own limit (another one on the endpoint gave up); ``err`` is the last
-    transient error (None: no answer at all)."""
+    """One line for people: what failed where, for how long, and the network-level cause.
+
+    For example ``writing s3://bucket/p.zarr failed after 120 s of retries (limit: TOPOZARR_S3_RETRY_TIMEOUT=120 s):
+    PUT 0/air/c/0/0/0: HTTP error: error sending request (Connection refused)``.
+
+    :param verb: what was being done, e.g. ``"writing"``.
+    :param location: the store's URL (without credentials).
+    :param op: the request, e.g. ``"PUT"``.
+    :param key: the key it was for.
+    :param err: the last transient error (None: no answer at all).
+    :param elapsed: seconds spent retrying.
+    :param limit: the retry timeout in seconds.
+    :param note: why an operation gave up before its own limit (another one on the endpoint gave up).
+    """
     limits = f"limit: {ENV_RETRY_TIMEOUT}={limit:g} s" + (f"; {note}" if note else "")
     msg = f"{verb} {location} failed after {elapsed:.0f} s of retries ({limits}): {op} {key}: "
     return _one_line(msg + ("no answer" if err is None else _cause(err)))
@@ -215,8 +231,13 @@ class ObjectStore(zarr.storage.ObjectStore):
 
     def __init__(self, store: Any, *, read_only: bool = False, retry: RetrySettings | None = None,
                  location: str | None = None, probe: Any = None) -> None:
-        """``probe``: the same obstore store without retries (:meth:`RetrySettings.probe_config`), for
-        the one request that tells whether an endpoint an operation gave up on is back."""
+        """:param store: the obstore store.
+        :param read_only: refuse writes.
+        :param retry: the retry settings (default: :meth:`RetrySettings.from_env`).
+        :param location: the URL shown in messages, without credentials (default: the store's).
+        :param probe: the same obstore store without retries (:meth:`RetrySettings.probe_config`), for
+            the one request that tells whether an endpoint an operation gave up on is back.
+        """
         super().__init__(store, read_only=read_only)
         self.retry = retry or RetrySettings.from_env()
         self.location = public_url(location) if location else _location_of(store)
@@ -224,6 +245,10 @@ class ObjectStore(zarr.storage.ObjectStore):
         self.endpoint = _endpoint_of(store)
 
     def with_read_only(self, read_only: bool = False) -> ObjectStore:
+        """A copy of this store with ``read_only`` set, keeping the retry settings, location and probe.
+
+        :param read_only: whether the copy refuses writes.
+        """
         return type(self)(self.store, read_only=read_only, retry=self.retry, location=self.location, probe=self.probe)
 
     async def _retrying(self, verb: str, op: str, key: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -292,38 +317,77 @@ class ObjectStore(zarr.storage.ObjectStore):
 
     # reads
     async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        """zarr's ``get``, retried through transient failures.
+
+        :param key: the key.
+        :param prototype: the buffer prototype.
+        :param byte_range: the byte range to read, or None (all).
+        """
         parent = super()
         return await self._retrying("reading", "GET", key, lambda: parent.get(key, prototype, byte_range))
 
     async def get_partial_values(self, prototype: Any, key_ranges: Any) -> Any:
+        """zarr's ``get_partial_values``, retried through transient failures.
+
+        :param prototype: the buffer prototype.
+        :param key_ranges: ``(key, byte range)`` pairs.
+        """
         parent, key_ranges = super(), list(key_ranges)
         first = key_ranges[0][0] if key_ranges else ""
         return await self._retrying("reading", "GET", first,
                                     lambda: parent.get_partial_values(prototype, key_ranges))
 
     async def exists(self, key: str) -> bool:
+        """zarr's ``exists``, retried through transient failures.
+
+        :param key: the key.
+        """
         parent = super()
         return await self._retrying("reading", "HEAD", key, lambda: parent.exists(key))
 
     async def getsize(self, key: str) -> int:
+        """zarr's ``getsize``, retried through transient failures.
+
+        :param key: the key.
+        """
         parent = super()
         return await self._retrying("reading", "HEAD", key, lambda: parent.getsize(key))
 
     # writes
     async def set(self, key: str, value: Any) -> None:
+        """zarr's ``set``, retried through transient failures.
+
+        :param key: the key.
+        :param value: the buffer to write.
+        """
         parent = super()
         await self._retrying("writing", "PUT", key, lambda: parent.set(key, value))
 
     async def set_if_not_exists(self, key: str, value: Any) -> None:
         # a retry after a lost response finds the object: AlreadyExistsError, which zarr suppresses
+        """zarr's ``set_if_not_exists``, retried through transient failures.
+
+        A retry after a lost response finds the object: AlreadyExistsError, which zarr suppresses.
+
+        :param key: the key.
+        :param value: the buffer to write.
+        """
         parent = super()
         await self._retrying("writing", "PUT", key, lambda: parent.set_if_not_exists(key, value))
 
     async def delete(self, key: str) -> None:
+        """zarr's ``delete``, retried through transient failures.
+
+        :param key: the key.
+        """
         parent = super()
         await self._retrying("writing", "DELETE", key, lambda: parent.delete(key))
 
     async def delete_dir(self, prefix: str) -> None:
+        """zarr's ``delete_dir`` over a retried listing, each delete retried through transient failures.
+
+        :param prefix: the directory (``""`` is the whole store).
+        """
         self._check_writable()
         if prefix != "" and not prefix.endswith("/"):
             prefix += "/"
@@ -342,6 +406,10 @@ class ObjectStore(zarr.storage.ObjectStore):
             yield item
 
     def list_dir(self, prefix: str) -> AsyncGenerator[str, None]:
+        """zarr's ``list_dir``: the listing is collected whole with retries, then yielded.
+
+        :param prefix: the directory.
+        """
         parent = super()
 
         async def listed() -> list[str]:

@@ -25,7 +25,10 @@ class SourceError(ValueError):
 
 
 def parse_icechunk(url: str) -> tuple[str, str]:
-    """``icechunk://<location>?branch=<b>`` -> (location, branch)."""
+    """``icechunk://<location>?branch=<b>`` -> (location, branch).
+
+    :param url: the ``icechunk://`` URL (branch ``main`` when it names none).
+    """
     rest = url[len(ICECHUNK_SCHEME):]
     location, _, query = rest.partition("?")
     branch = parse_qs(query).get("branch", ["main"])[0]
@@ -35,7 +38,11 @@ def parse_icechunk(url: str) -> tuple[str, str]:
 
 
 def open_source(source: str, variables: list[str] | None = None) -> xr.Dataset:
-    """Open lazily; decoding as xarray does by default. Raises SourceError with a clear message."""
+    """Open lazily; decoding as xarray does by default. Raises SourceError with a clear message.
+
+    :param source: a path, an object-store URL or an ``icechunk://`` URL.
+    :param variables: the data variables to keep (default all).
+    """
     if not isinstance(source, str) or not source.strip():
         raise SourceError("source must be a non-empty path or URL")
     try:

@@ -13,7 +13,10 @@ from topozarr_core.store.errors import TargetError, redact
 
 
 def check_local_target(path: str | os.PathLike) -> None:
-    """Refuse, before anything is created, a local target that can never become a writable directory."""
+    """Refuse, before anything is created, a local target that can never become a writable directory.
+
+    :param path: the target directory (``file://`` allowed).
+    """
     p = Path(os.fspath(path).removeprefix("file://"))
     if p.exists():
         if not p.is_dir():
@@ -31,6 +34,10 @@ def check_local_target(path: str | os.PathLike) -> None:
 
 
 def is_icechunk_store(store: Any) -> bool:
+    """Whether ``store`` is an Icechunk session's store (by the module of its type: icechunk is not imported here).
+
+    :param store: any zarr store.
+    """
     return type(store).__module__.startswith("icechunk")
 
 
@@ -39,7 +46,11 @@ OBJECT_SCHEMES = ("s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss", "htt
 
 
 def check_object_url(url: str, what: str = "target") -> None:
-    """Refuse, with one line, a URL obstore cannot open (instead of its debug dump)."""
+    """Refuse, with one line, a URL obstore cannot open (instead of its debug dump).
+
+    :param url: the URL.
+    :param what: what the message calls it (``"target"``, ``"source"``).
+    """
     scheme, _, rest = url.partition("://")
     shown = redact(url)[:120]
     if scheme.lower() not in OBJECT_SCHEMES:
@@ -56,7 +67,12 @@ def object_store_from_url(url: str, read_only: bool = False, **options: Any) -> 
     Requests are retried through outages (:mod:`topozarr_core.store.retrying_store`): for ``TOPOZARR_S3_RETRY_TIMEOUT``
     seconds (default 120), backoff capped at ``TOPOZARR_S3_MAX_BACKOFF`` (4), at most
     ``TOPOZARR_S3_MAX_RETRIES`` (100) retries; ``retry_config=`` (obstore's format) overrides them.
-    Then :class:`~topozarr_core.store.retrying_store.ObjectStoreUnavailable` says, in one line, what failed where."""
+    Then :class:`~topozarr_core.store.retrying_store.ObjectStoreUnavailable` says, in one line, what failed where.
+
+    :param url: the ``s3://``, ``gs://`` or ``az://`` URL.
+    :param read_only: open the store read-only.
+    :param options: obstore options (``retry_config=`` among them).
+    """
     from obstore.store import from_url
 
     from topozarr_core.store.retrying_store import RetryingObjectStore, RetrySettings, public_url

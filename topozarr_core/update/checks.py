@@ -83,6 +83,9 @@ def root_marker(attrs: dict, append_dim: str) -> dict | None:
     interrupted update (status ``updating``, the update record and the stashed ``multiscales``).
     Refused: an unfinished build (status ``incomplete``), any other status, roots without a
     layout, and an interrupted update along another dimension.
+
+    :param attrs: the root's attributes.
+    :param append_dim: the dimension this update appends along.
     """
     status = attrs.get(STATUS_KEY)
     if status is not None and status != UPDATING:
@@ -113,7 +116,12 @@ def is_unpublished_update(root: dict | None, marker: dict) -> bool:
 
 
 def check_variables(children: dict[str, set[str]], kinds: dict[str, str], n_levels: int) -> None:
-    """Every level group holds exactly the arrays a build of the source writes there."""
+    """Every level group holds exactly the arrays a build of the source writes there.
+
+    :param children: ``{level group: names of its child nodes}``.
+    :param kinds: ``{name: kind}`` of the arrays a build writes in every level group.
+    :param n_levels: the number of levels.
+    """
     for lvl in range(n_levels):
         have = children[str(lvl)]
         if have != set(kinds):
@@ -127,7 +135,12 @@ def check_variables(children: dict[str, set[str]], kinds: dict[str, str], n_leve
 
 def check_level0(docs: dict[str, dict | None], spec: Any, first: Any) -> None:
     """Every node is there; level-0 dtypes are the source's; the first appended variable has the
-    source's dimensions (so its length along the append dim can be read)."""
+    source's dimensions (so its length along the append dim can be read).
+
+    :param docs: ``{node path: zarr.json}`` of the pyramid (None: missing).
+    :param spec: the plan of the source.
+    :param first: the first appended variable of the source.
+    """
     lacking = sorted(p for p, d in docs.items() if d is None)
     if lacking:
         raise UpdateRefused(f"the pyramid lacks {lacking[:8]}: it was not written by a build of this layout; rebuild it")
@@ -145,7 +158,11 @@ def check_level0(docs: dict[str, dict | None], spec: Any, first: Any) -> None:
 
 
 def check_grid(attrs: dict, pyramid: Pyramid) -> None:
-    """The root's spatial grid and levels (published or stashed layout) are those the source plans."""
+    """The root's spatial grid and levels (published or stashed layout) are those the source plans.
+
+    :param attrs: the pyramid's root attributes.
+    :param pyramid: the pyramid planned from the source.
+    """
     want = comparable(pyramid.attrs)
     have = comparable(attrs)
     have["multiscales"] = comparable(multiscales_of(attrs) or {})
@@ -166,7 +183,14 @@ def check_grid(attrs: dict, pyramid: Pyramid) -> None:
 
 def check_values(store: Any, name: str, src: xr.DataArray, dim: str | None, n_old: int) -> None:
     """A level-0 coordinate / carried variable equals the source's (its first ``n_old`` entries
-    along ``dim``), compared decoded: a change of CF encoding alone is no rewrite."""
+    along ``dim``), compared decoded: a change of CF encoding alone is no rewrite.
+
+    :param store: the pyramid's zarr store.
+    :param name: the array's name in the level-0 group.
+    :param src: the source's variable.
+    :param dim: the append dim, or None (the variable does not have it: compared whole).
+    :param n_old: the pyramid's length along ``dim``.
+    """
     arr = zarr.open_array(store, path=f"0/{name}", mode="r", zarr_format=3)
     dims = tuple(arr.metadata.dimension_names or ())
     if dim is not None and arr.shape[dims.index(dim)] < n_old:
@@ -227,6 +251,14 @@ def check_docs(docs: dict[str, dict], pyramid: Pyramid, spec_old: Any, kinds: di
     variables are compared by value on level 0 (``check_values``); those along ``dim`` are
     replaced by the update. ``resuming`` (an interrupted update) also accepts arrays already grown
     or relaid out (for whatever length): those are relaid out again.
+
+    :param docs: ``{node path: zarr.json}`` of the pyramid.
+    :param pyramid: the pyramid planned from the source.
+    :param spec_old: the plan of the source cut to ``n_old`` entries along ``dim``.
+    :param kinds: ``{name: kind}`` of the arrays of a level group (see ``level_variables``).
+    :param dim: the append dim.
+    :param n_old: the pyramid's length along ``dim``.
+    :param resuming: the target holds an interrupted update of this source (shapes may be grown already).
     """
     spec = pyramid.spec
     ds = pyramid.ds
@@ -263,7 +295,20 @@ def check_docs(docs: dict[str, dict], pyramid: Pyramid, spec_old: Any, kinds: di
 
 def check_gridded(path: str, doc: dict, v: Any, v_old: Any, lvl: int, is_missing: bool, spec: Any,
                    src_attrs: dict, dim: str, n_old: int, resuming: bool) -> bool:
-    """Check one gridded array; True when it must be relaid out (its shard shape changes)."""
+    """Check one gridded array; True when it must be relaid out (its shard shape changes).
+
+    :param path: the array's path.
+    :param doc: its ``zarr.json``.
+    :param v: the variable's spec planned from the source.
+    :param v_old: the variable's spec planned from the source cut to ``n_old`` entries.
+    :param lvl: the level index.
+    :param is_missing: the array is a scratch missing-count array.
+    :param spec: the plan of the source.
+    :param src_attrs: the source variable's attributes.
+    :param dim: the append dim.
+    :param n_old: the pyramid's length along ``dim``.
+    :param resuming: the target holds an interrupted update of this source.
+    """
 
     def refuse(what: str, have: Any, want: Any, hint: str) -> None:
         raise UpdateRefused(f"the source does not extend this pyramid: {what} of {path!r} differ ({have} in the "
@@ -363,6 +408,13 @@ def history_windows(shape: tuple[int, ...], chunks: tuple[int, ...], axis: int |
     Along ``axis`` the samples are spread evenly over the old chunks, the first and the last
     always included (the oldest and the newest existing entries); along the other dims each
     sample takes a chunk drawn with a seeded generator (the same for every run).
+
+    :param shape: the array's shape.
+    :param chunks: its (inner) chunk shape.
+    :param axis: the index of the append dim, or None.
+    :param n_old: the existing length along ``axis``.
+    :param samples: how many windows.
+    :param seed: the generator's seed.
     """
     extent = list(shape)
     if axis is not None:
@@ -397,6 +449,14 @@ def check_history(store: Any, ds: xr.Dataset, spec: Any, dim: str, n_old: int, s
     to NaN. A difference is rewritten history: refused, naming the variable and the index along
     ``dim``. Sampling bounds the cost (a few MB per variable whatever the pyramid's length); a
     change confined to chunks that were not sampled is not seen.
+
+    :param store: the pyramid's zarr store.
+    :param ds: the source dataset.
+    :param spec: the plan of the source.
+    :param dim: the append dim.
+    :param n_old: the pyramid's length along ``dim``.
+    :param samples: chunks per variable.
+    :param skip: variables not to compare (e.g. those rewritten whole).
     """
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 0:
         raise ValueError(f"verify_samples must be an int >= 0, got {samples!r}")

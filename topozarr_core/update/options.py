@@ -32,7 +32,10 @@ _DEFAULTS = {"chunks_per_shard": 4, "target_chunk_bytes": DEFAULT_TARGET_CHUNK_B
 
 
 def stored_options(attrs: dict) -> dict[str, Any]:
-    """Options recorded at publish time, else what the multiscales layout tells."""
+    """Options recorded at publish time, else what the multiscales layout tells.
+
+    :param attrs: the pyramid's root attributes.
+    """
     stored = attrs.get(OPTIONS_KEY)
     if isinstance(stored, dict):
         return {k: stored[k] for k in _OPTION_KEYS if k in stored}
@@ -57,6 +60,14 @@ def stored_options(attrs: dict) -> dict[str, Any]:
 
 
 def resolve_options(stored: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The layout options of the update: the stored ones, else the given ones, else the defaults.
+
+    A given option that differs from the stored one is refused (:class:`UpdateRefused`), as is a method not
+    among the stored choices, or factors/method that can be neither read nor were given.
+
+    :param stored: what :func:`stored_options` read.
+    :param given: the caller's options (``AS_BUILT``: not given).
+    """
     out: dict[str, Any] = {}
     for key in _OPTION_KEYS:
         g = given.get(key, AS_BUILT)
@@ -82,10 +93,18 @@ def resolve_options(stored: dict[str, Any], given: dict[str, Any]) -> dict[str, 
 
 
 def plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (numpy scalars as Python, tuples as lists), for comparisons.
+
+    :param value: any JSON-like value.
+    """
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 def create_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``create_pyramid`` keyword arguments that reproduce the pyramid's layout.
+
+    :param options: the resolved options (:func:`resolve_options`).
+    """
     hints = options.get("layer_hints") or None
     return {
         "factors": list(options["factors"]),
@@ -101,6 +120,10 @@ def create_kwargs(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def stored_hints(attrs: dict) -> dict[str, ZarrLayerVarConfig]:
+    """The ``zarr-layer`` hints of a root as :class:`~topozarr_core.spec.layer_hints.ZarrLayerVarConfig` objects.
+
+    :param attrs: the pyramid's root attributes.
+    """
     hints = attrs.get("zarr-layer")
     if not isinstance(hints, dict):
         return {}
@@ -108,7 +131,12 @@ def stored_hints(attrs: dict) -> dict[str, ZarrLayerVarConfig]:
 
 
 def crs_for_update(ds: xr.Dataset, crs: Any, attrs: dict) -> str | None:
-    """The ``crs=`` to plan with (None: the source's own), refusing a CRS other than the pyramid's."""
+    """The ``crs=`` to plan with (None: the source's own), refusing a CRS other than the pyramid's.
+
+    :param ds: the source dataset.
+    :param crs: the caller's ``crs=``, or None.
+    :param attrs: the pyramid's root attributes.
+    """
     stored = {k: attrs[k] for k in ("proj:code", "proj:wkt2") if k in attrs}
     try:
         found = find_crs(ds, crs)

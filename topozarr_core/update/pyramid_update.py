@@ -151,6 +151,7 @@ class UpdateInfo:
         return {"append_dim": self.append_dim, "from": self.old_length, "to": self.new_length}
 
     def to_dict(self) -> dict[str, Any]:
+        """The info as plain JSON-able data (for a flow's task results)."""
         return {"append_dim": self.append_dim, "old_length": self.old_length, "new_length": self.new_length,
                 "relayout": [list(p) for p in self.relayout], "options": self.options,
                 "changed": self.changed, "resumed": self.resumed, "state": self.state,
@@ -158,6 +159,10 @@ class UpdateInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UpdateInfo:
+        """The info back from :meth:`to_dict`'s data.
+
+        :param d: what :meth:`to_dict` returned.
+        """
         return cls(append_dim=d["append_dim"], old_length=int(d["old_length"]), new_length=int(d["new_length"]),
                    relayout=tuple((int(lvl), str(v)) for lvl, v in d["relayout"]), options=dict(d["options"]),
                    changed=bool(d["changed"]), resumed=bool(d.get("resumed", False)), state=d.get("state"),
@@ -182,6 +187,7 @@ class UpdateReport:
 
     @property
     def appended(self) -> int:
+        """Entries appended along the append dim."""
         return self.new_length - self.old_length
 
 
@@ -194,16 +200,24 @@ class PyramidUpdate:
     separate tasks)."""
 
     def __init__(self, pyramid: Pyramid, info: UpdateInfo):
+        """:param pyramid: the pyramid planned from the grown source.
+        :param info: what planning found (:class:`UpdateInfo`).
+        """
         self.pyramid = pyramid
         self.info = info
 
     @classmethod
     def from_info(cls, ds: xr.Dataset, info: UpdateInfo) -> PyramidUpdate:
-        """Re-derive the update in another process from the source and the plain-data info."""
+        """Re-derive the update in another process from the source and the plain-data info.
+
+        :param ds: the source dataset.
+        :param info: the planned update's info.
+        """
         return cls(create_pyramid(ds, **create_kwargs(info.options)), info)
 
     @property
     def spec(self) -> PyramidSpec:
+        """The plan of the source (the pyramid as the update leaves it)."""
         return self.pyramid.spec
 
     def tile_plan(self, max_region_bytes: int = DEFAULT_MAX_REGION_BYTES, max_tile_bytes: int | None = None,
@@ -211,7 +225,12 @@ class PyramidUpdate:
         """The tiles of the update (:mod:`topozarr_core.plan.tiles`): the regions reaching the old length along the append
         dim, cut to start there, and every region of relaid-out arrays. Tiles cover every level over
         the whole grid and are cut along the append dim only (``max_tile_bytes``); none when nothing
-        changes."""
+        changes.
+
+        :param max_region_bytes: the largest level-0 region a widening to whole source chunks may make.
+        :param max_tile_bytes: at most this many bytes of input per tile (None: one tile).
+        :param max_tiles: a hard cap on the number of tiles.
+        """
         info = self.info
         start, stop = (info.old_length, None) if info.changed else (info.new_length, info.new_length)
         spec = self.spec
@@ -223,12 +242,18 @@ class PyramidUpdate:
                         "whole": [list(p) for p in info.relayout] if info.changed else [], "clip": True})
 
     def region_plan(self, max_region_bytes: int = DEFAULT_MAX_REGION_BYTES) -> RegionPlan:
-        """Every region the update writes, as one plan (empty when nothing changes)."""
+        """Every region the update writes, as one plan (empty when nothing changes).
+
+        :param max_region_bytes: the largest level-0 region a widening to whole source chunks may make.
+        """
         plan = self.tile_plan(max_region_bytes=max_region_bytes)
         return plan.region_plan(plan.tiles)
 
     def keeps_window(self, plan: RegionPlan) -> bool:
-        """Whether the update's levels fit in memory over its window (the build's RAM budget)."""
+        """Whether the update's levels fit in memory over its window (the build's RAM budget).
+
+        :param plan: the update's region plan.
+        """
         info = self.info
         need = WindowCache.nbytes_for(plan, info.append_dim, info.new_length - info.old_length)
         return bool(plan.levels) and need <= psutil.virtual_memory().available * KEEP_IN_MEMORY_RAM_FRACTION
@@ -243,7 +268,12 @@ class PyramidUpdate:
         empty the relaid-out ones.
 
         Refuses (nothing written) when the pyramid changed since :func:`plan_update` read it --
-        unless it is this very update's unpublished root (a retried prepare)."""
+        unless it is this very update's unpublished root (a retried prepare).
+
+        :param store: the pyramid: a path, URL or zarr store.
+        :param lazy: part of the write protocol (:class:`~topozarr_core.write.protocol.WriteSteps`); unused:
+            an update creates no levels.
+        """
         if not self.info.changed:
             return
         zstore = resolve_store(store)
@@ -280,7 +310,11 @@ class PyramidUpdate:
 
     def finish(self, store: Any, levels: Any = None) -> dict:
         """Replace the coordinates / carried variables along the append dim. The root stays
-        unpublished: :meth:`publish` is the last step (after validation, in the flow)."""
+        unpublished: :meth:`publish` is the last step (after validation, in the flow).
+
+        :param store: the pyramid: a path, URL or zarr store.
+        :param levels: part of the write protocol; unused: an update creates no levels.
+        """
         if not self.info.changed:
             return {}
         zstore = resolve_store(store)
@@ -291,7 +325,11 @@ class PyramidUpdate:
         return {"replaced": [dst for _, dst in copies], "group_attributes": regrouped}
 
     def publish(self, store: Any) -> dict:
-        """Write the published root (``multiscales``, ``spatial:``, ``proj:``, options): the last write."""
+        """Write the published root (``multiscales``, ``spatial:``, ``proj:``, options): the last write.
+
+        :param store: the pyramid: a path, URL or zarr store.
+        :returns: the root attributes written (empty when nothing changed).
+        """
         if not self.info.changed:
             return {}
         return publish_root(resolve_store(store), self.spec)
@@ -300,7 +338,14 @@ class PyramidUpdate:
               progress: bool = False, io: IO = "python") -> UpdateReport:
         """Prepare, write the affected regions through a local thread pool, finish, publish -- holding
         the target's lease (plain Zarr) throughout. Validation is the caller's (the flow validates
-        before publishing)."""
+        before publishing).
+
+        :param store: the pyramid: a path, URL or zarr store.
+        :param max_workers: threads of the pool (default: sized from the CPUs and the available RAM).
+        :param max_region_bytes: the largest level-0 region a widening to whole source chunks may make.
+        :param progress: show a progress bar.
+        :param io: ``"python"`` (zarr's codec pipeline) or ``"rust"`` (zarrs; local stores only).
+        """
         from topozarr_core.write.codec_pipeline import check_io, open_array_for
         from topozarr_core.write.protocol import write_locally
 
@@ -357,9 +402,21 @@ def plan_update(
 
     Never writes. Raises :class:`UpdateRefused` (a ValueError) when it does not. The layout
     options default to those the pyramid was built with; passing a different value is refused.
-    ``crs`` is needed only for a source without a CRS of its own (default: the pyramid's).
-    ``verify_samples``: level-0 chunks per gridded variable compared with the source over the
-    existing entries (0 skips the gridded history check; see :func:`~topozarr_core.update.checks.check_history`).
+
+    :param ds: the whole grown source.
+    :param store: the pyramid: a path, URL, zarr store or Icechunk session.
+    :param append_dim: the dimension that grew.
+    :param x_dim: the x dimension (default: as built).
+    :param y_dim: the y dimension (default: as built).
+    :param factors: the levels' cumulative factors (default: as built).
+    :param method: the coarsening method (default: as built).
+    :param chunks_per_shard: chunks per shard (default: as built).
+    :param target_chunk_bytes: the chunk size aimed at (default: as built).
+    :param crs: needed only for a source without a CRS of its own (default: the pyramid's).
+    :param layer_hints: zarr-layer display hints (default: the pyramid's stored hints).
+    :param verify_samples: level-0 chunks per gridded variable compared with the source over the
+        existing entries (0 skips the gridded history check; see
+        :func:`~topozarr_core.update.checks.check_history`).
     """
     if isinstance(ds, xr.DataArray):
         ds = ds.to_dataset(name=ds.name or "data")

@@ -88,7 +88,10 @@ class ValidationReport:
 
 
 def load_schema(name: str) -> dict:
-    """One of the bundled convention schemas (:data:`SCHEMA_NAMES`), as a dict."""
+    """One of the bundled convention schemas (:data:`SCHEMA_NAMES`), as a dict.
+
+    :param name: the schema's name.
+    """
     if name not in SCHEMA_NAMES:
         raise ValueError(f"unknown schema {name!r}; choose one of {SCHEMA_NAMES}")
     text = files("topozarr_core.validate").joinpath("schemas", name, "schema.json").read_text(encoding="utf-8")
@@ -120,7 +123,10 @@ def _validators() -> tuple[tuple[str, Any], ...]:
 
 
 def validate_root_document(doc: dict) -> list[str]:
-    """Errors of a root group document against the three convention schemas (empty = valid)."""
+    """Errors of a root group document against the three convention schemas (empty = valid).
+
+    :param doc: the root ``zarr.json`` as JSON.
+    """
     errors: list[str] = []
     for name, validator in _validators():
         try:
@@ -283,7 +289,16 @@ def check_level(
 
     A level can be checked as soon as it is written, while coarser ones are still being written:
     pass the result to :func:`validate_pyramid` (``checked_levels``) instead of checking it again.
-    The windows of a level depend on ``seed`` and the level only, so both ways check the same ones."""
+    The windows of a level depend on ``seed`` and the level only, so both ways check the same ones.
+
+    :param pyramid: the pyramid as planned.
+    :param store: where it was written: a path, URL or zarr store.
+    :param level: the level index.
+    :param samples_per_level: random windows compared per variable.
+    :param seed: the seed of the windows' generator.
+    :param check_values: compare values with the source (else the layout only).
+    :param rtol: the relative tolerance of the value comparison.
+    """
     _check_args(samples_per_level, rtol)
     zstore = _read_only(resolve_store(store))
     try:

@@ -128,7 +128,16 @@ def _compare(got: np.ndarray, ref: np.ndarray, scale: np.ndarray | None, v: VarS
 
 def spot_check(pyramid: Pyramid, arr: zarr.Array, v: VarSpec, level: int, rng: np.random.Generator,
                 samples: int, rtol: float) -> tuple[int, list[str]]:
-    """(windows compared, one line per problem) for ``samples`` random windows of one level array."""
+    """(windows compared, one line per problem) for ``samples`` random windows of one level array.
+
+    :param pyramid: the pyramid as planned (its source is the reference).
+    :param arr: the written level array.
+    :param v: the variable's spec.
+    :param level: the level index.
+    :param rng: the generator of the windows.
+    :param samples: how many windows.
+    :param rtol: the relative tolerance.
+    """
     spec = pyramid.spec
     yi, xi = v.axes(spec.y_dim, spec.x_dim)
     f = spec.factors[level]

@@ -51,6 +51,7 @@ class Quicklook:
     zoom: int = 1
 
     def describe(self) -> str:
+        """One line saying what the image shows: variable, level, selection, size, colormap and colour limits."""
         sel = ", ".join(f"{k}[{v}]" for k, v in self.selection.items())
         clim = f"[{self.clim[0]:.6g}, {self.clim[1]:.6g}]" if self.clim else "none (no finite values)"
         extra = f", every {self.step}th cell" if self.step > 1 else ""
@@ -62,12 +63,17 @@ class Quicklook:
 def render_quicklook(target: Any, variable: str | None = None, level: int | None = None,
                      colormap: str | None = None, clim: tuple[float, float] | None = None,
                      max_side: int = MAX_SIDE, min_side: int = 1) -> Quicklook:
-    """Render ``variable`` of ``level`` (default: the first hinted, else first gridded variable, of
-    the coarsest level) of the published pyramid at ``target`` (a path, URL or zarr store).
+    """Render one level of one variable of the published pyramid at ``target`` as an RGBA image.
 
-    A level whose longer side exceeds ``max_side`` is read every n-th cell; one shorter than
-    ``min_side`` is enlarged by a whole factor (each cell a square of pixels), so a tiny coarsest
-    level is still visible where the image is shown at its natural size."""
+    :param target: the pyramid: a path, URL or zarr store.
+    :param variable: the variable (default: the first hinted, else the first gridded one).
+    :param level: the level index (default: the coarsest).
+    :param colormap: a colormap name (default: the variable's hint, else the default map).
+    :param clim: ``(min, max)`` colour limits (default: the hint's, else robust limits of the values).
+    :param max_side: a level whose longer side exceeds this is read every n-th cell.
+    :param min_side: a level whose shorter side is below this is enlarged by a whole factor (each cell a
+        square of pixels), so a tiny coarsest level is still visible at the image's natural size.
+    """
     if not isinstance(max_side, int) or not isinstance(min_side, int) or max_side < 1 or min_side < 1:
         raise ValueError(f"quicklook: max_side={short(max_side)} and min_side={short(min_side)} must be positive ints")
     if clim is not None:
@@ -179,7 +185,10 @@ def colourise(values: np.ndarray, table: np.ndarray, clim: tuple[float, float] |
 
 
 def encode_png(rgba: np.ndarray) -> bytes:
-    """An 8-bit RGBA PNG (filter 0 on every row, zlib level 9)."""
+    """An 8-bit RGBA PNG (filter 0 on every row, zlib level 9).
+
+    :param rgba: ``(h, w, 4)`` uint8 pixels.
+    """
     if rgba.ndim != 3 or rgba.shape[2] != 4 or rgba.dtype != np.uint8:
         raise ValueError(f"encode_png needs (h, w, 4) uint8 data, got {rgba.shape} {rgba.dtype}")
     h, w = rgba.shape[:2]

@@ -55,7 +55,10 @@ def _is_memory_object_store(store: Any) -> bool:
 
 
 def rust_supported(store: Any) -> bool:
-    """zarrs serves local filesystem and obstore-backed stores; not Icechunk or memory stores."""
+    """zarrs serves local filesystem and obstore-backed stores; not Icechunk or memory stores.
+
+    :param store: the target zarr store.
+    """
     return (
         isinstance(store, (LocalStore, ObjectStore))
         and not is_icechunk_store(store)
@@ -64,6 +67,11 @@ def rust_supported(store: Any) -> bool:
 
 
 def check_io(io: str, store: Any) -> None:
+    """Refuse, in one line, an unknown ``io`` or ``io="rust"`` on a store that zarrs cannot serve.
+
+    :param io: ``"python"`` or ``"rust"``.
+    :param store: the target zarr store.
+    """
     if io not in IO_CHOICES:
         raise ValueError(f"io must be one of {IO_CHOICES}, got {io!r}")
     if io == "rust" and not rust_supported(store):
@@ -133,7 +141,11 @@ def _open_rust(store: Any, path: str, mode: str) -> zarr.Array:
 
 
 def open_array_for(io: str, store: Any) -> Callable[[Any, str, str], zarr.Array]:
-    """An opener ``(store, path, mode) -> zarr.Array`` whose arrays carry the chosen codec pipeline."""
+    """An opener ``(store, path, mode) -> zarr.Array`` whose arrays carry the chosen codec pipeline.
+
+    :param io: ``"python"`` (zarr's codec pipeline) or ``"rust"`` (zarrs).
+    :param store: the target zarr store (checked with :func:`check_io`).
+    """
     check_io(io, store)
     return _open_rust if io == "rust" else _open_python
 
@@ -144,6 +156,8 @@ def pipeline_name(arr: zarr.Array) -> str:
     ``"ZarrsCodecPipeline"`` only when the Rust implementation is live and strict (no Python
     fallback); a zarrs pipeline whose Rust side failed reports ``"ZarrsCodecPipeline(fallback)"``,
     one that may fall back per call (zarrs's non-strict default) ``"ZarrsCodecPipeline(non-strict)"``.
+
+    :param arr: an open array.
     """
     cp = arr._async_array.codec_pipeline
     name = type(cp).__name__

@@ -24,7 +24,12 @@ from topozarr_core.write.region import reduce_values
 
 def level_arrays(src: xr.Dataset, spec: PyramidSpec, v: VarSpec) -> list[dsa.Array]:
     """Every level of variable ``v`` of ``src`` (a dask-backed dataset) as a lazy dask array chunked by
-    the level's write unit, level 0 first."""
+    the level's write unit, level 0 first.
+
+    :param src: the source dataset, dask-backed.
+    :param spec: the pyramid's spec.
+    :param v: the variable's spec.
+    """
     axes = v.axes(spec.y_dim, spec.x_dim)
     data = src[v.name].data
     if v.packing is not None:  # levels reduce the packed integers, as write() does (see packing)

@@ -38,7 +38,10 @@ INFLIGHT_PER_WORKER = 2
 
 
 def region_peak_bytes(plan: RegionPlan) -> int:
-    """Largest working set of one region: its input window, output and encode buffers."""
+    """Largest working set of one region: its input window, output and encode buffers.
+
+    :param plan: the region plan.
+    """
     peak = 0
     for lp in plan.levels:
         for region in lp.regions:
@@ -50,6 +53,11 @@ def region_peak_bytes(plan: RegionPlan) -> int:
 
 
 def auto_workers(plan: RegionPlan, max_workers: int | None) -> int:
+    """The number of region threads: ``max_workers`` when given, else the CPU count capped by the available RAM.
+
+    :param plan: the region plan (its largest region sizes the RAM cap).
+    :param max_workers: the caller's choice (>= 1), or None.
+    """
     if max_workers is not None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
@@ -77,6 +85,13 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
     submissions and is re-raised once the regions in flight have finished. ``pool``: run the regions
     in that executor (shared by the tiles a process runs at once) instead of a new one of ``workers``
     threads; at most ``workers x INFLIGHT_PER_WORKER`` regions of this plan are in flight either way.
+
+    :param ctx: the plan, source, target and cache of the write.
+    :param workers: threads (the pool's size, or the in-flight budget with ``pool``).
+    :param progress: show a progress bar.
+    :param level_ready: called with a level before its first region is submitted; returns once the level exists.
+    :param idle_step: a short piece of other work, called between submitting and waiting until it returns False.
+    :param pool: an executor shared by the tiles a process runs at once, instead of a new pool.
     """
     cache = ctx.cache
     sources = {} if cache is None else cache.sources()
@@ -218,7 +233,12 @@ class TileResult:
 
 def tile_cache(plan: TilePlan, regions: RegionPlan, tiles: list[Tile] | tuple[Tile, ...]) -> LevelCache | None:
     """The in-memory levels of a run of ``tiles`` (see :mod:`topozarr_core.write.level_cache`); an update's covers only
-    its window along the append dim (:class:`topozarr_core.write.window_cache.WindowCache`)."""
+    its window along the append dim (:class:`topozarr_core.write.window_cache.WindowCache`).
+
+    :param plan: the tile plan.
+    :param regions: the region plan of ``tiles``.
+    :param tiles: the tiles that run together.
+    """
     r = plan.restricted
     if r is None:
         return LevelCache.for_plan(regions)
@@ -245,6 +265,20 @@ def write_tiles(plan: TilePlan, tiles: list[Tile] | tuple[Tile, ...], *, source:
     another process. ``keep_in_memory=False`` reads each level back from the target instead of
     reducing it in memory (less RAM, more reads). ``regions``: ``plan.region_plan(tiles)`` when the
     caller has it already. Idempotent: running a tile again writes the same bytes.
+
+    :param plan: the tile plan.
+    :param tiles: the tiles to write.
+    :param source: the source dataset (level 0's input).
+    :param store: the target zarr store.
+    :param workers: region threads.
+    :param open_array: opens the target's arrays (``(store, path, mode) -> zarr.Array``; default zarr's).
+    :param keep_in_memory: reduce coarser levels in memory (False: read each level back from the target).
+    :param progress: show a progress bar.
+    :param timer: a :class:`~topozarr_core.write.stats.RegionTimer` for per-level timings, or None.
+    :param level_ready: called before a level's first region (see :func:`run_plan`).
+    :param idle_step: short work between submissions (see :func:`run_plan`).
+    :param pool: a shared executor (see :func:`run_plan`).
+    :param regions: ``plan.region_plan(tiles)`` when the caller has it already.
     """
     t0 = time.perf_counter()
     regions = plan.region_plan(tiles) if regions is None else regions

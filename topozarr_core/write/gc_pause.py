@@ -21,6 +21,7 @@ _writers = 0
 
 @contextlib.contextmanager
 def old_objects_frozen() -> Iterator[None]:
+    """Keep the objects that exist now out of the cyclic GC while the block runs (nested and concurrent uses count)."""
     global _writers
     with _lock:
         if _writers == 0:

@@ -41,6 +41,10 @@ BLOCKS_ALIVE = 8
 
 
 def missing_fill(spec: VarSpec) -> float | int:
+    """The value a reduction writes where every input pixel is missing: the nodata value, else NaN or 0.
+
+    :param spec: the variable's spec.
+    """
     if spec.fill_value is not None:
         return spec.fill_value
     return np.nan if np.dtype(spec.out_dtype).kind == "f" else 0
@@ -56,6 +60,12 @@ def _box(slices: tuple[slice, ...]) -> Box:
 
 @dataclass
 class LevelCache:
+    """The levels of one write kept in RAM, so a coarser level reads them instead of the store.
+
+    Whole levels (``data``, ``missing``) where the next level reads arbitrary windows; per-region blocks
+    (``blocks``) where the regions line up, reduced into by the producers and handed over to the one
+    region that writes them.
+    """
     plan: RegionPlan
     #: whole kept levels: (level, var) -> array of the level (and its missing counts)
     data: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
@@ -91,11 +101,20 @@ class LevelCache:
 
     # -- reading --------------------------------------------------------------------------------
     def has(self, level: int, var: str) -> bool:
-        """Whether any window of the level can be read here (a whole kept level)."""
+        """Whether any window of the level can be read here (a whole kept level).
+
+        :param level: the level index.
+        :param var: the variable's name.
+        """
         return (level, var) in self.data
 
     def get(self, level: int, var: str, slices: tuple[slice, ...]) -> Pair:
-        """A window of a whole level, or a region's block (handed over: dropped from the cache)."""
+        """A window of a whole level, or a region's block (handed over: dropped from the cache).
+
+        :param level: the level index.
+        :param var: the variable's name.
+        :param slices: the window, in the level's indices.
+        """
         if (level, var) in self.block_index:
             with self._lock:
                 block = self.blocks.pop((level, var, _box(slices)), None)
@@ -108,7 +127,12 @@ class LevelCache:
     # -- writing --------------------------------------------------------------------------------
     def views(self, level: int, var: str, slices: tuple[slice, ...]) -> Pair | None:
         """Writable views of a window of a kept level (a reduction writes straight into them), or
-        None when the level is not kept or the window spans several blocks (then use :meth:`put`)."""
+        None when the level is not kept or the window spans several blocks (then use :meth:`put`).
+
+        :param level: the level index.
+        :param var: the variable's name.
+        :param slices: the window, in the level's indices.
+        """
         if (level, var) in self.block_index:
             window = _box(slices)
             boxes = self.block_index[(level, var)].overlapping_boxes(window)
@@ -124,6 +148,14 @@ class LevelCache:
 
     def put(self, level: int, var: str, slices: tuple[slice, ...], values: np.ndarray,
             missing: np.ndarray | None) -> None:
+        """Store a reduced window of a kept level (into the blocks it overlaps, or the whole level).
+
+        :param level: the level index.
+        :param var: the variable's name.
+        :param slices: the window, in the level's indices.
+        :param values: the window's values.
+        :param missing: the window's missing counts, or None (not tracked).
+        """
         if (level, var) in self.block_index:
             window = _box(slices)
             for box in self.block_index[(level, var)].overlapping_boxes(window):
@@ -156,6 +188,11 @@ class LevelCache:
             return block
 
     def is_block(self, level: int, var: str) -> bool:
+        """Whether the level is kept as per-region blocks.
+
+        :param level: the level index.
+        :param var: the variable's name.
+        """
         return (level, var) in self.block_index
 
     def recycle(self, *arrays: np.ndarray | None) -> None:
@@ -256,6 +293,12 @@ def _layout(plan: RegionPlan) -> _Layout:
 
 
 def aligned(plan: RegionPlan, prev, step: int) -> bool:
+    """Whether every region of ``prev`` starts on a multiple of ``step`` along y and x, so it reduces into whole windows.
+
+    :param plan: the region plan.
+    :param prev: the :class:`~topozarr_core.plan.regions.LevelPlan` of the finer level.
+    :param step: the factor from that level to the next.
+    """
     for region in prev.regions:
         spec = plan.var(region.var)
         yi, xi = spec.axes(plan.y_dim, plan.x_dim)

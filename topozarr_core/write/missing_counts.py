@@ -24,7 +24,13 @@ OpenArray = Callable[[str, str], Any]  # (path, mode) -> zarr.Array
 
 def counts_written_here(plan: RegionPlan, level: int, var: str, slices: tuple[slice, ...]) -> bool:
     """Whether this write stores the scratch counts of ``level`` over ``slices``: its own regions of
-    that level, or the tiles of an earlier stage (``plan.extra["handoff"]``, see :mod:`topozarr_core.plan.tiles`)."""
+    that level, or the tiles of an earlier stage (``plan.extra["handoff"]``, see :mod:`topozarr_core.plan.tiles`).
+
+    :param plan: the region plan.
+    :param level: the level index.
+    :param var: the variable's name.
+    :param slices: the window, in the level's indices.
+    """
     if not keeps_scratch_counts(len(plan.factors), level):
         return False
     if level not in {lp.level for lp in plan.levels} and level not in plan.extra.get("handoff", ()):
@@ -44,7 +50,14 @@ def counts_written_here(plan: RegionPlan, level: int, var: str, slices: tuple[sl
 
 def counts_from_level0(open_array: OpenArray, plan: RegionPlan, spec: VarSpec, level: int,
                        slices: tuple[slice, ...]) -> np.ndarray:
-    """The missing counts of a window of ``level``: missing level-0 pixels per window of its factor."""
+    """The missing counts of a window of ``level``: missing level-0 pixels per window of its factor.
+
+    :param open_array: opens the target's arrays.
+    :param plan: the region plan.
+    :param spec: the variable's spec.
+    :param level: the level index.
+    :param slices: the window, in the level's indices.
+    """
     f = plan.factors[level]
     yi, xi = spec.axes(plan.y_dim, plan.x_dim)
     window = tuple(slice(s.start * f, s.stop * f) if i in (yi, xi) else s for i, s in enumerate(slices))
@@ -56,7 +69,14 @@ def counts_from_level0(open_array: OpenArray, plan: RegionPlan, spec: VarSpec, l
 
 def previous_counts(open_array: OpenArray, plan: RegionPlan, spec: VarSpec, level: int,
                     slices: tuple[slice, ...]) -> np.ndarray:
-    """Counts of a window of ``level`` (>= 1) for reducing the next level from the store."""
+    """Counts of a window of ``level`` (>= 1) for reducing the next level from the store.
+
+    :param open_array: opens the target's arrays.
+    :param plan: the region plan.
+    :param spec: the variable's spec.
+    :param level: the level index.
+    :param slices: the window, in the level's indices.
+    """
     if counts_written_here(plan, level, spec.name, slices):
         return np.asarray(open_array(missing_path(level, spec.name), "r")[slices])
     return counts_from_level0(open_array, plan, spec, level, slices)
@@ -65,7 +85,13 @@ def previous_counts(open_array: OpenArray, plan: RegionPlan, spec: VarSpec, leve
 def store_counts(plan: RegionPlan, cache: Any, level: int, var: str) -> bool:
     """Whether a written region's counts must go to the store: a later stage reads ``level`` back
     (``plan.extra["handoff"]``), or a next level of this plan reads it from the store (not from the
-    in-memory cache)."""
+    in-memory cache).
+
+    :param plan: the region plan.
+    :param cache: the write's level cache, or None.
+    :param level: the level index.
+    :param var: the variable's name.
+    """
     if not keeps_scratch_counts(len(plan.factors), level):
         return False
     if level in plan.extra.get("handoff", ()):

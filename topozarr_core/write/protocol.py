@@ -53,13 +53,24 @@ class WriteSteps(Protocol):
         """The dataset the tiles read."""
 
     def prepare(self, store: Any, lazy: bool = False) -> LevelInitialiser | None:
-        """Make the target ready for the tiles; with ``lazy``, levels may be created on the way."""
+        """Make the target ready for the tiles; with ``lazy``, levels may be created on the way.
+
+        :param store: the target zarr store.
+        :param lazy: create levels only when first needed.
+        """
 
     def finish(self, store: Any, levels: LevelInitialiser | None = None) -> Any:
-        """What follows the tiles, before publishing."""
+        """What follows the tiles, before publishing.
+
+        :param store: the target zarr store.
+        :param levels: what :meth:`prepare` returned.
+        """
 
     def publish(self, store: Any) -> Any:
-        """Publish the root (the last write)."""
+        """Publish the root (the last write).
+
+        :param store: the target zarr store.
+        """
 
 
 @dataclass
@@ -132,10 +143,12 @@ class BuildWrite:
 
     @property
     def source(self) -> xr.Dataset:
+        """The source dataset."""
         return self.pyramid.ds
 
     @property
     def every(self) -> list[int]:
+        """Every level index of the pyramid."""
         return list(range(self.pyramid.levels))
 
     @property
@@ -159,7 +172,11 @@ class BuildWrite:
 
     def prepare(self, store: Any, lazy: bool = False) -> LevelInitialiser:
         """Unpublish the root, delete what the build replaces, and create the levels (all now, or with
-        ``lazy`` each when :meth:`LevelInitialiser.ready` first asks for it)."""
+        ``lazy`` each when :meth:`LevelInitialiser.ready` first asks for it).
+
+        :param store: the target zarr store.
+        :param lazy: create each level when first needed instead of all now.
+        """
         layout = self.every if self.new_partial else self.plan.levels
         prepare_target(store, self.pyramid.spec, self.mode, self.plan.levels, self.state)
         init = LevelInitialiser(store, self.pyramid.ds, self.pyramid.spec, layout, self.docs)
@@ -170,14 +187,21 @@ class BuildWrite:
         return init
 
     def finish(self, store: Any, levels: LevelInitialiser | None = None) -> None:
-        """Create whatever level is still missing (a partial build's empty levels)."""
+        """Create whatever level is still missing (a partial build's empty levels).
+
+        :param store: the target zarr store.
+        :param levels: what :meth:`prepare` returned, or None.
+        """
         if levels is not None:
             for level in sorted(levels.pending):
                 levels.ready(level)
 
     def publish(self, store: Any) -> dict[str, Any]:
         """Publish the root when every level holds data; otherwise record which do (the root stays
-        unpublished until a ``mode="a"`` write completes it). Returns the root attributes written."""
+        unpublished until a ``mode="a"`` write completes it). Returns the root attributes written.
+
+        :param store: the target zarr store.
+        """
         if self.complete:
             return publish_root(store, self.root)  # the scratch missing counts go first
         owned = {str(lvl) for lvl in self.every} | {MISSING_GROUP}

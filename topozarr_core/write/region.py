@@ -38,6 +38,11 @@ class WriteContext:
     _arrays: dict[tuple[str, str], zarr.Array] = field(default_factory=dict)
 
     def array(self, path: str, mode: str = "r+") -> zarr.Array:
+        """The target's array at ``path``, opened once per mode and kept.
+
+        :param path: the array's path.
+        :param mode: the zarr open mode.
+        """
         key = (path, mode)
         arr = self._arrays.get(key)
         if arr is None:
@@ -182,7 +187,11 @@ def _coarser_window(plan: RegionPlan, spec: VarSpec, box: tuple[tuple[int, int],
 
 
 def write_region(ctx: WriteContext, region: Region) -> int:
-    """Compute, write and (when cached) pre-reduce one region. Returns bytes written."""
+    """Compute, write and (when cached) pre-reduce one region. Returns bytes written.
+
+    :param ctx: the write's handles.
+    :param region: the region.
+    """
     spec = ctx.plan.var(region.var)
     out, out_missing = _compute(ctx, spec, region)
     nbytes = int(out.nbytes)

@@ -27,6 +27,13 @@ class RegionTimer:
         self._ended: dict[int, float] = {}
 
     def add(self, level: int, *, regions: int = 0, nbytes: int = 0, **seconds: float) -> None:
+        """Add one region's numbers to ``level``'s row.
+
+        :param level: the level index.
+        :param regions: regions finished.
+        :param nbytes: bytes written.
+        :param seconds: seconds per field (``read_s``, ``reduce_s``, ``write_s``).
+        """
         now = time.perf_counter()
         with self._lock:
             row = self._levels[level]

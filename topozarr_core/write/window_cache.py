@@ -29,6 +29,14 @@ class WindowCache(LevelCache):
     @classmethod
     def for_update(cls, plan: RegionPlan, dim: str, start: int, stop: int,
                    whole: set[tuple[int, str]]) -> WindowCache | None:
+        """The cache of an update's region plan, or None when no level can be reduced in memory.
+
+        :param plan: the update's region plan.
+        :param dim: the append dim.
+        :param start: the window's start along ``dim``.
+        :param stop: the window's stop along ``dim``.
+        :param whole: the ``(level, variable)`` arrays rewritten whole (read from the store instead).
+        """
         planned = {lp.level: lp for lp in plan.levels}
         whole_levels = {lvl for lvl, _ in whole}
         cache = cls(plan)
@@ -50,10 +58,20 @@ class WindowCache(LevelCache):
         return cache if cache.precomputed else None
 
     def has(self, level: int, var: str) -> bool:
+        """Always False: no level is kept whole (see the class docstring).
+
+        :param level: the level index.
+        :param var: the variable's name.
+        """
         return False
 
     def views(self, level: int, var: str, slices: tuple[slice, ...]) -> None:
-        """Regions may reach outside the window: reductions compute, then :meth:`put` keeps the window."""
+        """Regions may reach outside the window: reductions compute, then :meth:`put` keeps the window.
+
+        :param level: the level index.
+        :param var: the variable's name.
+        :param slices: the window, in the level's indices.
+        """
         return None
 
     def _local(self, var: str, slices: tuple[slice, ...]) -> tuple[tuple[slice, ...], slice]:
@@ -67,11 +85,25 @@ class WindowCache(LevelCache):
         return tuple(local), slice(lo - s.start, s.stop - s.start)
 
     def get(self, level: int, var: str, slices: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`LevelCache.get` with ``slices`` moved into the window's coordinates.
+
+        :param level: the level index.
+        :param var: the variable's name.
+        :param slices: the window, in the level's indices.
+        """
         local, _ = self._local(var, slices)
         return super().get(level, var, local)
 
     def put(self, level: int, var: str, slices: tuple[slice, ...], values: np.ndarray,
             missing: np.ndarray | None) -> None:
+        """:meth:`LevelCache.put` keeping only the part inside the window (nothing for a level not kept).
+
+        :param level: the level index.
+        :param var: the variable's name.
+        :param slices: the window, in the level's indices.
+        :param values: the window's values.
+        :param missing: the window's missing counts, or None.
+        """
         if (level, var) not in self.data:
             return
         local, part = self._local(var, slices)
@@ -83,6 +115,12 @@ class WindowCache(LevelCache):
 
     @staticmethod
     def nbytes_for(plan: RegionPlan, dim: str, window: int) -> int:
+        """Bytes the kept levels (>= 1) of an update's window take at most (:meth:`for_update` allocates those it precomputes).
+
+        :param plan: the update's region plan.
+        :param dim: the append dim.
+        :param window: the window's length along ``dim`` at level 0.
+        """
         total = 0
         for spec in plan.variables:
             if dim not in spec.dims:

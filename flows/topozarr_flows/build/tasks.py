@@ -32,7 +32,13 @@ class SourceChanged(RuntimeError):
 def plan_pyramid(params: BuildParams, key: str = "plan") -> dict:
     """Open the source, plan the tiles, and check the target (read-only): every bad input fails here,
     before anything is written. A retry of the same flow run reuses this task's result, so it does not
-    re-check a target the run itself has started writing."""
+    re-check a target the run itself has started writing.
+
+    :param params: the flow's parameters.
+    :param key: the last part of the task's run-scoped cache key (:func:`~topozarr_flows.runs.task_options.run_scoped_key`):
+        one planning per flow run.
+    :returns: the plan's fingerprint, the levels and the tiles (plain data).
+    """
     job = load_job(params)
     job.check_target()
     plan = job.plan
@@ -56,7 +62,13 @@ def plan_pyramid(params: BuildParams, key: str = "plan") -> dict:
 
 @task(name="initialise-target", **RUN_CACHED, **RETRYING)
 def initialise_target(params: BuildParams, key: str = "init") -> dict:
-    """Create arrays and coordinates; for Icechunk on a staging branch committed once."""
+    """Create arrays and coordinates; for Icechunk on a staging branch committed once.
+
+    :param params: the flow's parameters.
+    :param key: the last part of the task's run-scoped cache key: one initialisation per flow run.
+    :returns: ``{"staging", "base"}``: the Icechunk staging branch and the user's branch head it started
+        from (both None for plain Zarr).
+    """
     job = load_job(params)
     target = job.icechunk
     if target is None:
@@ -73,7 +85,12 @@ def initialise_target(params: BuildParams, key: str = "init") -> dict:
 
 @task(name="fork-stage", **RUN_CACHED, **RETRYING)
 def fork_stage(params: BuildParams, staging: str, key: str) -> Any:
-    """A picklable ForkSession of the staging head for the first stage's tiles."""
+    """A picklable ForkSession of the staging head for the first stage's tiles.
+
+    :param params: the flow's parameters.
+    :param staging: the Icechunk staging branch.
+    :param key: the last part of the task's run-scoped cache key: ``S<stage>``, one fork per stage.
+    """
     return icechunk_txn.fork(load_job(params).icechunk, staging)
 
 
@@ -81,7 +98,15 @@ def fork_stage(params: BuildParams, staging: str, key: str) -> Any:
 def write_tile(params: BuildParams, key: str, fork: Any = None, fingerprint: str = "") -> dict:
     """Write every shard of one tile (:mod:`topozarr_core.plan.tiles`) while holding one slot of the write
     limit. With an Icechunk ``fork`` the tile writes into its own copy of it (as on a remote worker)
-    and returns that copy for merging."""
+    and returns that copy for merging.
+
+    :param params: the flow's parameters.
+    :param key: the tile's key (``S0-00003``); also the last part of the task's run-scoped cache key, so a
+        retried flow run rewrites only the tiles that did not complete.
+    :param fork: the stage's Icechunk fork, or None (plain Zarr: the tile writes to the target).
+    :param fingerprint: the plan's fingerprint from planning; a different plan now (the source changed
+        since) refuses the tile. Empty: not checked.
+    """
     job = load_job(params)
     if fingerprint and job.plan.fingerprint() != fingerprint:
         raise SourceChanged("the source changed since this run was planned (its tile plan differs); "
@@ -93,7 +118,14 @@ def write_tile(params: BuildParams, key: str, fork: Any = None, fingerprint: str
 @task(name="commit-stage", **RUN_CACHED, **RETRYING)
 def commit_stage(params: BuildParams, staging: str, forks: list[Any], key: str, last: bool = False) -> dict:
     """Merge this stage's forks and commit them to the staging branch; unless ``last``, also fork that
-    commit for the next stage's tiles (they read the levels it holds)."""
+    commit for the next stage's tiles (they read the levels it holds).
+
+    :param params: the flow's parameters.
+    :param staging: the Icechunk staging branch.
+    :param forks: the stage's tiles' forks.
+    :param key: the last part of the task's run-scoped cache key (``stage-<n>``), also in the commit message.
+    :param last: the last stage (no fork for a next one).
+    """
     target = load_job(params).icechunk
     snap = icechunk_txn.merge_and_commit(target, staging, forks, f"topozarr: {key}")
     get_run_logger().info("committed %s to %s as %s", key, staging, snap)
@@ -102,7 +134,13 @@ def commit_stage(params: BuildParams, staging: str, forks: list[Any], key: str, 
 
 @task(name="publish-metadata", **RUN_CACHED, **RETRYING)
 def publish_metadata(params: BuildParams, staging: str | None, key: str = "metadata") -> dict:
-    """Write the root multiscales metadata (for Icechunk: commit it on the staging branch)."""
+    """Write the root multiscales metadata (for Icechunk: commit it on the staging branch).
+
+    :param params: the flow's parameters.
+    :param staging: the Icechunk staging branch, or None (plain Zarr).
+    :param key: the last part of the task's run-scoped cache key: one publication per flow run.
+    :returns: the root attributes written.
+    """
     job = load_job(params)
     if staging is None:
         return job.pyramid.publish(job.zarr_store())
@@ -120,7 +158,12 @@ def _validation_store(job: Any, staging: str | None) -> Any:
 
 
 def check_written_level(params: BuildParams, staging: str | None, level: int) -> LevelCheck:
-    """Check one complete level (run in the background by :mod:`topozarr_flows.runs.level_checks`, not a task)."""
+    """Check one complete level (run in the background by :mod:`topozarr_flows.runs.level_checks`, not a task).
+
+    :param params: the flow's parameters.
+    :param staging: the Icechunk staging branch, or None (plain Zarr).
+    :param level: the level index.
+    """
     job = load_job(params)
     return check_level(job.pyramid, _validation_store(job, staging), level, samples_per_level=params.validate_samples)
 
@@ -129,7 +172,12 @@ def check_written_level(params: BuildParams, staging: str | None, level: int) ->
 def validate(params: BuildParams, staging: str | None, key: str = "validate") -> dict:
     """Shapes, chunking, convention schemas and value spot-checks against the source, before the root
     is published (the root attributes checked are those ``publish-metadata`` will write). Levels the
-    flow already checked in the background once written (:mod:`topozarr_flows.runs.level_checks`) are not read again."""
+    flow already checked in the background once written (:mod:`topozarr_flows.runs.level_checks`) are not read again.
+
+    :param params: the flow's parameters.
+    :param staging: the Icechunk staging branch, or None (plain Zarr).
+    :param key: the last part of the task's run-scoped cache key: one validation per flow run.
+    """
     from prefect.runtime import flow_run
 
     job = load_job(params)
@@ -142,7 +190,14 @@ def validate(params: BuildParams, staging: str | None, key: str = "validate") ->
 
 @task(name="publish-branch", **RUN_CACHED, **RETRYING)
 def publish_branch(params: BuildParams, staging: str, base: str, key: str = "publish") -> str:
-    """The final step: move the user's branch to the built snapshot (compare-and-swap)."""
+    """The final step: move the user's branch to the built snapshot (compare-and-swap).
+
+    :param params: the flow's parameters.
+    :param staging: the Icechunk staging branch.
+    :param base: the user's branch head the run started from; the branch must still be there.
+    :param key: the last part of the task's run-scoped cache key: one publication per flow run.
+    :returns: the published snapshot id.
+    """
     snap = icechunk_txn.publish(load_job(params).icechunk, staging, base)
     get_run_logger().info("published %s to branch %r", snap, params.branch)
     return snap

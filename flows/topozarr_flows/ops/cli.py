@@ -91,6 +91,11 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``topozarr-flows`` command line: parse ``argv`` and run the sub-command.
+
+    :param argv: the arguments (default: ``sys.argv[1:]``).
+    :returns: the process exit code.
+    """
     args = _build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry off-machine
     from topozarr_flows.prefect_api.slots import LEASES_ON_DISK

@@ -11,6 +11,10 @@ EXIT_FAILED = 1
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add the ``run`` and ``watch`` sub-commands to the command line's parser.
+
+    :param sub: the parser's sub-parsers.
+    """
     run = sub.add_parser("run", help="start a run of DEPLOYMENT (<flow>/<deployment>), like `prefect deployment "
                          "run`; with --watch wait for its end and print its final state and message")
     run.add_argument("deployment")
@@ -25,6 +29,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def job_variables(pairs: list[str]) -> dict:
+    """``--job-variable KEY=VALUE`` pairs as a dict; a VALUE that is JSON is parsed, else kept as a string.
+
+    :param pairs: the pairs as given; ValueError names one without ``=`` or without a key.
+    """
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -50,7 +58,12 @@ def is_run_id(text: str) -> bool:
 
 
 def follow(flow_run_id: str, timeout: float | None, start_after=None) -> int:
-    """Wait for the run's end, print its line; 0 when it completed."""
+    """Wait for the run's end, print its line; 0 when it completed.
+
+    :param flow_run_id: the flow run's id.
+    :param timeout: seconds to wait (None: no limit).
+    :param start_after: a final state id the run is in now (a retried run): wait for a different one.
+    """
     from prefect.exceptions import ObjectNotFound
 
     from topozarr_flows.ops.watching import WatchTimeout, end_line, wait_for_end
@@ -70,6 +83,11 @@ def follow(flow_run_id: str, timeout: float | None, start_after=None) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run the ``run`` or ``watch`` sub-command.
+
+    :param args: the parsed command line.
+    :returns: the process exit code (2 for a bad job variable or an unknown deployment).
+    """
     if args.command == "watch":
         return follow(args.flow_run_id, args.timeout)
     from prefect.deployments import run_deployment

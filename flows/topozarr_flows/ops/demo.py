@@ -10,7 +10,13 @@ import xarray as xr
 
 
 def synthetic_dataset(ny: int = 1024, nx: int = 2048, nt: int = 3, seed: int = 0) -> xr.Dataset:
-    """Deterministic air-temperature-like data with a NaN hole (a 'missing swath')."""
+    """Deterministic air-temperature-like data with a NaN hole (a 'missing swath').
+
+    :param ny: rows.
+    :param nx: columns.
+    :param nt: time steps.
+    :param seed: the random generator's seed.
+    """
     rng = np.random.default_rng(seed)
     lat = np.linspace(90 - 90 / ny, -90 + 90 / ny, ny)
     lon = np.linspace(-180 + 180 / nx, 180 - 180 / nx, nx)
@@ -32,6 +38,11 @@ def synthetic_dataset(ny: int = 1024, nx: int = 2048, nt: int = 3, seed: int = 0
 
 
 def write_demo_source(folder: Path, **kwargs) -> Path:
+    """Write the demo source ``air.nc`` into ``folder`` (unless it is there already); returns its path.
+
+    :param folder: the directory (created when missing).
+    :param kwargs: :func:`synthetic_dataset`'s arguments.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "air.nc"
     if not path.exists():

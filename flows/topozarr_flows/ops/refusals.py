@@ -39,7 +39,10 @@ def failure_line(state: Any) -> str:
 
 
 def settle_logs(timeout: float = 5.0) -> None:
-    """Let Prefect send what the run logged (its workers warn at exit otherwise, after the line)."""
+    """Let Prefect send what the run logged (its workers warn at exit otherwise, after the line).
+
+    :param timeout: seconds to wait for each of the log and event workers.
+    """
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
@@ -48,7 +51,10 @@ def settle_logs(timeout: float = 5.0) -> None:
 
 
 def exit_code(state: Any) -> int:
-    """0 for a completed run, :data:`EXIT_REFUSED` for a refusal, else :data:`EXIT_FAILED`."""
+    """0 for a completed run, :data:`EXIT_REFUSED` for a refusal, else :data:`EXIT_FAILED`.
+
+    :param state: the run's final state.
+    """
     if state.is_completed():
         return 0
     return EXIT_REFUSED if is_refusal(state.result(raise_on_failure=False)) else EXIT_FAILED

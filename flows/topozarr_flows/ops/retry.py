@@ -54,7 +54,11 @@ def _require_final(run: FlowRun, unfinished: bool) -> None:
 
 
 def flow_of(client: Any, run: FlowRun) -> Any:
-    """The flow object that executes ``run``: chosen by the name of the run's flow."""
+    """The flow object that executes ``run``: chosen by the name of the run's flow.
+
+    :param client: a Prefect client.
+    :param run: the flow run.
+    """
     name = client.read_flow(run.flow_id).name
     if name not in FLOWS:
         raise RetryRefused(f"flow run {run.id} is a run of flow {name!r}; topozarr-flows runs {sorted(FLOWS)}")

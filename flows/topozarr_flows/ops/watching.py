@@ -24,7 +24,13 @@ class WatchTimeout(TimeoutError):
 def wait_for_end(flow_run_id: UUID | str, *, timeout: float | None = None, poll: float = 1.0,
                  start_after: Any = None) -> FlowRun:
     """The run once it is in a final state; with ``start_after`` (a state id), a final state other than
-    that one (a retried run starts from its old final state)."""
+    that one (a retried run starts from its old final state).
+
+    :param flow_run_id: the flow run's id.
+    :param timeout: seconds to wait (None: no limit).
+    :param poll: seconds between two reads of the run.
+    :param start_after: a state id: wait for a final state other than that one.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while True:

@@ -46,9 +46,14 @@ class BusyRetryTransport(httpx.BaseTransport):
     """An httpx transport that sends a request again, after a short back-off, while the server is busy."""
 
     def __init__(self, inner: httpx.BaseTransport | None = None) -> None:
+        """:param inner: the transport that sends the requests (default: httpx's, with 3 connection retries)."""
         self.inner = inner or httpx.HTTPTransport(retries=3)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request``; while the answer is 429/502/503, send it again after a growing back-off (for at most 120 s).
+
+        :param request: the request.
+        """
         backoff, since = FIRST_BACKOFF, time.monotonic()
         while True:
             response = self.inner.handle_request(request)
@@ -62,6 +67,7 @@ class BusyRetryTransport(httpx.BaseTransport):
             backoff = min(backoff * 2, MAX_BACKOFF)
 
     def close(self) -> None:
+        """Close the wrapped transport."""
         self.inner.close()
 
 

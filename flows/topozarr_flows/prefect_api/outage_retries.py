@@ -19,7 +19,10 @@ from topozarr_core.store.retrying_store import ObjectStoreUnavailable
 def retry_unless_unavailable(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect's ``retry_condition_fn``: False (no retry) when the task failed with ``ObjectStoreUnavailable``.
 
-    Parameters are Prefect's: the task, its run, and the Failed state (its data is the exception)."""
+    :param task: the task.
+    :param task_run: its run.
+    :param state: the Failed state (its data is the exception).
+    """
     err = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
     return not isinstance(err, ObjectStoreUnavailable)
 

@@ -40,6 +40,7 @@ UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED]
 
 @dataclass(frozen=True)
 class Recovered:
+    """What :func:`recover` did: the concurrency slots released and the task runs marked Crashed."""
     slots_released: int
     task_runs_crashed: int
 
@@ -53,7 +54,12 @@ def recover(flow_run_id: str | UUID, limit: str | None, why: str) -> Recovered:
     with ``why``.
 
     Only call it when no attempt of the run is alive: from the crash hook, or first thing in a new
-    attempt (every unfinished task run then belongs to a dead one)."""
+    attempt (every unfinished task run then belongs to a dead one).
+
+    :param flow_run_id: the flow run's id.
+    :param limit: the write limit's name, or None (no slots to release).
+    :param why: the message of the Crashed states.
+    """
     with get_client(sync_client=True) as client:
         stale = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(str(flow_run_id))])),
@@ -75,7 +81,12 @@ def _limit_of(parameters: dict[str, Any] | None) -> str | None:
 
 
 def on_crashed(flow: Any, flow_run: Any, state: Any) -> None:
-    """The flows' ``on_crashed`` hook; the worker runs it after the flow-run process died."""
+    """The flows' ``on_crashed`` hook; the worker runs it after the flow-run process died.
+
+    :param flow: the flow.
+    :param flow_run: the flow run that crashed.
+    :param state: its Crashed state.
+    """
     why = ". ".join((state.message or "crashed").split(". ")[:2]).rstrip(".")  # exit code and signal, not advice
     found = recover(flow_run.id, _limit_of(flow_run.parameters),
                     f"the flow run process died ({why}); retry the flow run to redo this")
@@ -83,7 +94,10 @@ def on_crashed(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 def before_attempt(limit: str) -> None:
-    """First thing in a flow: a retry cleans up after the earlier attempt it replaces, and says so."""
+    """First thing in a flow: a retry cleans up after the earlier attempt it replaces, and says so.
+
+    :param limit: the write limit's name.
+    """
     from prefect import get_run_logger
     from prefect.runtime import flow_run
 

@@ -67,11 +67,15 @@ class SlotWaitTimeout(RuntimeError):
 
 
 def limit_name(tag: str) -> str:
-    """The name of a task concurrency limit among Prefect's global limits."""
+    """The name of a task concurrency limit among Prefect's global limits.
+
+    :param tag: the limit's tag.
+    """
     return f"tag:{tag}"
 
 
 def wait_seconds() -> float:
+    """Seconds a task waits for a slot of the write limit (``TOPOZARR_SLOT_WAIT_SECONDS``, else the default)."""
     return float(os.environ.get("TOPOZARR_SLOT_WAIT_SECONDS", DEFAULT_WAIT_SECONDS))
 
 
@@ -169,7 +173,10 @@ def holders(limit: str) -> list[UUID]:
 
 
 def holders_line(limit: str) -> str:
-    """``held by 4 task run(s): tile-S0-00001 (flow run 'brave-fox', Running), ...``."""
+    """``held by 4 task run(s): tile-S0-00001 (flow run 'brave-fox', Running), ...``.
+
+    :param limit: the limit's name.
+    """
     ids = holders(limit)
     if not ids:
         return "the server lists no task run holding them (slots taken without a lease holder)"
@@ -198,7 +205,11 @@ def holders_line(limit: str) -> str:
 
 
 def release_held_by(limit: str, task_run_ids: list[UUID]) -> int:
-    """Give back every slot of ``limit`` that the (dead) task runs hold; returns how many runs held one."""
+    """Give back every slot of ``limit`` that the (dead) task runs hold; returns how many runs held one.
+
+    :param limit: the limit's name.
+    :param task_run_ids: the dead task runs.
+    """
     held = set(holders(limit))
     released = 0
     for task_run_id in task_run_ids:

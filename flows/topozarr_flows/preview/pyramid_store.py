@@ -43,12 +43,20 @@ class PyramidStore:
     _info: dict[str, Any] | None = field(default=None, repr=False)
 
     def get(self, key: str, byte_range: ByteRequest | None = None) -> bytes | None:
-        """The bytes of ``key`` (or of a range of it); None when there is no such key."""
+        """The bytes of ``key`` (or of a range of it); None when there is no such key.
+
+        :param key: the key, as the page asks for it (see ``resolve``).
+        :param byte_range: a byte range, or None (all).
+        """
         key = self.resolve(key)
         buf = sync(self.store.get(key, prototype=default_buffer_prototype(), byte_range=byte_range))
         return None if buf is None else buf.to_bytes()
 
     def size(self, key: str) -> int | None:
+        """The size of ``key`` in bytes; None when there is no such key.
+
+        :param key: the key, as the page asks for it.
+        """
         try:
             return int(sync(self.store.getsize(self.resolve(key))))
         except (FileNotFoundError, KeyError):
@@ -115,7 +123,12 @@ def _display_attrs(attrs: dict) -> dict[str, Any]:
 
 def coordinate_labels(dim: str, values: np.ndarray, attrs: dict) -> list[str]:
     """What the time slider shows for each step: dates for a CF time axis (any calendar xarray
-    decodes: cftime's for the non-standard ones), else the value with its units."""
+    decodes: cftime's for the non-standard ones), else the value with its units.
+
+    :param dim: the dimension's name.
+    :param values: the coordinate's values as stored.
+    :param attrs: its attributes (``units``, ``calendar``).
+    """
     units = str(attrs.get("units") or "")
     if " since " in units:
         try:
@@ -143,7 +156,10 @@ def _date_labels(times: np.ndarray) -> list[str]:
 
 
 def lonlat_bounds(attrs: dict) -> list[float]:
-    """The root's ``spatial:bbox`` in longitude/latitude (where the page opens the map)."""
+    """The root's ``spatial:bbox`` in longitude/latitude (where the page opens the map).
+
+    :param attrs: the pyramid's root attributes.
+    """
     crs = pyproj.CRS.from_user_input(attrs.get("proj:code") or attrs.get("proj:wkt2"))
     west, south, east, north = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform_bounds(
         *attrs["spatial:bbox"], densify_pts=21)
@@ -157,7 +173,12 @@ def _level_paths(attrs: dict) -> list[str]:
 
 def open_pyramid(pyramid: str, icechunk: bool = False, branch: str = "main") -> PyramidStore:
     """Open ``pyramid`` (path, ``s3://`` URL, or Icechunk repository at ``branch``) read-only and check
-    that it is a published pyramid; a :class:`PreviewError` names what is wrong."""
+    that it is a published pyramid; a :class:`PreviewError` names what is wrong.
+
+    :param pyramid: a path, an ``s3://`` URL, or an Icechunk repository.
+    :param icechunk: ``pyramid`` is an Icechunk repository (a local one is recognised without it).
+    :param branch: the Icechunk branch.
+    """
     shown = _shown(pyramid)
     try:
         if icechunk or _is_local_icechunk(pyramid):

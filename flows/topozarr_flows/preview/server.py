@@ -33,6 +33,11 @@ class PreviewServer(ThreadingHTTPServer):
 
     def __init__(self, pyramid: PyramidStore, host: str = "127.0.0.1", port: int = 0,
                  static_dir: Path = STATIC_DIR):
+        """:param pyramid: the pyramid to serve.
+        :param host: a loopback address (any other is refused).
+        :param port: the port (0: any free one).
+        :param static_dir: the built page (its ``index.html`` must exist).
+        """
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"preview serves on the loopback interface only, not host={short(host)!r}")
         if not (static_dir / "index.html").is_file():
@@ -45,27 +50,36 @@ class PreviewServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
+        """The server's address, ``http://<host>:<port>/``."""
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/"
 
 
 class PreviewHandler(BaseHTTPRequestHandler):
+    """Answers the page's requests: the page's files, and the pyramid's keys (with byte ranges and CORS headers)."""
     server: PreviewServer
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        """The stdlib's request log, at debug level and with credentials redacted.
+
+        :param format: the stdlib's format string.
+        """
         log.debug(redact(format % args))
 
     def do_OPTIONS(self) -> None:  # noqa: N802 - stdlib naming
+        """Answer a CORS preflight: 204 with the CORS headers."""
         self.send_response(204)
         self._cors()
         self.send_header("Content-Length", "0")
         self.end_headers()
 
     def do_HEAD(self) -> None:  # noqa: N802
+        """Serve the headers of a file or key, without the body."""
         self._serve(body=False)
 
     def do_GET(self) -> None:  # noqa: N802
+        """Serve a file of the page or a key of the pyramid."""
         self._serve(body=True)
 
     def _serve(self, body: bool) -> None:
@@ -139,7 +153,12 @@ class PreviewHandler(BaseHTTPRequestHandler):
 
 @contextmanager
 def serving(pyramid: PyramidStore, port: int = 0, static_dir: Path = STATIC_DIR) -> Iterator[PreviewServer]:
-    """Run a :class:`PreviewServer` in a background thread for the duration of the block."""
+    """Run a :class:`PreviewServer` in a background thread for the duration of the block.
+
+    :param pyramid: the pyramid to serve.
+    :param port: the port (0: any free one).
+    :param static_dir: the built page.
+    """
     server = PreviewServer(pyramid, port=port, static_dir=static_dir)
     thread = threading.Thread(target=server.serve_forever, name="topozarr-preview", daemon=True)
     thread.start()

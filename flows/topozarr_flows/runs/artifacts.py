@@ -31,7 +31,10 @@ ARTIFACT_MIN_SIDE = 256
 
 
 def published_store(params: Any) -> Any:
-    """A read-only store of the published pyramid: the branch of an Icechunk repo, or the target."""
+    """A read-only store of the published pyramid: the branch of an Icechunk repo, or the target.
+
+    :param params: the flow's parameters (``target``, ``target_format``, ``branch``).
+    """
     if params.target_format == "icechunk":
         repo = IcechunkTarget(params.target, params.branch).open_repo(create=False)
         return repo.readonly_session(branch=params.branch).store
@@ -39,6 +42,10 @@ def published_store(params: Any) -> Any:
 
 
 def data_url(png: bytes) -> str:
+    """The PNG as a ``data:`` URL.
+
+    :param png: the PNG's bytes.
+    """
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
@@ -46,7 +53,10 @@ def quicklook_artifact(params: Any) -> dict[str, Any] | None:
     """Render the published pyramid's coarsest level and record it as the ``pyramid-quicklook`` artifact.
 
     A plain function called by the flow, not a task: the artifact then belongs to the flow run and
-    the run's Artifacts tab lists it with the run's own artifacts (a coarsest level is small)."""
+    the run's Artifacts tab lists it with the run's own artifacts (a coarsest level is small).
+
+    :param params: the flow's parameters.
+    """
     logger = get_run_logger()
     try:
         look: Quicklook = render_quicklook(published_store(params), max_side=ARTIFACT_MAX_SIDE,

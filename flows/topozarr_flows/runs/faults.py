@@ -104,6 +104,11 @@ class FailingStore(WrapperStore):
         self._guard = threading.Lock()
 
     async def set(self, key: str, value: Buffer) -> None:
+        """The wrapped store's ``set``, raising the configured ``OSError`` at the ``nth`` chunk write (``zarr.json`` never fails).
+
+        :param key: the key.
+        :param value: the buffer.
+        """
         if not key.endswith("zarr.json"):
             with self._guard:
                 self._writes += 1

@@ -24,17 +24,20 @@ from topozarr_flows.params import BuildParams
 
 @dataclass
 class Job:
+    """What every task of a build run needs, derived once per process: its parameters, the pyramid and its tiles."""
     params: BuildParams
     pyramid: Pyramid
     plan: TilePlan
 
     @property
     def icechunk(self) -> IcechunkTarget | None:
+        """The Icechunk target, or None for a plain Zarr target."""
         if self.params.target_format != "icechunk":
             return None
         return IcechunkTarget(self.params.target, self.params.branch)
 
     def zarr_store(self) -> Any:
+        """The plain Zarr target's store."""
         return resolve_store(self.params.target)
 
     def check_target(self) -> None:
@@ -48,7 +51,10 @@ class Job:
                              overwrite_foreign=self.params.overwrite_foreign)
 
     def initialise(self, store: Any) -> None:
-        """Steps 1-2 of the write protocol on the writable target: check again, then prepare."""
+        """Steps 1-2 of the write protocol on the writable target: check again, then prepare.
+
+        :param store: the writable target store (an Icechunk staging session's store, or the Zarr target).
+        """
         self.pyramid.initialise(store, mode=self.params.mode, levels=self.plan.levels,
                                 overwrite_foreign=self.params.overwrite_foreign, sources=(self.params.source,))
 
@@ -56,7 +62,10 @@ class Job:
 @contextmanager
 def target_lease(params: Any) -> Iterator[None]:
     """Hold the lease of a plain Zarr target for the whole flow run (Icechunk needs none). The
-    owner is the flow run, so a retry of the same run reclaims the lease a killed attempt left."""
+    owner is the flow run, so a retry of the same run reclaims the lease a killed attempt left.
+
+    :param params: the flow's parameters.
+    """
     if params.target_format == "icechunk":
         yield
         return
@@ -71,6 +80,10 @@ _lock = threading.Lock()
 
 
 def load_job(params: BuildParams) -> Job:
+    """The :class:`Job` of ``params``, built once per process and parameters (the tasks of a run share it).
+
+    :param params: the flow's parameters.
+    """
     key = params.model_dump_json()
     with _lock:
         job = _jobs.get(key)

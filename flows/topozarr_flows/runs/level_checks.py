@@ -28,6 +28,7 @@ class RunChecks:
     """The background checks of one flow-run attempt's levels."""
 
     def __init__(self, check: Callable[[int], LevelCheck]) -> None:
+        """:param check: checks one level; run in one background thread."""
         self._check = check
         # one thread: a check is small, and it must not take cores from the tiles still writing
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topozarr-level-check")
@@ -53,6 +54,7 @@ class RunChecks:
         return out
 
     def close(self) -> None:
+        """Stop the checks: those not started are cancelled, running ones are not waited for."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -62,7 +64,11 @@ _guard = threading.Lock()
 
 @contextmanager
 def checking(run_id: str, check: Callable[[int], LevelCheck]) -> Iterator[RunChecks]:
-    """Background checks for flow run ``run_id`` while the block runs; dropped when it ends."""
+    """Background checks for flow run ``run_id`` while the block runs; dropped when it ends.
+
+    :param run_id: the flow run's id.
+    :param check: checks one level.
+    """
     checks = RunChecks(check)
     with _guard:
         previous = _runs.pop(run_id, None)

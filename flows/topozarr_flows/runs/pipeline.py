@@ -35,6 +35,7 @@ class Tally:
 
     @property
     def seconds(self) -> float:
+        """Seconds from the group's first submission to its last completion (0 before both)."""
         if self.first_submit is None or self.last_done is None:
             return 0.0
         return self.last_done - self.first_submit
@@ -60,6 +61,15 @@ def run_pipelined(
     ``on_done(key, future)`` is called for each key that completed, ``on_group_done(group, tally)``
     once every key of a group has ended. Returns the tallies per group, the failed keys (plan
     order), and how many keys were never submitted because a key under them failed.
+
+    :param order: the keys, in plan order.
+    :param group_of: each key's group (its stage).
+    :param depends: the keys each key waits for.
+    :param submit: starts a key's task.
+    :param in_flight: the most keys running at once.
+    :param on_group_done: called with a group and its tally once every key of the group has ended.
+    :param on_done: called with each key that completed and its future.
+    :param weight: each key's weight (a tile's input bytes); heavier ready keys go first.
     """
     position = {k: i for i, k in enumerate(order)}
     tallies: dict[int, Tally] = {}

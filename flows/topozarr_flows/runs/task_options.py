@@ -21,7 +21,11 @@ from topozarr_flows.prefect_api.slots import ensure_limit
 
 def run_scoped_key(ctx: TaskRunContext, parameters: dict[str, Any]) -> str:
     """<flow run>/<task>/<parameters digest>/<key>: computed from the parameters alone (never opens the
-    source, so a missing source fails once, in planning); session objects never enter the key."""
+    source, so a missing source fails once, in planning); session objects never enter the key.
+
+    :param ctx: the task run's context.
+    :param parameters: the task's parameters (``params`` and ``key`` are used).
+    """
     params = parameters["params"]
     digest = hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:16]
     return f"{ctx.task_run.flow_run_id}/{ctx.task.name}/{digest}/{parameters.get('key', '')}"
@@ -38,7 +42,11 @@ RETRYING = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_facto
 @task(name="ensure-concurrency-limit")
 def ensure_limit_task(name: str, slots: int) -> int:
     """The slots of the write limit, creating it with ``slots`` when it does not exist (a missing
-    limit would limit nothing)."""
+    limit would limit nothing).
+
+    :param name: the limit's name.
+    :param slots: the slots of a new limit.
+    """
     limit, created = ensure_limit(name, slots)
     get_run_logger().info("%s concurrency limit %r with %d slots", "created" if created else "using", name, limit)
     return limit

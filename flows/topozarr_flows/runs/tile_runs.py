@@ -24,7 +24,10 @@ class TilesFailed(RuntimeError):
 
 def planned_tiles(plan: Any) -> dict[str, Any]:
     """The plain data the flow orchestrates with (a task result): every tile's key, stage, levels and
-    what it reads, and which tiles each waits for."""
+    what it reads, and which tiles each waits for.
+
+    :param plan: the :class:`~topozarr_core.plan.tiles.TilePlan`.
+    """
     return {
         "tiles": [{"key": t.key, "stage": t.stage, "levels": list(t.levels), "reads": t.reads,
                    "bytes": plan.source_bytes(t)} for t in plan.tiles],
@@ -50,6 +53,15 @@ def run_tiles(
     (``fork(stage)`` for the first stage), then ``commit(stage, forks, last)`` merges and commits them
     and returns the next stage's fork, so a stage's tiles read the commit of the levels under them.
     ``level_written(level)`` is called (in this thread) once a level is complete in the target.
+
+    :param planned: :func:`planned_tiles`'s data plus ``levels`` (one row per level).
+    :param submit: starts one tile's task: ``submit(key, fork)``.
+    :param fork: ``fork(stage)``, the first stage's Icechunk fork (None: a Zarr target).
+    :param commit: ``commit(stage, forks, last)``, merges and commits a stage and returns the next
+        stage's fork (None: a Zarr target).
+    :param in_flight: the most tiles running at once.
+    :param level_written: called (in this thread) with each level once it is complete in the target.
+    :param description: the progress artifact's description.
     """
     logger = get_run_logger()
     tiles = planned["tiles"]
@@ -139,7 +151,14 @@ def failure_line(failed: list[str], tallies: dict[int, Tally], stage_of: dict[st
     """One line for the flow run's state: which tiles failed, and the first one's root cause (a full
     disk, a refused credential: never the layers that passed it on). It is also logged as the flow's
     last error, so ``prefect deployment run --watch`` (which prints only the final state's name) shows
-    it in the log stream it follows."""
+    it in the log stream it follows.
+
+    :param failed: the failed tiles' keys (plan order).
+    :param tallies: the groups' tallies.
+    :param stage_of: each tile's stage.
+    :param label: each tile's label.
+    :param not_started: tiles never submitted because a tile under them failed.
+    """
     key = failed[0]
     future = tallies[stage_of[key]].futures[key]
     cause = future.state.result(raise_on_failure=False)

@@ -54,6 +54,7 @@ class BranchMoved(RuntimeError):
 
 @dataclass
 class UpdateJob:
+    """What every task of an update run needs, derived once per process: its parameters, the planned update and its tiles."""
     params: UpdateParams
     update: PyramidUpdate
     plan: TilePlan
@@ -64,7 +65,11 @@ _lock = threading.Lock()
 
 
 def load_update_job(params: UpdateParams, info: dict) -> UpdateJob:
-    """The source, the planned update and its tile plan, re-derived deterministically per process."""
+    """The source, the planned update and its tile plan, re-derived deterministically per process.
+
+    :param params: the flow's parameters.
+    :param info: the planned update's info (:meth:`~topozarr_core.update.pyramid_update.UpdateInfo.to_dict`).
+    """
     key = params.model_dump_json() + json.dumps(info, sort_keys=True)
     with _lock:
         job = _jobs.get(key)
@@ -91,7 +96,12 @@ def _zarr_store(params: UpdateParams) -> Any:
 
 @task(name="plan-update", **RUN_CACHED)
 def plan_update_task(params: UpdateParams, key: str = "plan") -> dict:
-    """Open source and pyramid, check the source extends it, plan; every refusal happens here."""
+    """Open source and pyramid, check the source extends it, plan; every refusal happens here.
+
+    :param params: the flow's parameters.
+    :param key: the last part of the task's run-scoped cache key
+        (:func:`~topozarr_flows.runs.task_options.run_scoped_key`): one planning per flow run.
+    """
     ds = open_source(params.source, params.variables)
     target = params.icechunk
     snapshot = None
@@ -119,7 +129,15 @@ def plan_update_task(params: UpdateParams, key: str = "plan") -> dict:
 
 @task(name="prepare-update", **RUN_CACHED, **RETRYING)
 def prepare_update(params: UpdateParams, info: dict, planned_snapshot: str | None, key: str = "prepare") -> dict:
-    """Unpublish the root, grow / relay out the arrays; for Icechunk on a staging branch, as its one commit."""
+    """Unpublish the root, grow / relay out the arrays; for Icechunk on a staging branch, as its one commit.
+
+    :param params: the flow's parameters.
+    :param info: the planned update's info.
+    :param planned_snapshot: the Icechunk branch head that planning read (None for plain Zarr); a branch
+        that moved since is refused.
+    :param key: the last part of the task's run-scoped cache key: one preparation per flow run.
+    :returns: ``{"staging", "base"}`` (both None for plain Zarr).
+    """
     job = load_update_job(params, info)
     target = params.icechunk
     if target is None:
@@ -141,12 +159,25 @@ def prepare_update(params: UpdateParams, info: dict, planned_snapshot: str | Non
 
 @task(name="fork-stage", **RUN_CACHED, **RETRYING)
 def fork_stage(params: UpdateParams, staging: str, key: str) -> Any:
+    """A picklable ForkSession of the staging head for a stage's tiles.
+
+    :param params: the flow's parameters.
+    :param staging: the Icechunk staging branch.
+    :param key: the last part of the task's run-scoped cache key: ``S<stage>``, one fork per stage.
+    """
     return icechunk_txn.fork(params.icechunk, staging)
 
 
 @task(name="write-update-tile", task_run_name="tile-{key}", **RUN_CACHED, **RETRYING)
 def write_update_tile(params: UpdateParams, info: dict, key: str, fork: Any = None) -> dict:
-    """Write one tile of the update while holding one slot of the global limit."""
+    """Write one tile of the update while holding one slot of the global limit.
+
+    :param params: the flow's parameters.
+    :param info: the planned update's info.
+    :param key: the tile's key; also the last part of the task's run-scoped cache key, so a retried flow
+        run rewrites only the tiles that did not complete.
+    :param fork: the stage's Icechunk fork, or None (plain Zarr).
+    """
     job = load_update_job(params, info)
     return write_one_tile(job.plan, job.update.pyramid.ds, key, io=params.io, limit=params.concurrency_limit,
                           fork=fork, store=lambda: _zarr_store(params))
@@ -155,7 +186,15 @@ def write_update_tile(params: UpdateParams, info: dict, key: str, fork: Any = No
 @task(name="amend-stage", **RUN_CACHED, **RETRYING)
 def amend_stage(params: UpdateParams, info: dict, staging: str, forks: list[Any], key: str, last: bool = False) -> dict:
     """Merge this stage's forks into the staging branch, amending its single update commit; unless
-    ``last``, also fork the result for the next stage's tiles."""
+    ``last``, also fork the result for the next stage's tiles.
+
+    :param params: the flow's parameters.
+    :param info: the planned update's info (the commit message).
+    :param staging: the Icechunk staging branch.
+    :param forks: the stage's tiles' forks.
+    :param key: the last part of the task's run-scoped cache key (``stage-<n>``).
+    :param last: the last stage (no fork for a next one).
+    """
     session = icechunk_txn.writable(params.icechunk, staging)
     if forks:
         session.merge(*forks)
@@ -166,7 +205,13 @@ def amend_stage(params: UpdateParams, info: dict, staging: str, forks: list[Any]
 @task(name="finish-update", **RUN_CACHED, **RETRYING)
 def finish_update(params: UpdateParams, info: dict, staging: str | None, key: str = "finish") -> dict:
     """Replace the coordinates / carried variables along the append dim (Icechunk: amend the staging
-    commit). The root stays unpublished."""
+    commit). The root stays unpublished.
+
+    :param params: the flow's parameters.
+    :param info: the planned update's info.
+    :param staging: the Icechunk staging branch, or None (plain Zarr).
+    :param key: the last part of the task's run-scoped cache key: once per flow run.
+    """
     job = load_update_job(params, info)
     return _on_target(params, staging, job, job.update.finish)
 
@@ -174,7 +219,13 @@ def finish_update(params: UpdateParams, info: dict, staging: str | None, key: st
 @task(name="validate-pyramid", **RUN_CACHED)
 def validate_update(params: UpdateParams, info: dict, staging: str | None, key: str = "validate") -> dict:
     """Layout, convention schemas and value spot checks of the updated pyramid against the source,
-    before its root is published: the root checked is the one ``publish-update-metadata`` will write."""
+    before its root is published: the root checked is the one ``publish-update-metadata`` will write.
+
+    :param params: the flow's parameters.
+    :param info: the planned update's info.
+    :param staging: the Icechunk staging branch, or None (plain Zarr).
+    :param key: the last part of the task's run-scoped cache key: once per flow run.
+    """
     job = load_update_job(params, info)
     if staging is None:
         store = _zarr_store(params)
@@ -188,14 +239,27 @@ def validate_update(params: UpdateParams, info: dict, staging: str | None, key: 
 
 @task(name="publish-update-metadata", **RUN_CACHED, **RETRYING)
 def publish_update_metadata(params: UpdateParams, info: dict, staging: str | None, key: str = "metadata") -> dict:
-    """Write the published root (the last write to the pyramid; Icechunk: amend the staging commit)."""
+    """Write the published root (the last write to the pyramid; Icechunk: amend the staging commit).
+
+    :param params: the flow's parameters.
+    :param info: the planned update's info.
+    :param staging: the Icechunk staging branch, or None (plain Zarr).
+    :param key: the last part of the task's run-scoped cache key: once per flow run.
+    """
     job = load_update_job(params, info)
     return _on_target(params, staging, job, job.update.publish)
 
 
 @task(name="publish-branch", **RUN_CACHED, **RETRYING)
 def publish_branch(params: UpdateParams, staging: str, base: str, key: str = "publish") -> str:
-    """The final step: move the user's branch to the updated snapshot (compare-and-swap)."""
+    """The final step: move the user's branch to the updated snapshot (compare-and-swap).
+
+    :param params: the flow's parameters.
+    :param staging: the Icechunk staging branch.
+    :param base: the user's branch head the run started from; the branch must still be there.
+    :param key: the last part of the task's run-scoped cache key: once per flow run.
+    :returns: the published snapshot id.
+    """
     snap = icechunk_txn.publish(params.icechunk, staging, base)
     get_run_logger().info("published %s to branch %r", snap, params.branch)
     return snap

@@ -46,6 +46,7 @@ console.log(JSON.stringify(out))
 
 
 def carbonplan() -> dict[str, str]:
+    """CarbonPlan's colormaps, ``{name: 256 rrggbb colours}``, computed by their npm package in a temporary directory."""
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "package.json").write_text('{"name": "cm", "private": true, "type": "module"}')
         subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error", CARBONPLAN], cwd=tmp,
@@ -56,6 +57,7 @@ def carbonplan() -> dict[str, str]:
 
 
 def matplotlib_maps() -> tuple[str, dict[str, str]]:
+    """matplotlib's version and its maps of :data:`MATPLOTLIB`, ``{name: 256 rrggbb colours}``."""
     import matplotlib
     import numpy as np
 
@@ -67,6 +69,7 @@ def matplotlib_maps() -> tuple[str, dict[str, str]]:
 
 
 def main() -> None:
+    """Write ``colormaps.json`` (CarbonPlan's map wins where both define a name)."""
     version, mpl = matplotlib_maps()
     cp = carbonplan()
     maps = {**{k: v for k, v in mpl.items() if k not in cp}, **cp}
