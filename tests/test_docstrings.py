@@ -80,21 +80,10 @@ def _problems(source: str, rel: str) -> list[str]:
     return found
 
 
-#: (path, name) being rewritten elsewhere right now; remove an entry once its docstring names its parameters
-PENDING = {("flows/topozarr_flows/runs/tile_writes.py", "write_one_tile"),
-           ("topozarr_core/write/executor.py", "shared_pool")}
-
-
-def _pending(line: str) -> bool:
-    path, rest = line.split(" ", 1)
-    return (path.rsplit(":", 1)[0], rest.split(":", 1)[0]) in PENDING
-
-
 def test_public_api_docstrings_name_their_parameters() -> None:
     paths = sorted(p for pkg in PACKAGES for p in pkg.rglob("*.py"))
     assert len(paths) > 50, "the packages were not found"
-    problems = [line for path in paths for line in _problems(path.read_text(), str(path.relative_to(ROOT)))
-                if not _pending(line)]
+    problems = [line for path in paths for line in _problems(path.read_text(), str(path.relative_to(ROOT)))]
     assert not problems, "docstrings missing or incomplete:\n" + "\n".join(problems)
 
 

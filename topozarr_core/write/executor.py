@@ -296,7 +296,9 @@ _SHARED_LOCK = threading.Lock()
 
 def shared_pool(workers: int | None = None) -> ThreadPoolExecutor:
     """One thread pool per process for the tiles it runs at once (tasks of a thread runner, of a
-    Dask worker): their regions share the cores instead of each tile starting a pool of its own."""
+    Dask worker): their regions share the cores instead of each tile starting a pool of its own.
+
+    :param workers: the pool's threads (default: the CPU count); one pool per size is kept."""
     n = max(1, int(workers or os.cpu_count() or 1))
     with _SHARED_LOCK:
         pool = _SHARED.get(n)

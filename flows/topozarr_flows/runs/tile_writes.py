@@ -27,6 +27,15 @@ def write_one_tile(plan: TilePlan, source: xr.Dataset, key: str, *, io: str, lim
     would) and returns that copy for merging; otherwise into ``store()``. The tile's regions run in
     this process's shared thread pool (:func:`topozarr_core.write.executor.shared_pool`), so the tiles a
     process runs at once share its cores.
+
+    :param plan: the run's tile plan (re-derived in each process from the run's parameters).
+    :param source: the source dataset, opened lazily.
+    :param key: the tile's key in ``plan``.
+    :param io: ``"python"`` or ``"rust"``: the codec pipeline the tile writes with.
+    :param limit: the name of the task concurrency limit whose slot the tile holds while it writes.
+    :param fork: an Icechunk fork (a picklable writable session) to write into, or None.
+    :param store: makes the plain Zarr target store (called only without ``fork``).
+    :returns: the tile's key, levels, regions, bytes and times (and its fork, with ``fork``).
     """
     tile = plan.tile(key)
     if fork is not None:
