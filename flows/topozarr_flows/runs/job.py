@@ -1,12 +1,12 @@
-"""Per-process cache of what every task derives from the parameters: source, pyramid, tile plan, store.
+"""What every task of a build derives from the parameters: source, pyramid, tile plan, store.
 
 Tasks receive only plain parameters; each process (thread-pool runner, Dask worker, a resumed run)
-re-derives the same deterministic plan from them, so nothing unpicklable crosses task boundaries.
+re-derives the same deterministic plan from them once per flow-run attempt, so nothing unpicklable
+crosses task boundaries.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ from topozarr_core.store.sources import open_source
 from topozarr_core.store.targets import resolve_store
 from topozarr_core.write.protocol import BuildWrite
 from topozarr_flows.params import BuildParams
+from topozarr_flows.runs.attempt_cache import AttemptCache
 
 
 @dataclass
@@ -75,21 +76,16 @@ def target_lease(params: Any) -> Iterator[None]:
         yield
 
 
-_jobs: dict[str, Job] = {}
-_lock = threading.Lock()
+_jobs: AttemptCache[Job] = AttemptCache()
 
 
 def load_job(params: BuildParams) -> Job:
-    """The :class:`Job` of ``params``, built once per process and parameters (the tasks of a run share it).
+    """The :class:`Job` of ``params``, built once per process and flow-run attempt (the tasks of an
+    attempt share it; see :mod:`topozarr_flows.runs.attempt_cache`).
 
     :param params: the flow's parameters.
     """
-    key = params.model_dump_json()
-    with _lock:
-        job = _jobs.get(key)
-        if job is None:
-            job = _jobs[key] = _build(params)
-        return job
+    return _jobs.get(params.model_dump_json(), lambda: _build(params))
 
 
 def _build(params: BuildParams) -> Job:

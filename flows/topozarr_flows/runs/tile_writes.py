@@ -19,8 +19,12 @@ from topozarr_flows.prefect_api.slots import hold_slot
 from topozarr_flows.runs import faults
 
 
+class SourceChanged(RuntimeError):
+    """A retried run's source no longer gives the tile plan the run was started with."""
+
+
 def write_one_tile(plan: TilePlan, source: xr.Dataset, key: str, *, io: str, limit: str, fork: Any = None,
-                   store: Callable[[], Any]) -> dict:
+                   store: Callable[[], Any], fingerprint: str = "") -> dict:
     """Write tile ``key`` of ``plan`` holding one slot of the task concurrency limit ``limit``.
 
     With an Icechunk ``fork`` the tile writes into its own copy of it (exactly as a remote worker
@@ -35,8 +39,14 @@ def write_one_tile(plan: TilePlan, source: xr.Dataset, key: str, *, io: str, lim
     :param limit: the name of the task concurrency limit whose slot the tile holds while it writes.
     :param fork: an Icechunk fork (a picklable writable session) to write into, or None.
     :param store: makes the plain Zarr target store (called only without ``fork``).
+    :param fingerprint: the plan's fingerprint when the run was planned: a tile of a retried run whose
+        source now gives another plan is refused (:class:`SourceChanged`) before it writes. Empty: not
+        checked.
     :returns: the tile's key, levels, regions, bytes and times (and its fork, with ``fork``).
     """
+    if fingerprint and plan.fingerprint() != fingerprint:
+        raise SourceChanged("the source changed since this run was planned (its tile plan differs); "
+                            "start a new run instead of retrying this one")
     tile = plan.tile(key)
     if fork is not None:
         fork = pickle.loads(pickle.dumps(fork))  # a fresh copy for each attempt: a retry starts clean

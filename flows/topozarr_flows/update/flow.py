@@ -21,7 +21,6 @@ flow; at most one run at a time (a second update of the same plain Zarr pyramid 
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +38,7 @@ from topozarr_core.validate.pyramid import validate_pyramid
 from topozarr_flows.params import UpdateParams
 from topozarr_flows.prefect_api.recovery import before_attempt, on_crashed
 from topozarr_flows.runs.artifacts import quicklook_artifact
+from topozarr_flows.runs.attempt_cache import AttemptCache
 from topozarr_flows.runs.job import target_lease
 from topozarr_flows.runs.task_options import RETRYING, RUN_CACHED, ensure_limit_task
 from topozarr_flows.runs.tile_runs import TilesFailed, planned_tiles, run_tiles  # noqa: F401  (TilesFailed: what a failed run raises)
@@ -60,24 +60,22 @@ class UpdateJob:
     plan: TilePlan
 
 
-_jobs: dict[str, UpdateJob] = {}
-_lock = threading.Lock()
+_jobs: AttemptCache[UpdateJob] = AttemptCache()
 
 
 def load_update_job(params: UpdateParams, info: dict) -> UpdateJob:
-    """The source, the planned update and its tile plan, re-derived deterministically per process.
+    """The source, the planned update and its tile plan, re-derived deterministically once per process
+    and flow-run attempt (:mod:`topozarr_flows.runs.attempt_cache`).
 
     :param params: the flow's parameters.
     :param info: the planned update's info (:meth:`~topozarr_core.update.pyramid_update.UpdateInfo.to_dict`).
     """
-    key = params.model_dump_json() + json.dumps(info, sort_keys=True)
-    with _lock:
-        job = _jobs.get(key)
-        if job is None:
-            ds = open_source(params.source, params.variables)
-            update = PyramidUpdate.from_info(ds, UpdateInfo.from_dict(info))
-            job = _jobs[key] = UpdateJob(params, update, _tile_plan(params, update))
-        return job
+    def build() -> UpdateJob:
+        ds = open_source(params.source, params.variables)
+        update = PyramidUpdate.from_info(ds, UpdateInfo.from_dict(info))
+        return UpdateJob(params, update, _tile_plan(params, update))
+
+    return _jobs.get(params.model_dump_json() + json.dumps(info, sort_keys=True), build)
 
 
 def _tile_plan(params: UpdateParams, update: PyramidUpdate) -> TilePlan:
@@ -169,7 +167,7 @@ def fork_stage(params: UpdateParams, staging: str, key: str) -> Any:
 
 
 @task(name="write-update-tile", task_run_name="tile-{key}", **RUN_CACHED, **RETRYING)
-def write_update_tile(params: UpdateParams, info: dict, key: str, fork: Any = None) -> dict:
+def write_update_tile(params: UpdateParams, info: dict, key: str, fork: Any = None, fingerprint: str = "") -> dict:
     """Write one tile of the update while holding one slot of the global limit.
 
     :param params: the flow's parameters.
@@ -177,10 +175,12 @@ def write_update_tile(params: UpdateParams, info: dict, key: str, fork: Any = No
     :param key: the tile's key; also the last part of the task's run-scoped cache key, so a retried flow
         run rewrites only the tiles that did not complete.
     :param fork: the stage's Icechunk fork, or None (plain Zarr).
+    :param fingerprint: the tile plan's fingerprint from planning; a different plan now (the source
+        changed since) refuses the tile. Empty: not checked.
     """
     job = load_update_job(params, info)
     return write_one_tile(job.plan, job.update.pyramid.ds, key, io=params.io, limit=params.concurrency_limit,
-                          fork=fork, store=lambda: _zarr_store(params))
+                          fork=fork, store=lambda: _zarr_store(params), fingerprint=fingerprint)
 
 
 @task(name="amend-stage", **RUN_CACHED, **RETRYING)
@@ -311,7 +311,7 @@ def update_pyramid(params: UpdateParams) -> dict[str, Any]:
         staging = prep["staging"]
         rows = run_tiles(
             planned,
-            lambda key, fork: write_update_tile.submit(params, info, key, fork),
+            lambda key, fork: write_update_tile.submit(params, info, key, fork, fingerprint=planned["fingerprint"]),
             fork=(lambda stage: fork_stage(params, staging, key=f"S{stage}")) if staging else None,
             commit=(lambda stage, forks, last: amend_stage(params, info, staging, forks, key=f"stage-{stage}",
                                                            last=last)["fork"]) if staging else None,
