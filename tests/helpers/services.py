@@ -270,7 +270,6 @@ def prefect_harness() -> PrefectHarness:
 
     Home and local result storage are in this module's temp dir, never ~/.prefect.
     Session-scoped because starting the harness server takes several seconds."""
-    from topozarr_flows.prefect_api.slots import LEASES_ON_DISK
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_HOME,
@@ -278,6 +277,8 @@ def prefect_harness() -> PrefectHarness:
         temporary_settings,
     )
     from prefect.testing.utilities import prefect_test_harness
+
+    from topozarr_flows.prefect_api.slots import LEASES_ON_DISK
 
     PREFECT_TEST_HOME.mkdir(parents=True, exist_ok=True)
     PREFECT_TEST_RESULTS.mkdir(parents=True, exist_ok=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
 import pytest
 import xarray as xr
+from zarr.buffer import default_buffer_prototype
 
 from tests.helpers.rasters import make_raster
 from topozarr_core import create_pyramid
@@ -20,7 +22,14 @@ def _xarray_level(ds: xr.Dataset, spec, level: int) -> dict[str, bytes]:
 
 
 def _staged(docs: LevelDocuments, level: int) -> dict[str, bytes]:
-    return {k: v.to_bytes() for k, v in docs.staged(level)._store_dict.items()}
+    """Every key of the staged store and its bytes, through the store's public (async) API."""
+    store = docs.staged(level)
+
+    async def read_all() -> dict[str, bytes]:
+        proto = default_buffer_prototype()
+        return {k: (await store.get(k, prototype=proto)).to_bytes() async for k in store.list()}
+
+    return asyncio.run(read_all())
 
 
 def _assert_same(got: dict[str, bytes], want: dict[str, bytes], level: int) -> None:

@@ -360,9 +360,9 @@ class Zygote:
             try:
                 doc = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"kill_writer: no {event!r} within {timeout} s; log: {self._log()}") from None
+                raise AssertionError(f"kill_writer: no {event!r} within {timeout} s; log: {self.log()}") from None
             if doc["event"] == "eof":
-                raise AssertionError(f"kill_writer ended; log: {self._log()}")
+                raise AssertionError(f"kill_writer ended; log: {self.log()}")
             if into is not None:
                 into.append(doc)
             if doc["event"] == event or (doc["event"] == "mark" and event == f"mark:{doc['mark']}"):
@@ -370,7 +370,7 @@ class Zygote:
             if event.startswith("mark:") and doc["event"] == "exit":
                 raise AssertionError(f"the writer ended before {event!r}: {into}")
 
-    def _log(self) -> str:
+    def log(self) -> str:
         return self.log.read_text()[-3000:]
 
     def run(self, cmd: dict, delay: float | None, after: str = "start") -> tuple[list[dict], dict]:
@@ -500,7 +500,7 @@ def test_kill_9_at_random_moments_leaves_old_new_or_unpublished(kind, mode, zygo
     for _ in range(2):
         nxt = 1 - current
         marks, end = zygote.run(command(nxt), delay=None)
-        assert end["status"] == 0, [m for m in marks if m["mark"] == "error"] or zygote._log()
+        assert end["status"] == 0, [m for m in marks if m["mark"] == "error"] or zygote.log()
         assert check_after(marks, nxt) == ("done", "next")
         t0 = marks[0]["t"]
         t = {m["mark"]: m["t"] - t0 for m in reversed(marks)}  # the first time of each marker

@@ -114,19 +114,19 @@ class PipelineSpy:
         async def zarrs_write(pipe, batch_info, value, drop_axes=()):
             batch_info = list(batch_info)
             kind = "rust" if pipe.impl is not None and pipe.python_impl is None else "rust-with-fallback"
-            spy._add(kind, [(id(pipe.store), bs.path) for bs, *_ in batch_info])
+            spy.add(kind, [(id(pipe.store), bs.path) for bs, *_ in batch_info])
             return await z_write(pipe, batch_info, value, drop_axes)
 
         async def batched_write(pipe, batch_info, value, drop_axes=()):
             batch_info = list(batch_info)
             # inner (per-shard) pipelines write into in-memory shard setters: only store writes count
-            spy._add("python", [(id(bs.store), bs.path) for bs, *_ in batch_info if isinstance(bs, StorePath)])
+            spy.add("python", [(id(bs.store), bs.path) for bs, *_ in batch_info if isinstance(bs, StorePath)])
             return await b_write(pipe, batch_info, value, drop_axes)
 
         monkeypatch.setattr(zarrs.pipeline.ZarrsCodecPipeline, "write", zarrs_write)
         monkeypatch.setattr(BatchedCodecPipeline, "write", batched_write)
 
-    def _add(self, kind, items):
+    def add(self, kind, items):
         with self._lock:
             self.records.extend((kind, sid, key) for sid, key in items)
 
@@ -249,7 +249,7 @@ def test_open_array_for_gives_strict_zarrs_handles(kind, make_store):
     # read-only handles stay on zarr-python (zarrs 0.2.3 hangs on partial reads from S3)
     assert pipeline_name(open_array_for("rust", store)(store, "a", "r")) == "BatchedCodecPipeline"
     assert pipeline_name(rs) == "ZarrsCodecPipeline"
-    assert rs._async_array.codec_pipeline.python_impl is None  # strict: nothing to fall back to
+    assert rs.async_array.codec_pipeline.python_impl is None  # strict: nothing to fall back to
     assert pipeline_name(py) == "BatchedCodecPipeline"
     values = np.arange(1600, dtype="f4").reshape(40, 40)
     values[:7, :9] = np.nan

@@ -65,6 +65,9 @@ def _install_markers() -> None:
     import topozarr_core.publish.level_init as init_ahead
     import topozarr_core.publish.steps as layout
 
+    # The one private name here: publish.steps has no public hook for "the old nodes of a mode='w' rebuild
+    # are being deleted", and the kill tests must place kills inside that step. Wrapping the public
+    # store.delete_dir instead would also mark the scratch and chunk-key deletes of other steps.
     write_root, delete_nodes, initialise_level = layout.write_root, layout._delete_nodes, init_ahead.initialise_level
 
     def marked_write_root(store: Any, attrs: dict) -> None:
@@ -88,10 +91,14 @@ def _install_markers() -> None:
 
 
 def _slow_local_deletes(per_file: float) -> None:
-    """Make LocalStore.delete_dir remove files one at a time (``per_file`` s apart), deepest first."""
-    import zarr.storage._local as local
+    """Make LocalStore.delete_dir remove files one at a time (``per_file`` s apart), deepest first.
 
-    def delete_dir(path: Path, prefix: str) -> None:
+    Replaces the public method (zarr.storage.LocalStore.delete_dir), not zarr's private helper behind it."""
+    import asyncio
+
+    from zarr.storage import LocalStore
+
+    def delete_slowly(path: Path, prefix: str) -> None:
         if path.is_file():
             raise ValueError(f"delete_dir was passed a {prefix=!r} that is a file")
         if not path.is_dir():
@@ -104,7 +111,12 @@ def _slow_local_deletes(per_file: float) -> None:
                 os.rmdir(os.path.join(dirpath, name))
         os.rmdir(path)
 
-    local._delete_dir = delete_dir
+    async def delete_dir(self: LocalStore, prefix: str) -> None:
+        if self.read_only:
+            raise ValueError("store was opened in read-only mode and does not support writing")
+        await asyncio.to_thread(delete_slowly, Path(self.root) / prefix, prefix)
+
+    LocalStore.delete_dir = delete_dir
 
 
 def _write(cmd: dict) -> None:
