@@ -39,6 +39,9 @@ from topozarr_core.viewer import colormaps
 from topozarr_flows.preview.pyramid_store import open_pyramid
 from topozarr_flows.preview.server import STATIC_DIR, serving
 
+# one Chromium and the module's servers and built pages (module fixtures): the module stays on one xdist worker
+pytestmark = pytest.mark.xdist_group("browser")
+
 CHROMIUM = "/usr/bin/chromium"
 
 BLOCK = 64

@@ -49,7 +49,8 @@ from topozarr_core.layout.conventions import comparable
 from topozarr_core.publish.root_doc import STATUS_KEY
 from topozarr_core.store.lease import LEASE_KEY, TargetBusy, holder, stale_reason
 
-pytestmark = pytest.mark.timeout(600)
+# the zygote and the clean builds are module fixtures: the module stays on one xdist worker
+pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("never-broken")]
 
 ROOT = Path(__file__).resolve().parents[3]
 #: Layout options shared by every pyramid here: 128 x 128 chunks, one chunk per shard (many objects).
