@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from prefect import flow, task
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import task_run
 
 from topozarr_flows.prefect_api.recovery import recover
@@ -28,6 +29,25 @@ def _active(harness, limit: str) -> int:
         return c.read_global_concurrency_limit_by_name(f"tag:{limit}").active_slots
 
 
+def _wait_until_recorded_running(harness, task_run_id: str, timeout: float = 60.0) -> None:
+    """Wait until the API has the task run, Running. Prefect's server records task runs from the events
+    their engine sends in the background, in order: after a test whose flows sent many events (e.g.
+    test_flows.py's, which pytest-xdist may run just before this one in the same process), this task's
+    own events wait behind them, and holders_line named the run "(deleted)" (the record was not there
+    yet). Reproduced serially: test_flows.py's concurrency/artifact tests, then this test."""
+    deadline = time.monotonic() + timeout
+    with harness.client() as c:
+        while True:
+            try:
+                run = c.read_task_run(uuid.UUID(task_run_id))
+                if run.state is not None and run.state.is_running():
+                    return
+            except ObjectNotFound:
+                pass
+            assert time.monotonic() < deadline, f"task run {task_run_id} not recorded as Running in {timeout} s"
+            time.sleep(0.05)
+
+
 def test_a_held_slot_names_its_task_run_and_is_given_back(prefect_harness):
     limit = f"held-{uuid.uuid4().hex[:6]}"
     prefect_harness.ensure_concurrency_limit(limit, 2)
@@ -36,6 +56,7 @@ def test_a_held_slot_names_its_task_run_and_is_given_back(prefect_harness):
     @task(name="hold-a-slot")
     def hold() -> str:
         with hold_slot(limit, str(task_run.id)):
+            _wait_until_recorded_running(prefect_harness, str(task_run.id))
             seen["holders"] = holders(limit)
             seen["line"] = holders_line(limit)
             seen["active"] = _active(prefect_harness, limit)
