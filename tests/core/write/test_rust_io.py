@@ -8,8 +8,6 @@ or Rust leaking into a python write -- fails the test.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import threading
 import uuid
 
@@ -34,42 +32,17 @@ from topozarr_core.write.codec_pipeline import (
 
 pytestmark = pytest.mark.filterwarnings("ignore:Successfully reconstructed a store:RuntimeWarning")
 
-BUCKET = "topozarr-rust-io"
+BUCKET = "topozarr-test"  # the session S3 server's bucket (S3Service.bucket)
 SMALL_REGIONS = 64 * 1024  # several regions per level, so the thread pool really interleaves
 
 
 # ---------------------------------------------------------------------------------------------
 # fixtures
 # ---------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A loopback moto S3 server with one bucket; AWS env creds set to 'testing' while it runs."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    try:
-        yield endpoint
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+@pytest.fixture
+def s3_endpoint(s3_env) -> str:
+    """The session's loopback moto S3 server (tests/helpers/services.py), its AWS_* variables set."""
+    return s3_env.endpoint_url
 
 
 def _s3_store(endpoint: str, prefix: str) -> ObjectStore:
