@@ -32,7 +32,7 @@ def _has_playwright() -> bool:
     return True
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
     """Headless system Chromium through playwright (never a downloaded browser). Skipped when
     either is missing, except under CI (CI=true), where that is a failure."""
@@ -53,12 +53,14 @@ def browser():
             b.close()
 
 
-@pytest.fixture
-def prefect_server(tmp_path):
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
     """A `prefect server` with its UI, started and stopped with infra/prefect-server.sh on a free
-    port; yields its address, the environment that reaches it and a runner of commands in it."""
+    port; yields its address, the environment that reaches it and a runner of commands in it.
+    One for the module: both UIs (v1, v2) are served by the same server."""
     from tests.helpers.services import free_port
 
+    tmp_path = tmp_path_factory.mktemp("prefect-ui-server")
     port = free_port()
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TOPOZARR_"))}
@@ -116,24 +118,38 @@ def _open_quicklook_from_artifacts_tab(page, base: str, run_id, artifact_id, ui:
     return {**img.evaluate(_IMG_PIXELS), "src": img.get_attribute("src")}
 
 
-@pytest.mark.e2e
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("ui", ["v1", "v2"])
-def test_quicklook_is_shown_in_the_prefect_ui(browser, prefect_server, tmp_path, ui):
-    """A build run by the CLI against a real server; its quicklook found through the run's
-    Artifacts tab and shown with exactly the PNG's size and pixels."""
+@pytest.fixture(scope="module")
+def built_run(prefect_server, tmp_path_factory):
+    """One build run by the CLI against the server (the server's only run), and its quicklook
+    artifact: the same run is looked at in both UIs, so it is built once."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     base, env, sh = prefect_server
+    tmp_path = tmp_path_factory.mktemp("prefect-ui-build")
     _, src = flow_source(tmp_path)
     sh([f"{sys.prefix}/bin/topozarr-flows", "build", src, str(tmp_path / "p.zarr"), "--levels", "3",
         "--x-dim", "lon", "--y-dim", "lat", "--crs", "EPSG:4326"], timeout=240)
     with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
         with get_client(sync_client=True) as c:
-            (run,) = c.read_flow_runs()
-            assert run.state.is_completed()
-            (art,) = quicklook_artifacts(c, run.id)
+            runs = c.read_flow_runs()
+            arts = quicklook_artifacts(c, runs[0].id) if len(runs) == 1 else []
+    return runs, arts
+
+
+# the server, the browser and the run are module fixtures: both UIs' tests stay on one xdist worker
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+@pytest.mark.xdist_group("prefect-ui")
+@pytest.mark.parametrize("ui", ["v1", "v2"])
+def test_quicklook_is_shown_in_the_prefect_ui(browser, prefect_server, built_run, tmp_path, ui):
+    """A build run by the CLI against a real server; its quicklook found through the run's
+    Artifacts tab and shown with exactly the PNG's size and pixels."""
+    base, env, sh = prefect_server
+    runs, arts = built_run
+    (run,) = runs
+    assert run.state.is_completed()
+    (art,) = arts
     expected = decode_png(png_of(art))
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     shown = _open_quicklook_from_artifacts_tab(page, base, run.id, art.id, ui, tmp_path)
