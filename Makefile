@@ -54,11 +54,12 @@ $(CORE_STAMP): pyproject.toml constraints.txt
 	$(CORE_VENV)/bin/pip install -q -c constraints.txt ".[test-core]"
 	touch $(CORE_STAMP)
 
+# (PYTHONPATH unset: the core venv sees nothing but what it installed)
 test-core: $(CORE_STAMP)
-	@if $(CORE_VENV)/bin/python -c "import prefect" 2>/dev/null; then \
+	@if env -u PYTHONPATH $(CORE_VENV)/bin/python -c "import prefect" 2>/dev/null; then \
 		echo "$(CORE_VENV) must not have prefect: the core installs without the orchestration stack"; exit 1; fi
-	cd tests && ../$(CORE_VENV)/bin/python -c "import topozarr_core, sys; assert 'site-packages' in topozarr_core.__file__, topozarr_core.__file__"
-	$(CORE_VENV)/bin/python -m pytest $(XDIST) tests/core --ignore=tests/core/write/test_dask_path.py $(PYTEST_ARGS)
+	cd tests && env -u PYTHONPATH ../$(CORE_VENV)/bin/python -c "import topozarr_core; assert 'site-packages' in topozarr_core.__file__"
+	env -u PYTHONPATH $(CORE_VENV)/bin/python -m pytest $(XDIST) tests/core --ignore=tests/core/write/test_dask_path.py $(PYTEST_ARGS)
 
 # ruff's checks (pyproject.toml [tool.ruff]); the formatter is not applied to the whole code base.
 $(VENV)/.dev-installed: $(STAMP)

@@ -1,6 +1,5 @@
-"""Quicklook PNGs: pixels against xarray.coarsen of the source, the colormap's published anchor
-colours, transparency of NaN, north up; the build/update flows' image artifact; and the artifact
-shown in the real Prefect UI (a `prefect server` started with infra/, headless Chromium)."""
+"""The quicklook artifact shown in the real Prefect UI (v1 and v2): a `prefect server` started with
+infra/, a build run by the CLI, headless Chromium; the image shows exactly the PNG's size and pixels."""
 
 from __future__ import annotations
 

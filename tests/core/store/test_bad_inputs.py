@@ -1,11 +1,7 @@
-"""A corpus of bad inputs. Each case must fail with a clear message (an expected fragment, no
-backend debug dumps) before anything is written, and must leave existing data untouched.
-
-Cases run through the flow (``build_pyramid(params)``), the deployment's parameter schema, the CLI
-or ``open_source``. Where a target exists, its files (names, sizes, mtimes, bytes) are compared
-before/after; an Icechunk repository is compared the same way (a new branch would show as files).
-tests/test_planning.py has a further 25 ``create_pyramid`` cases without Prefect.
-"""
+"""Bad sources at the core: ``open_source`` refuses unopenable Icechunk sources and a source in a
+missing bucket with one clear line (no backend dumps). The flow, deployment and CLI cases, with the
+target compared before/after: tests/flows/build/test_bad_inputs.py; 25 ``create_pyramid`` cases:
+tests/core/spec/test_planning.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Incremental updates: a pyramid built from the first steps of a dataset and updated with the rest
-equals a full build of the whole (zarr and Icechunk, core and flow); a repeated update changes
-nothing; incompatible sources are refused before anything is written; a crashed update resumes."""
+equals a full build of the whole (zarr and Icechunk); a repeated update changes nothing;
+incompatible sources are refused before anything is written; a crashed update resumes (the update
+flow: tests/flows/update/test_update.py)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,13 @@
-"""Safety of incremental updates: what a reader, a killed update, a changed history, a failed
-validation and a concurrent writer can and cannot do to a pyramid.
+"""Safety of incremental updates at the core: what a reader, a killed update, a changed history and a
+concurrent writer can and cannot do to a pyramid (the flow's half: tests/flows/update/test_update_safety.py).
 
 * The root is unpublished (no ``multiscales``, ``topozarr:status = "updating"``) before the first
   array changes and republished only as the last write: at no step of an update does the root
   publish a layout over arrays of mixed lengths; a SIGKILLed update leaves that unpublished root,
   and the next update resumes it to exactly a full build.
-* A source whose existing gridded entries changed is refused (sampled level-0 chunks), core and
-  flow, before anything is written.
-* A failed validation in the flow leaves the root unpublished (never republished first).
-* A second writer on a plain Zarr target (local or S3) is refused with ``TargetBusy``.
-"""
+* A source whose existing gridded entries changed is refused (sampled level-0 chunks) before
+  anything is written.
+* A second writer on a plain Zarr target (local or S3) is refused with ``TargetBusy``."""
 
 from __future__ import annotations
 

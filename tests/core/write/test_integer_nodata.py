@@ -3,10 +3,10 @@ every reader. Zarr v3 makes every array carry a ``fill_value``; zarr-layer masks
 and GDAL reports it as the band's nodata, so it must not be a value the data uses. Such arrays get
 netCDF's default fill value for their dtype (``levels.NO_NODATA_FILL``) and no ``_FillValue``
 attribute (xarray masks nothing). Integers with a ``_FillValue`` keep it as their zarr fill value
-(``tests/test_topozarr_contract_data.py``).
+(``tests/contract/test_topozarr_contract_data.py``).
 
 Readers: zarr-python and xarray (values, bit for bit), GDAL through the rasterio wheel (nodata and
-values of an unsharded level), and zarr-layer in the browser (``tests/test_browser.py``)."""
+values of an unsharded level), and zarr-layer in the browser (``tests/browser/test_browser.py``)."""
 
 from __future__ import annotations
 

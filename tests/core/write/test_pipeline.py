@@ -1,6 +1,5 @@
-"""Tile tasks without stage barriers: the flow's scheduler starts a tile once what it reads is written,
-never runs more than the limit's slots at once, and holds back only what reads a failed tile (what
-each tile waits for is tested with the plan, in test_tiles)."""
+"""The GC pause of writes (``old_objects_frozen``) stays on while any overlapping write runs (the
+flow's tiles without stage barriers: tests/flows/runs/test_pipeline.py)."""
 
 from __future__ import annotations
 

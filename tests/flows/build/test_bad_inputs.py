@@ -1,11 +1,7 @@
-"""A corpus of bad inputs. Each case must fail with a clear message (an expected fragment, no
-backend debug dumps) before anything is written, and must leave existing data untouched.
-
-Cases run through the flow (``build_pyramid(params)``), the deployment's parameter schema, the CLI
-or ``open_source``. Where a target exists, its files (names, sizes, mtimes, bytes) are compared
-before/after; an Icechunk repository is compared the same way (a new branch would show as files).
-tests/test_planning.py has a further 25 ``create_pyramid`` cases without Prefect.
-"""
+"""Bad inputs to the flow, its deployment's parameter schema and the CLI: each fails with one clear
+line before anything is written and leaves the target untouched (files' names, sizes, mtimes and bytes;
+an Icechunk repository the same way). The core half (sources ``open_source`` refuses) is
+tests/core/store/test_bad_inputs.py; tests/core/spec/test_planning.py has 25 ``create_pyramid`` cases."""
 
 from __future__ import annotations
 

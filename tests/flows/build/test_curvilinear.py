@@ -1,12 +1,5 @@
-"""Curvilinear grids: a spatial dimension placed only by 2-D coordinates is refused at planning time.
-
-Without a 1-D coordinate, a spatial dimension's pixel centres would be its indices (0..n-1); when a
-2-D coordinate (``lon(y, x)``) says where the pixels really are, those indices are a silently wrong
-georeferencing (an EPSG:4326 ``spatial:bbox`` of [-0.5 .. 95.5] for data spanning -90..90).
-topozarr 0.2.1 refuses every 2-D coordinate over the spatial dims ("coordinates ['lon'] are 2-D over
-the spatial dims; ... Drop them first"); here 2-D coordinates stay supported as auxiliary
-coordinates of a regular grid, and only a dimension that has nothing but them is refused.
-"""
+"""Curvilinear grids in the flow: a spatial dimension placed only by 2-D coordinates fails the run in
+planning with the core's one line (the core half: tests/core/spec/test_curvilinear.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""GDAL (through the rasterio wheel's bundled GDAL) reads an unsharded level on its own: values
-against xarray.coarsen of the source, the geotransform against the source's coordinates, the CRS
-from the level's CF grid mapping. Sharded output needs a GDAL with the ``sharding_indexed`` codec:
-the bundled GDAL 3.12 refuses it with the error the README quotes; a GDAL >= 3.13 must read it."""
+"""GDAL (the rasterio wheel's) reads the unsharded output of the flow (the core half, values,
+geotransform, CRS and the sharding refusal: tests/contract/test_gdal.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Writing into an Icechunk session: commit, reopen, and nothing visible before the commit."""
+"""A flow that loses an Icechunk publish race fails in one line and leaves no staging branch (the core
+half: tests/core/store/test_icechunk.py)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,10 @@
-"""Object-store credentials never appear in logs, artifacts, results, run metadata or exceptions.
-
-Flows run against the moto S3 endpoint with distinctive credentials that exist only in the
-environment: zarr and Icechunk builds with injected (retried) tile failures, and builds failing
-on a missing bucket (target, Icechunk target, source) or on credentials the endpoint rejects. Then everything Prefect kept about those runs is scanned for the secret key and
-the access key id: captured log records (with tracebacks), the API's logs, artifacts, flow and task
-runs (parameters, state messages), state histories, every persisted result file (decoded: JSON,
-base64, pickle bytes), and the exceptions and results handed back, with their tracebacks.
-"""
+"""Object-store credentials never appear in anything Prefect keeps about a run: captured log records
+(with tracebacks), the API's logs, artifacts, flow and task runs (parameters, state messages), state
+histories, every persisted result file (decoded: JSON, base64, pickle bytes), and the exceptions and
+results handed back. Flows run against the moto S3 endpoint with distinctive credentials that exist
+only in the environment (or in the URL): builds with injected (retried) tile failures, builds failing on
+a missing bucket or on rejected credentials, and updates. The scanner and the core half:
+tests/helpers/secrets.py, tests/core/store/test_secrets.py."""
 
 from __future__ import annotations
 

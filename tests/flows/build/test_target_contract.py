@@ -1,8 +1,6 @@
-"""The target contract: what a write may replace, and that every check runs before anything changes.
-
-Each refusal is checked to leave the target (and the source) byte-for-byte as it was: names, sizes,
-mtimes and content hashes of every file (``tree_state``), or every object's key and ETag on S3.
-"""
+"""The target contract in the flow and the CLI: unsafe targets, the source as target and unstorable
+attributes fail the run in planning, before anything changes; ``--overwrite-foreign`` is the CLI's
+opt-in (the core half: tests/core/publish/test_target_contract.py)."""
 
 from __future__ import annotations
 
@@ -69,7 +67,7 @@ def test_cli_overwrite_foreign_flag(prefect_harness, ds, tmp_path, capsys):
     target.mkdir()
     (target / "notes.txt").write_text("keep")
     args = ["build", str(src), str(target), "--levels", "2", "--x-dim", "lon", "--y-dim", "lat", "--crs", "EPSG:4326"]
-    assert main(args) == 2  # refused: one line (tests/test_cli_refusals.py), nothing written
+    assert main(args) == 2  # refused: one line (tests/flows/ops/test_cli_refusals.py), nothing written
     assert "ForeignTarget" in capsys.readouterr().err
     assert (target / "notes.txt").read_text() == "keep"
     assert main(args + ["--overwrite-foreign"]) == 0

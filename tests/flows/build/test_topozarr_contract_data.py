@@ -1,12 +1,5 @@
-"""Issue #15, data and metadata: what a topozarr user gets is what topozarr gives (dtypes, datasets
-without spatial coordinates, global attributes), and where this project is more correct it stays
-so (exact level-0 coordinates, CF-packed integers stored packed, integer nodata as the zarr fill
-value, no scratch data in a published pyramid).
-
-References are independent of the code under test: ``xarray.coarsen`` of the source (or of the
-previous written level for the level-to-level methods), numpy window modes, the raw integers of a
-NetCDF file read with ``decode_cf=False``, and the convention JSON schemas.
-"""
+"""Issue #15 in the flow: a flow build's published pyramid holds no scratch data either (the data and
+metadata contract itself: tests/contract/test_topozarr_contract_data.py)."""
 
 from __future__ import annotations
 

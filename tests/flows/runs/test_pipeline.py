@@ -1,6 +1,6 @@
-"""Tile tasks without stage barriers: the flow's scheduler starts a tile once what it reads is written,
-never runs more than the limit's slots at once, and holds back only what reads a failed tile (what
-each tile waits for is tested with the plan, in test_tiles)."""
+"""Tile tasks without stage barriers: the flow's scheduler starts a tile once what it reads is written
+and holds back only what reads a failed tile (what each tile waits for is tested with the plan, in
+tests/core/plan/test_tiles.py; the GC pause of overlapping writes in tests/core/write/test_pipeline.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Quicklook PNGs: pixels against xarray.coarsen of the source, the colormap's published anchor
-colours, transparency of NaN, north up; the build/update flows' image artifact; and the artifact
-shown in the real Prefect UI (a `prefect server` started with infra/, headless Chromium)."""
+"""The build and update flows record the quicklook PNG as an image artifact, and a failed quicklook
+only warns (the PNG itself: tests/core/viewer/test_quicklook.py; the artifact in the Prefect UI:
+tests/browser/test_quicklook_in_the_prefect_ui.py)."""
 
 from __future__ import annotations
 

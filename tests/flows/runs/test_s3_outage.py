@@ -1,12 +1,6 @@
-"""Object-store writes ride out endpoint outages (topozarr_core/store/retrying_store.py), and give up with one line.
-
-A small TCP proxy on 127.0.0.1 sits in front of the moto endpoint (AWS_ENDPOINT_URL points at it).
-It can be *cut*: existing connections are closed and new ones refused (``how="refuse"``: the
-listener is closed, as when the server is down), accepted and reset at once (``how="reset"``: as
-a load balancer without a healthy backend; obstore does not retry part of those errors itself) or
-accepted and never answered (``how="stall"``: a hung server; each request ends at its timeout).
-The outage starts when the proxy sees the first chunk PUT of level 0, so the write is in full flight.
-"""
+"""Flow runs ride out object-store outages, and a long outage fails the run in bounded time and its
+retry completes it. The cuttable proxy in front of moto is tests/helpers/s3_proxy.py; the core half
+(retry settings, what is retried, giving up in one line) is tests/core/store/test_s3_outage.py."""
 
 from __future__ import annotations
 

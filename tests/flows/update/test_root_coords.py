@@ -1,10 +1,5 @@
-"""Root copies of the level-0 non-spatial coordinates (``/time`` beside ``/0/time``).
-
-zarr-layer resolves value selectors (``{time: <value>}``) by reading ``/time`` at the store root, so
-every published root has, written before it, a copy of each 1-D non-spatial dimension coordinate of
-level 0. References are independent of the copy code: the source's own coordinate (decoded by
-xarray), the level-0 array's stored bytes, the convention schemas, and xarray reading the pyramid.
-"""
+"""The update and Icechunk flows carry the root copies of the level-0 coordinates (``/time`` beside
+``/0/time``); the copies themselves: tests/core/publish/test_root_coords.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Incremental updates: a pyramid built from the first steps of a dataset and updated with the rest
-equals a full build of the whole (zarr and Icechunk, core and flow); a repeated update changes
-nothing; incompatible sources are refused before anything is written; a crashed update resumes."""
+"""The update flow: zarr and Icechunk (one snapshot) updates equal a full build, a refused update
+fails before writing, a retry redoes only the failed tile, and bad parameters are refused (the core
+half: tests/core/update/test_update.py)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,6 @@
-"""Safety of incremental updates: what a reader, a killed update, a changed history, a failed
-validation and a concurrent writer can and cannot do to a pyramid.
-
-* The root is unpublished (no ``multiscales``, ``topozarr:status = "updating"``) before the first
-  array changes and republished only as the last write: at no step of an update does the root
-  publish a layout over arrays of mixed lengths; a SIGKILLed update leaves that unpublished root,
-  and the next update resumes it to exactly a full build.
-* A source whose existing gridded entries changed is refused (sampled level-0 chunks), core and
-  flow, before anything is written.
-* A failed validation in the flow leaves the root unpublished (never republished first).
-* A second writer on a plain Zarr target (local or S3) is refused with ``TargetBusy``.
-"""
+"""Safety of incremental updates in the flow: a changed history is refused, a failed validation
+leaves the root unpublished (never republished first), a concurrent writer's lease refuses the update,
+and ``verify_samples`` must be a count (the core half: tests/core/update/test_update_safety.py)."""
 
 from __future__ import annotations
 
