@@ -9,8 +9,11 @@ STAMP := $(VENV)/.installed
 # passes its own tests without the orchestration stack.
 CORE_VENV ?= .venv-core
 CORE_STAMP := $(CORE_VENV)/.installed
-# Tests run on 2 processes (pytest-xdist); tests that share one resource are grouped (xdist_group).
-XDIST ?= -n 2 --dist loadgroup
+# Tests run on 2 processes (pytest-xdist). --dist loadscope: a module's tests run on one worker, so its
+# module fixtures (the e2e stack, the browser and its servers, the kill tests' zygote) start once.
+# (--dist loadgroup with xdist_group marks would be finer, but with pytest 9.2 it silently stops
+# grouping: pytest-xdist issue 1386.)
+XDIST ?= -n 2 --dist loadscope
 WEB := flows/topozarr_flows/preview/web
 PAGE := flows/topozarr_flows/preview/static/app.js
 HAVE_NPM := $(shell command -v npm 2>/dev/null)
@@ -39,8 +42,9 @@ demo: $(STAMP)
 # `make test` is what CI runs: the core tier in the core-only venv (make test-core), then every other
 # tier in the full venv. tests/core runs once, there; its one test that needs dask.distributed (the
 # [dask] extra: tests/core/write/test_dask_path.py) runs in the full venv.
+# The longest modules first (the e2e stack, the browser), so that the other worker is not left idle at the end.
 test: test-core $(STAMP) $(PAGE_IF_NPM)
-	$(BIN)/python -m pytest $(XDIST) tests/contract tests/flows tests/e2e tests/browser \
+	$(BIN)/python -m pytest $(XDIST) tests/e2e tests/browser tests/flows tests/contract \
 		tests/core/write/test_dask_path.py $(PYTEST_ARGS)
 
 # The quick tier for local work: core and contract, no servers (a couple of minutes).

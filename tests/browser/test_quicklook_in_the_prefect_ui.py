@@ -136,10 +136,8 @@ def built_run(prefect_server, tmp_path_factory):
     return runs, arts
 
 
-# the server, the browser and the run are module fixtures: both UIs' tests stay on one xdist worker
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
-@pytest.mark.xdist_group("prefect-ui")
 @pytest.mark.parametrize("ui", ["v1", "v2"])
 def test_quicklook_is_shown_in_the_prefect_ui(browser, prefect_server, built_run, tmp_path, ui):
     """A build run by the CLI against a real server; its quicklook found through the run's

@@ -28,8 +28,7 @@ from tests.helpers.rasters import make_raster
 from tests.helpers.services import free_port
 from topozarr_core import create_pyramid
 
-# one stack (PostgreSQL, server, worker) for the module: its tests stay on one xdist worker
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300), pytest.mark.xdist_group("e2e-stack")]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = "topozarr-pool"

@@ -49,8 +49,7 @@ from topozarr_core.layout.conventions import comparable
 from topozarr_core.publish.root_doc import STATUS_KEY
 from topozarr_core.store.lease import LEASE_KEY, TargetBusy, holder, stale_reason
 
-# the zygote and the clean builds are module fixtures: the module stays on one xdist worker
-pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("never-broken")]
+pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parents[3]
 #: Layout options shared by every pyramid here: 128 x 128 chunks, one chunk per shard (many objects).

@@ -15,9 +15,6 @@ from tests.helpers.rasters import coarsen_reference, make_raster
 from tests.helpers.schemas import validate_conventions
 from topozarr_core import create_pyramid
 
-# one dask.distributed cluster for the module (a module fixture): its tests stay on one xdist worker
-pytestmark = pytest.mark.xdist_group("dask-cluster")
-
 distributed = pytest.importorskip("dask.distributed")
 
 
