@@ -55,6 +55,7 @@ $(CORE_STAMP): pyproject.toml constraints.txt
 	rm -rf $(CORE_VENV)
 	$(PY) -m venv $(CORE_VENV)
 	$(CORE_VENV)/bin/pip install -q --upgrade pip
+	rm -rf build  # setuptools' build tree of the non-editable install: never reuse a stale one
 	$(CORE_VENV)/bin/pip install -q -c constraints.txt ".[test-core]"
 	touch $(CORE_STAMP)
 
