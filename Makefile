@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 # passes its own tests without the orchestration stack.
 CORE_VENV ?= .venv-core
 CORE_STAMP := $(CORE_VENV)/.installed
-# Tests run on 2 processes (pytest-xdist). --dist loadscope: a module's tests run on one worker, so its
-# module fixtures (the e2e stack, the browser and its servers, the kill tests' zygote) start once.
+# Tests run on 2 processes (pytest-xdist). The core and contract tiers test by test (--dist load: they
+# have no costly module fixtures); the other tiers module by module (--dist loadscope: a module's tests
+# on one worker, so its fixtures, e.g. the e2e stack or the browser and its servers, start once).
 # (--dist loadgroup with xdist_group marks would be finer, but with pytest 9.2 it silently stops
 # grouping: pytest-xdist issue 1386.)
-XDIST ?= -n 2 --dist loadscope
+XDIST ?= -n 2
 WEB := flows/topozarr_flows/preview/web
 PAGE := flows/topozarr_flows/preview/static/app.js
 HAVE_NPM := $(shell command -v npm 2>/dev/null)
@@ -44,12 +45,12 @@ demo: $(STAMP)
 # [dask] extra: tests/core/write/test_dask_path.py) runs in the full venv.
 # The longest modules first (the e2e stack, the browser), so that the other worker is not left idle at the end.
 test: test-core $(STAMP) $(PAGE_IF_NPM)
-	$(BIN)/python -m pytest $(XDIST) tests/e2e tests/browser tests/flows tests/contract \
+	$(BIN)/python -m pytest $(XDIST) --dist loadscope tests/e2e tests/browser tests/flows tests/contract \
 		tests/core/write/test_dask_path.py $(PYTEST_ARGS)
 
 # The quick tier for local work: core and contract, no servers (a couple of minutes).
 test-quick: $(STAMP)
-	$(BIN)/python -m pytest $(XDIST) tests/core tests/contract $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) --dist load tests/core tests/contract $(PYTEST_ARGS)
 
 $(CORE_STAMP): pyproject.toml constraints.txt
 	rm -rf $(CORE_VENV)
@@ -64,7 +65,7 @@ test-core: $(CORE_STAMP)
 	@if env -u PYTHONPATH $(CORE_VENV)/bin/python -c "import prefect" 2>/dev/null; then \
 		echo "$(CORE_VENV) must not have prefect: the core installs without the orchestration stack"; exit 1; fi
 	cd tests && env -u PYTHONPATH ../$(CORE_VENV)/bin/python -c "import topozarr_core; assert 'site-packages' in topozarr_core.__file__"
-	env -u PYTHONPATH $(CORE_VENV)/bin/python -m pytest $(XDIST) tests/core --ignore=tests/core/write/test_dask_path.py $(PYTEST_ARGS)
+	env -u PYTHONPATH $(CORE_VENV)/bin/python -m pytest $(XDIST) --dist load tests/core --ignore=tests/core/write/test_dask_path.py $(PYTEST_ARGS)
 
 # ruff's checks (pyproject.toml [tool.ruff]); the formatter is not applied to the whole code base.
 $(VENV)/.dev-installed: $(STAMP)
