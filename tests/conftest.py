@@ -1,95 +1,43 @@
-"""Shared fixtures: synthetic rasters, schema validation, isolated Prefect home."""
+"""What every tier needs, and nothing that needs the orchestration stack (no prefect, no topozarr_flows):
+the core tier (tests/core) runs in a venv without them (`make test-core`).
+
+* Prefect's isolation (PREFECT_HOME etc. in a temp dir) is set by importing tests.helpers.services
+  first, before anything imports prefect.
+* The helper modules with fixtures are registered as plugins, so every tier can use them.
+* Each test gets the marker of its tier (its folder below tests/): core, contract, flows, e2e, browser;
+  select a tier by path (``pytest tests/core``) or by marker (``pytest -m "core or contract"``).
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-# First: points PREFECT_HOME and result storage at temp dirs before anything imports prefect.
-from tests.fixtures_services import *  # noqa: F401,F403
+import tests.helpers.services  # noqa: F401  (first: Prefect's settings are read when prefect is imported)
 
 os.environ.setdefault("TOPOZARR_RETRY_DELAY", "0")  # task retries back off instantly in tests
-import numpy as np
-import pytest
-import xarray as xr
-import xproj  # noqa: F401
 
-# The convention schemas live in ../shared/specs (beside the checkout, also in CI); the package carries a
-# verbatim copy (topozarr_core/validate/schemas, compared with the original by test_validate.py), used only
-# when that folder is absent.
-SHARED_SPECS = Path(__file__).resolve().parents[2] / "shared" / "specs" / "zarr-conventions"
-PACKAGED_SPECS = Path(__file__).resolve().parents[1] / "topozarr_core" / "validate" / "schemas"
-SPECS = SHARED_SPECS if SHARED_SPECS.exists() else PACKAGED_SPECS
+import pytest  # noqa: E402
 
+pytest_plugins = [
+    "tests.helpers.services",
+    "tests.helpers.rasters",
+    "tests.helpers.inputs",
+    "tests.helpers.targets",
+    "tests.helpers.updates",
+    "tests.helpers.s3_proxy",
+]
 
-def make_raster(
-    ny: int = 300,
-    nx: int = 420,
-    nt: int | None = None,
-    dtype: str = "float32",
-    nan_fraction: float = 0.0,
-    seed: int = 0,
-    crs: str | None = "EPSG:4326",
-    descending_y: bool = True,
-) -> xr.Dataset:
-    """A smooth field with noise (and optional NaN holes) on a regular lat/lon grid."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(0, 6, ny), np.linspace(0, 9, nx), indexing="ij")
-    base = 250 + 20 * np.sin(yy) * np.cos(xx)
-    shape = (ny, nx) if nt is None else (nt, ny, nx)
-    values = base + rng.normal(0, 3, size=shape)
-    if nan_fraction:
-        holes = rng.random(shape) < nan_fraction
-        values = np.where(holes, np.nan, values)
-        # whole windows of missing data too
-        values[..., : ny // 5, : nx // 7] = np.nan
-    if np.dtype(dtype).kind in "iu":
-        values = np.nan_to_num(values, nan=0).astype(dtype)
-    else:
-        values = values.astype(dtype)
-    lat = np.linspace(60, -60, ny) if descending_y else np.linspace(-60, 60, ny)
-    lon = np.linspace(-100, 100, nx)
-    dims = ("lat", "lon") if nt is None else ("time", "lat", "lon")
-    coords = {"lat": lat, "lon": lon}
-    if nt is not None:
-        coords["time"] = np.arange(nt).astype("datetime64[D]").astype("datetime64[ns]")
-    ds = xr.Dataset({"air": (dims, values, {"units": "K", "long_name": "air temperature"})}, coords=coords)
-    if crs:
-        ds = ds.proj.assign_crs(spatial_ref=crs)
-    return ds
+TESTS = Path(__file__).resolve().parent
+TIERS = ("core", "contract", "flows", "e2e", "browser")
 
 
-@pytest.fixture
-def raster2d() -> xr.Dataset:
-    return make_raster()
-
-
-@pytest.fixture
-def raster3d() -> xr.Dataset:
-    return make_raster(nt=4, nan_fraction=0.05)
-
-
-def load_schema(name: str) -> dict:
-    return json.loads((SPECS / name / "schema.json").read_text())
-
-
-def validate_conventions(doc: dict, names=("multiscales", "spatial", "geo-proj")) -> None:
-    """Validate a zarr.json document against the convention schemas (offline)."""
-    import jsonschema
-
-    for name in names:
-        schema = load_schema(name)
-        jsonschema.Draft7Validator(schema).validate(doc)
-
-
-def coarsen_reference(ds: xr.Dataset, var: str, factor: int, method: str, lat="lat", lon="lon") -> np.ndarray:
-    """Independent reference: xarray.coarsen of the source (trim boundary)."""
-    da = ds[var]
-    if factor == 1:
-        return da.values
-    c = da.coarsen({lat: factor, lon: factor}, boundary="trim")
-    if method == "nearest":
-        return da.isel({lat: slice(0, (da.sizes[lat] // factor) * factor, factor),
-                        lon: slice(0, (da.sizes[lon] // factor) * factor, factor)}).values
-    return getattr(c, method)().values
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, the first folder of its path below tests/."""
+    for item in items:
+        try:
+            tier = Path(item.path).resolve().relative_to(TESTS).parts[0]
+        except ValueError:
+            continue
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))

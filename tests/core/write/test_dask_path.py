@@ -1,0 +1,156 @@
+"""The seed's Dask path: ``pyramid.as_datatree().to_zarr(..., encoding=pyramid.encoding)`` on a real
+``dask.distributed`` LocalCluster (worker processes), on a dask-chunked and on a lazily opened source,
+compared with ``Pyramid.write`` and with ``xarray.coarsen`` of the source."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from tests.helpers.rasters import coarsen_reference, make_raster
+from tests.helpers.schemas import validate_conventions
+from topozarr_core import create_pyramid
+
+distributed = pytest.importorskip("dask.distributed")
+
+
+@pytest.fixture(scope="module")
+def cluster_client():
+    """Two worker processes of one thread: tasks and their results really cross process boundaries."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            yield client
+
+
+def _source(tmp_path, ds: xr.Dataset, chunks: dict, name: str = "src.zarr"):
+    path = tmp_path / name
+    ds.chunk(chunks).to_zarr(path, zarr_format=3, consolidated=False)
+    return path
+
+
+def _fits(dask_chunks: tuple[tuple[int, ...], ...], unit: tuple[int, ...]) -> bool:
+    """Every dask chunk but the last along each axis is a multiple of the write unit (shard): no
+    shard is written by two dask tasks (xarray's own check, and what makes parallel writes safe)."""
+    return all(c % u == 0 for axis, u in zip(dask_chunks, unit) for c in axis[:-1])
+
+
+def _assert_chunks_fit_encoding(pyramid, dt: xr.DataTree) -> None:
+    for group, per_var in pyramid.encoding.items():
+        for name, enc in per_var.items():
+            unit = enc.get("shards") or enc["chunks"]
+            chunks = dt[group].ds[name].chunks
+            assert chunks is not None, f"{group}/{name} is not dask-backed"
+            assert _fits(chunks, unit), f"{group}/{name}: dask chunks {chunks} do not fit shards {unit}"
+
+
+def _write_both(tmp_path, pyramid, client) -> tuple:
+    dask_target, core_target = tmp_path / "dask.zarr", tmp_path / "core.zarr"
+    dt = pyramid.as_datatree()
+    _assert_chunks_fit_encoding(pyramid, dt)
+    with client.as_current():
+        dt.to_zarr(dask_target, zarr_format=3, consolidated=False, encoding=pyramid.encoding)
+    pyramid.write(core_target)
+    return dask_target, core_target
+
+
+def _assert_same_levels(pyramid, dask_target, core_target, var: str) -> None:
+    for level in range(pyramid.levels):
+        a = zarr.open_array(dask_target, path=f"{level}/{var}", mode="r")
+        b = zarr.open_array(core_target, path=f"{level}/{var}", mode="r")
+        enc = pyramid.encoding[f"/{level}"][var]
+        assert a.chunks == tuple(enc["chunks"]) and a.shards == tuple(enc.get("shards") or enc["chunks"])
+        assert a.shape == b.shape and a.dtype == b.dtype
+        # each level built from the level before with write()'s kernels: the same values, bit for bit
+        np.testing.assert_array_equal(a[...], b[...])
+
+
+def test_dask_chunked_source_writes_with_the_seed_lines(tmp_path, cluster_client):
+    ds = make_raster(1024, 1536, seed=3)
+    src = xr.open_zarr(_source(tmp_path, ds, {"lat": 128, "lon": 128}), consolidated=False)
+    assert src["air"].chunks[0][0] == 128  # its own dask chunks, smaller than every level-0 shard
+    pyramid = create_pyramid(src, levels=4, x_dim="lon", y_dim="lat", crs="EPSG:4326")
+    assert pyramid.encoding["/0"]["air"]["shards"][0] > 128
+    dask_target, core_target = _write_both(tmp_path, pyramid, cluster_client)
+    _assert_same_levels(pyramid, dask_target, core_target, "air")
+    for level, factor in enumerate(pyramid.factors):
+        got = xr.open_zarr(dask_target, group=str(level), consolidated=False)["air"].values
+        np.testing.assert_allclose(got, coarsen_reference(ds, "air", factor, "mean"), rtol=1e-6)
+    root = json.loads((dask_target / "zarr.json").read_text())
+    validate_conventions(root)
+
+
+def test_lazily_opened_source_with_missing_data_and_a_time_dim(tmp_path, cluster_client):
+    ds = make_raster(512, 768, nt=3, nan_fraction=0.05, seed=4)
+    src = xr.open_zarr(_source(tmp_path, ds, {"time": 1, "lat": 128, "lon": 128}), consolidated=False, chunks=None)
+    assert src["air"].chunks is None
+    pyramid = create_pyramid(src, levels=3, x_dim="lon", y_dim="lat", crs="EPSG:4326")
+    dask_target, core_target = _write_both(tmp_path, pyramid, cluster_client)
+    _assert_same_levels(pyramid, dask_target, core_target, "air")
+    for level, factor in enumerate(pyramid.factors):
+        got = xr.open_zarr(dask_target, group=str(level), consolidated=False)["air"].values
+        np.testing.assert_allclose(got, coarsen_reference(ds, "air", factor, "mean"), rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("method", ["max", "nearest"])
+def test_other_methods_on_the_cluster(tmp_path, cluster_client, method):
+    ds = make_raster(640, 512, seed=5)
+    src = xr.open_zarr(_source(tmp_path, ds, {"lat": 160, "lon": 128}), consolidated=False)
+    pyramid = create_pyramid(src, levels=3, x_dim="lon", y_dim="lat", crs="EPSG:4326", method=method)
+    dask_target, core_target = _write_both(tmp_path, pyramid, cluster_client)
+    for level in range(pyramid.levels):
+        a = zarr.open_array(dask_target, path=f"{level}/air", mode="r")[...]
+        b = zarr.open_array(core_target, path=f"{level}/air", mode="r")[...]
+        np.testing.assert_array_equal(a, b)  # max and nearest compose exactly
+
+
+def test_the_seed_lines_keep_integer_nodata_and_dtype(tmp_path):
+    """`to_zarr(..., encoding=pyramid.encoding)` replaces each variable's encoding, so an entry of a variable
+    with nodata carries its ``fill_value`` (and ``as_datatree`` the dtype and ``_FillValue``): an int16 DEM's
+    zarr fill_value is its nodata value (-9999) at every level, as in ``Pyramid.write``, not zarr's default 0
+    (which viewers would draw as data)."""
+    import zarr
+
+    ny = nx = 256
+    dem = (np.arange(ny * nx, dtype="int16").reshape(ny, nx) % 1000).astype("int16")
+    dem[:10, :10] = -9999
+    ds = xr.Dataset({"dem": (("y", "x"), dem, {"_FillValue": -9999})},  # an undecoded DEM: nodata in the attrs
+                    coords={"y": np.arange(ny) * -30.0, "x": np.arange(nx) * 30.0})
+    pyramid = create_pyramid(ds.chunk({"y": 128, "x": 128}), levels=3, x_dim="x", y_dim="y", crs="EPSG:32616")
+    pyramid.as_datatree().to_zarr(tmp_path / "dask.zarr", zarr_format=3, consolidated=False,
+                                  encoding=pyramid.encoding)
+    pyramid.write(tmp_path / "core.zarr")
+    for level in range(3):
+        a, b = (zarr.open_array(tmp_path / name / str(level) / "dem") for name in ("dask.zarr", "core.zarr"))
+        assert (a.dtype, a.fill_value) == (b.dtype, b.fill_value) == (np.dtype("int16"), -9999)
+        np.testing.assert_array_equal(a[:], b[:])  # the same level-to-level rounding as write()
+    pyramid.encoding["/1"]["dem"]["_FillValue"] = 0
+    with pytest.raises(ValueError, match=r"pyramid.encoding\['/1'\]\['dem'\]\['_FillValue'\] cannot be edited"):
+        pyramid.as_datatree()
+
+
+def test_the_seed_lines_read_the_source_once(tmp_path):
+    """Each level is built from the level before in one dask computation: the source's chunks are read
+    once in all (not once per level, as when every level was a coarsen of the source)."""
+    from zarr.storage import LocalStore
+
+    from topozarr_core.testing import CountingStore, stored_bytes
+
+    ds = make_raster(1024, 1536, nan_fraction=0.05, seed=6)
+    path = _source(tmp_path, ds, {"lat": 256, "lon": 256})
+    source = CountingStore(LocalStore(str(path), read_only=True))
+    src = xr.open_zarr(source, consolidated=False)
+    pyramid = create_pyramid(src, levels=5, x_dim="lon", y_dim="lat", crs="EPSG:4326")
+    source.counts.reset()
+    import dask
+
+    with dask.config.set(scheduler="threads"):  # in this process, where the counts are (not the cluster's)
+        pyramid.as_datatree().to_zarr(tmp_path / "dask.zarr", zarr_format=3, consolidated=False,
+                                      encoding=pyramid.encoding)
+    size = stored_bytes(LocalStore(str(path), read_only=True), "air")
+    assert size <= source.counts.bytes["air"] <= 1.02 * size, (source.counts.bytes["air"], size)
+    pyramid.write(tmp_path / "core.zarr")
+    _assert_same_levels(pyramid, tmp_path / "dask.zarr", tmp_path / "core.zarr", "air")
