@@ -39,18 +39,18 @@ $(STAMP): pyproject.toml constraints.txt | $(PAGE_IF_NPM)
 demo: $(STAMP)
 	$(BIN)/topozarr-flows demo
 
-# The test tiers (tests/README.md): core, contract, flows, e2e, browser.
+# The test tiers (tests/README.md): core, contract, flows, e2e, browser, repo.
 # `make test` is what CI runs: the core tier in the core-only venv (make test-core), then every other
 # tier in the full venv. tests/core runs once, there; its one test that needs dask.distributed (the
 # [dask] extra: tests/core/write/test_dask_path.py) runs in the full venv.
 # The longest modules first (the e2e stack, the browser), so that the other worker is not left idle at the end.
 test: test-core $(STAMP) $(PAGE_IF_NPM)
 	$(BIN)/python -m pytest $(XDIST) --dist loadscope tests/e2e tests/browser tests/flows tests/contract \
-		tests/core/write/test_dask_path.py $(PYTEST_ARGS)
+		tests/repo tests/core/write/test_dask_path.py $(PYTEST_ARGS)
 
-# The quick tier for local work: core and contract, no servers (a couple of minutes).
+# The quick tier for local work: core, contract and repo, no servers (a couple of minutes).
 test-quick: $(STAMP)
-	$(BIN)/python -m pytest $(XDIST) --dist load tests/core tests/contract $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) --dist load tests/core tests/contract tests/repo $(PYTEST_ARGS)
 
 $(CORE_STAMP): pyproject.toml constraints.txt
 	rm -rf $(CORE_VENV)

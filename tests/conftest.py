@@ -4,7 +4,7 @@ the core tier (tests/core) runs in a venv without them (`make test-core`).
 * Prefect's isolation (PREFECT_HOME etc. in a temp dir) is set by importing tests.helpers.services
   first, before anything imports prefect.
 * The helper modules with fixtures are registered as plugins, so every tier can use them.
-* Each test gets the marker of its tier (its folder below tests/): core, contract, flows, e2e, browser;
+* Each test gets the marker of its tier (its folder below tests/): core, contract, flows, e2e, browser, repo;
   select a tier by path (``pytest tests/core``) or by marker (``pytest -m "core or contract"``).
 """
 
@@ -29,7 +29,7 @@ pytest_plugins = [
 ]
 
 TESTS = Path(__file__).resolve().parent
-TIERS = ("core", "contract", "flows", "e2e", "browser")
+TIERS = ("core", "contract", "flows", "e2e", "browser", "repo")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

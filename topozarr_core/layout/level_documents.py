@@ -9,7 +9,7 @@ the next one is a few edited JSON documents and two small coordinate writes (a f
 Only what is known to be identical is derived: an array along a spatial dim that is neither a
 gridded variable nor the x/y coordinate (a carried variable coarsened along one axis), a gridded
 variable whose dtype or sharding changes between the levels, or a coordinate stored in more than
-one chunk sends the level to xarray, as before. ``tests/test_level_docs.py`` checks derived
+one chunk sends the level to xarray, as before. ``tests/core/layout/test_level_docs.py`` checks derived
 levels against xarray-built ones document by document.
 """
 

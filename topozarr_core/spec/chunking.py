@@ -2,7 +2,7 @@
 
 Pure functions on shapes: no I/O, no xarray/zarr imports. A topozarr user switching to this project
 gets the same ``pyramid.encoding`` for the same dataset, so the rules are topozarr's, value for value
-(``tests/test_topozarr_contract_layout.py`` pins them against values measured from topozarr 0.2.1).
+(``tests/contract/test_topozarr_contract_layout.py`` pins them against values measured from topozarr 0.2.1).
 
 Model
 -----

@@ -6,7 +6,8 @@ endpoint for the whole ``TOPOZARR_S3_RETRY_TIMEOUT``. Retrying the task as well 
 one operation gave up, the core fails every further one on that endpoint at once
 (:mod:`topozarr_core.store.outages`): so such a task fails for good, the run ends Failed within about the
 retry timeout, and ``topozarr-flows retry`` (or the UI's Retry) resumes it once the endpoint is back.
-Every other failure keeps the task's retry policy.
+A failure that says so itself (:class:`NotRetryable`, such as a source that changed since the run was
+planned) is not retried either. Every other failure keeps the task's retry policy.
 """
 
 from __future__ import annotations
@@ -16,15 +17,20 @@ from typing import Any
 from topozarr_core.store.retrying_store import ObjectStoreUnavailable
 
 
+class NotRetryable(RuntimeError):
+    """A task failure that retrying the task cannot fix: the task fails at once, the run ends Failed."""
+
+
 def retry_unless_unavailable(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect's ``retry_condition_fn``: False (no retry) when the task failed with ``ObjectStoreUnavailable``.
+    """Prefect's ``retry_condition_fn``: False (no retry) when the task failed with ``ObjectStoreUnavailable``
+    or a :class:`NotRetryable`.
 
     :param task: the task.
     :param task_run: its run.
     :param state: the Failed state (its data is the exception).
     """
     err = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
-    return not isinstance(err, ObjectStoreUnavailable)
+    return not isinstance(err, (ObjectStoreUnavailable, NotRetryable))
 
 
-__all__ = ["retry_unless_unavailable"]
+__all__ = ["NotRetryable", "retry_unless_unavailable"]

@@ -1,7 +1,7 @@
 """The quicklook artifact of a build or update run: the published pyramid's coarsest level as a PNG.
 
 Why an *image* artifact holding a ``data:image/png;base64,...`` URL: Prefect 3.8's UI renders an
-image artifact as ``<img src=image_url>`` (both UIs; ``tests/test_quicklook.py`` checks it in
+image artifact as ``<img src=image_url>`` (both UIs; ``tests/browser/test_quicklook_in_the_prefect_ui.py`` checks it in
 the real UI with headless Chromium), so the picture needs no web server of ours; a markdown
 artifact with the same inline image is not shown, because the UI's markdown renderer drops
 ``data:`` URLs. Rendering lives in :mod:`topozarr_core.viewer.quicklook`; this module only reads the

@@ -15,12 +15,14 @@ from prefect.runtime import task_run
 from topozarr_core.plan.tiles import TilePlan
 from topozarr_core.write.codec_pipeline import open_array_for
 from topozarr_core.write.executor import shared_pool, write_tiles
+from topozarr_flows.prefect_api.outage_retries import NotRetryable
 from topozarr_flows.prefect_api.slots import hold_slot
 from topozarr_flows.runs import faults
 
 
-class SourceChanged(RuntimeError):
-    """A retried run's source no longer gives the tile plan the run was started with."""
+class SourceChanged(NotRetryable):
+    """A retried run's source no longer gives the tile plan the run was started with (not retried: a
+    new run plans the new source)."""
 
 
 def write_one_tile(plan: TilePlan, source: xr.Dataset, key: str, *, io: str, limit: str, fork: Any = None,

@@ -15,7 +15,7 @@ import ast
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = [ROOT / "topozarr_core", ROOT / "flows" / "topozarr_flows"]
 
 
