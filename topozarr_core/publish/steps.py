@@ -62,20 +62,28 @@ def prepare_target(store: Any, spec: PyramidSpec, mode: str, levels: list[int], 
     if mode == "a":
         # the hidden missing counts of the rewritten levels go too (a new method may keep none)
         tracked = any(v.track_missing for v in spec.variables)
-        sync(_delete_nodes(store, [f"{MISSING_GROUP}/{lvl}" for lvl in levels if lvl > 0] if tracked
+        sync(delete_nodes(store, [f"{MISSING_GROUP}/{lvl}" for lvl in levels if lvl > 0] if tracked
                            else [MISSING_GROUP]))  # (prefixes without group documents: see paths)
         return
     if state.kind == "foreign":  # opted in: the whole target goes
         sync(_delete_all_but(store, {ROOT_DOC, LEASE_KEY}))
     elif state.kind == "pyramid":
-        sync(_delete_nodes(store, sorted(attrs[OWNED_KEY])))
+        sync(delete_nodes(store, sorted(attrs[OWNED_KEY])))
     if isinstance(store, LocalStore):  # temporary files of an atomic write killed half-way
         for entry in os.scandir(store.root):
             if ignorable(entry.name) and entry.name != LEASE_KEY:
                 os.unlink(entry.path)
 
 
-async def _delete_nodes(store: Any, names: list[str]) -> None:
+async def delete_nodes(store: Any, names: list[str]) -> None:
+    """Delete whole nodes (groups or arrays, with everything below them) of a pyramid this project wrote.
+
+    The one step of a write that deletes nodes (the old ones of a ``mode="w"`` rebuild, the scratch
+    counts before publishing); the kill tests place kills inside it.
+
+    :param store: the target's zarr store.
+    :param names: the nodes' paths below the root.
+    """
     scratch = [name for name in names if _is_scratch(name)]
     await asyncio.gather(*(_delete_scratch(store, name) for name in scratch))  # first: found via the levels
     await asyncio.gather(*(store.delete_dir(name) for name in names if name not in scratch))

@@ -76,6 +76,9 @@ class LevelCache:
     #: levels kept per region: (level, var) -> the level's region boxes
     block_index: dict[tuple[int, str], RegionIndex] = field(default_factory=dict)
     blocks: dict[tuple[int, str, Box], Pair] = field(default_factory=dict)
+    #: the most blocks alive at once, and the block arrays allocated (not recycled): what bounds memory
+    peak_blocks: int = 0
+    new_arrays: int = 0
     #: written blocks' arrays kept for the next blocks of the same shape and dtype (see recycle)
     _spare: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -185,6 +188,7 @@ class LevelCache:
                 # np.zeros would map fresh zero pages for every block instead of reusing freed ones
                 miss = self._empty(shape, missing_dtype(self.plan.factors[level])) if spec.track_missing else None
                 block = self.blocks[key] = (self._empty(shape, spec.out_dtype), miss)
+                self.peak_blocks = max(self.peak_blocks, len(self.blocks))
             return block
 
     def is_block(self, level: int, var: str) -> bool:
@@ -213,7 +217,10 @@ class LevelCache:
     def _empty(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         """A block array: a recycled one of this shape and dtype, else a new one (lock held)."""
         spare = self._spare.get((tuple(shape), np.dtype(dtype).str))
-        return spare.pop() if spare else np.empty(shape, dtype=dtype)
+        if spare:
+            return spare.pop()
+        self.new_arrays += 1
+        return np.empty(shape, dtype=dtype)
 
     def sources(self) -> dict[int, int]:
         """Precomputed level -> the level whose regions feed it (its inputs, for a dependency graph)."""

@@ -132,33 +132,22 @@ def test_tail_runs_largest_regions_first(tmp_path, monkeypatch):
 def test_blocks_stay_few_and_are_all_handed_over(tmp_path, monkeypatch):
     ds = make_raster(ny=1536, nx=1536, nan_fraction=0.05)
     p = create_pyramid(ds, levels=3, **SMALL, **KW)
-    # LevelCache has no public counters of blocks alive or buffers allocated: the count wraps its private
-    # _block/_empty (the one place in tests/ that does; a public LevelCache.stats would replace it)
-    alive, peak, real_block = [], [0], LevelCache._block
+    made, real_for_plan = [], LevelCache.for_plan
 
-    def counting(self, level, var, box):
-        out = real_block(self, level, var, box)
-        peak[0] = max(peak[0], len(self.blocks))
-        if not alive:
-            alive.append(self)
-        return out
+    def recording(cls, plan):
+        made.append(real_for_plan(plan))
+        return made[-1]
 
-    monkeypatch.setattr(LevelCache, "_block", counting)
-    fresh, real_empty = [0], LevelCache._empty
-
-    def counting_empty(self, shape, dtype):
-        spare = self._spare.get((tuple(shape), np.dtype(dtype).str))
-        fresh[0] += not spare
-        return real_empty(self, shape, dtype)
-
-    monkeypatch.setattr(LevelCache, "_empty", counting_empty)
+    monkeypatch.setattr(LevelCache, "for_plan", classmethod(recording))
     plan = p.region_plan(max_region_bytes=300_000)
     n_blocks = sum(lp.n_regions for lp in plan.levels if lp.level >= 1)
     p.write(tmp_path / "p.zarr", max_workers=2, max_region_bytes=300_000, keep_levels_in_memory=True)
     assert n_blocks > 40
-    assert 0 < peak[0] <= 16, f"{peak[0]} of {n_blocks} blocks alive at once"
-    assert alive and not alive[0].blocks  # every block was written and dropped
-    assert fresh[0] < n_blocks  # written blocks' buffers were reused for later blocks
+    assert len(made) == 1
+    cache = made[0]
+    assert 0 < cache.peak_blocks <= 16, f"{cache.peak_blocks} of {n_blocks} blocks alive at once"
+    assert not cache.blocks  # every block was written and dropped
+    assert 0 < cache.new_arrays < n_blocks  # written blocks' arrays were reused for later blocks
     p.write(tmp_path / "q.zarr", max_workers=2, max_region_bytes=300_000, keep_levels_in_memory=False)
     assert_same_pyramid(str(tmp_path / "p.zarr"), str(tmp_path / "q.zarr"))
 

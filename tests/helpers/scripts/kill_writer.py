@@ -17,7 +17,7 @@ right away, as it does after a real ``kill -9`` of a run: the lease it left is t
 Markers come from wrappers installed here around the write protocol's steps (nothing in
 topozarr_core is changed): ``start``; ``root-write-begin``/``root-written`` with ``published``
 true or false (``layout.write_root``: the unpublished root, later the published one);
-``deleting``/``deleted`` (``layout._delete_nodes``: the old nodes of a ``mode="w"`` rebuild);
+``deleting``/``deleted`` (``publish.steps.delete_nodes``: the old nodes of a ``mode="w"`` rebuild);
 ``level`` (``init_ahead.initialise_level``: a level (re)created); ``done`` (``write`` returned).
 
 Command fields: ``target`` (a local path or an ``s3://`` URL), ``env`` (set in the writer, e.g.
@@ -65,10 +65,9 @@ def _install_markers() -> None:
     import topozarr_core.publish.level_init as init_ahead
     import topozarr_core.publish.steps as layout
 
-    # The one private name here: publish.steps has no public hook for "the old nodes of a mode='w' rebuild
-    # are being deleted", and the kill tests must place kills inside that step. Wrapping the public
-    # store.delete_dir instead would also mark the scratch and chunk-key deletes of other steps.
-    write_root, delete_nodes, initialise_level = layout.write_root, layout._delete_nodes, init_ahead.initialise_level
+    # publish.steps.delete_nodes is the one step that deletes nodes: the kill tests place kills inside it
+    # (wrapping store.delete_dir instead would also mark the chunk-key deletes of other steps).
+    write_root, delete_nodes, initialise_level = layout.write_root, layout.delete_nodes, init_ahead.initialise_level
 
     def marked_write_root(store: Any, attrs: dict) -> None:
         published = "multiscales" in attrs
@@ -86,7 +85,7 @@ def _install_markers() -> None:
         initialise_level(store, ds, spec, level, docs)
 
     layout.write_root = marked_write_root
-    layout._delete_nodes = marked_delete_nodes
+    layout.delete_nodes = marked_delete_nodes
     init_ahead.initialise_level = marked_initialise_level
 
 
