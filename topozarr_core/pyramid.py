@@ -175,11 +175,7 @@ class Pyramid:
         """
         _check_region_bytes(max_region_bytes)
         return build_region_plan(
-            x_dim=self.spec.x_dim,
-            y_dim=self.spec.y_dim,
-            factors=list(self.spec.factors),
-            variables=list(self.spec.variables),
-            source_chunks=self.spec.source_chunks,
+            **self.spec.layout(),
             max_region_bytes=max_region_bytes,
             levels=self._check_levels(levels),
         )
@@ -202,11 +198,7 @@ class Pyramid:
                                            or max_tile_bytes <= 0):
             raise ValueError(f"max_tile_bytes must be a positive int or None, got {max_tile_bytes!r}")
         return build_tile_plan(
-            x_dim=self.spec.x_dim,
-            y_dim=self.spec.y_dim,
-            factors=list(self.spec.factors),
-            variables=list(self.spec.variables),
-            source_chunks=self.spec.source_chunks,
+            **self.spec.layout(),
             max_region_bytes=max_region_bytes,
             levels=self._check_levels(levels),
             max_tile_bytes=max_tile_bytes,

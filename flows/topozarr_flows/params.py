@@ -51,6 +51,11 @@ class RunParams(BaseModel):
             raise ValueError("must not be empty")
         return v
 
+    @property
+    def icechunk(self) -> icechunk_txn.IcechunkTarget | None:
+        """The Icechunk repository and branch of the target, or None for a plain Zarr target."""
+        return icechunk_txn.IcechunkTarget(self.target, self.branch) if self.target_format == "icechunk" else None
+
     @model_validator(mode="after")
     def _rust_needs_zarr(self) -> RunParams:
         if self.target_format == "icechunk" and self.io == "rust":
@@ -119,8 +124,3 @@ class UpdateParams(RunParams):
     @classmethod
     def _append_dim_not_blank(cls, v: str) -> str:
         return cls._not_blank(v)
-
-    @property
-    def icechunk(self) -> icechunk_txn.IcechunkTarget | None:
-        """The Icechunk repository and branch of the target, or None for a plain Zarr target."""
-        return icechunk_txn.IcechunkTarget(self.target, self.branch) if self.target_format == "icechunk" else None

@@ -1,6 +1,6 @@
 """Synthetic rasters and the independent reference for their coarsened levels.
 
-Fixtures (registered for every test by tests/conftest.py): ``raster2d``, ``raster3d``."""
+Fixtures (registered for every test by tests/conftest.py): ``raster2d``, ``raster3d``, ``netcdf_720``."""
 
 from __future__ import annotations
 
@@ -83,3 +83,11 @@ def curvilinear_raster(only_x: bool) -> xr.Dataset:
         coords["lat"] = (("y", "x"), lat)
     ds = xr.Dataset({"t": (("y", "x"), values.astype("f4"))}, coords=coords)
     return ds.proj.assign_crs(spatial_ref="EPSG:4326")
+
+
+@pytest.fixture
+def netcdf_720(tmp_path) -> str:
+    """A NetCDF source of 2 time steps of 720 x 720 with 5% NaN (the flow tests' many-tile source)."""
+    path = tmp_path / "src.nc"
+    make_raster(ny=720, nx=720, nt=2, nan_fraction=0.05).drop_vars("spatial_ref").to_netcdf(path, engine="h5netcdf")
+    return str(path)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from topozarr_core.spec.chunking import VarEncoding
-from topozarr_core.spec.variables import VarSpec
+from topozarr_core.spec.variables import VarSpec, find_var
 
 Box = tuple[tuple[int, int], ...]  # (start, stop) per dim, in the variable's dim order
 
@@ -68,10 +68,7 @@ class RegionPlan:
 
         :param name: the variable's name.
         """
-        for v in self.variables:
-            if v.name == name:
-                return v
-        raise KeyError(name)
+        return find_var(self.variables, name)
 
     def fingerprint(self) -> str:
         """Stable hash of the plan: cache keys and resume checks use it.

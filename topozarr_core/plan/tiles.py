@@ -40,7 +40,7 @@ import numpy as np
 
 from topozarr_core.plan.graph import RegionIndex
 from topozarr_core.plan.regions import Box, RegionPlan, build_region_plan, restrict_plan, write_unit
-from topozarr_core.spec.variables import VarSpec
+from topozarr_core.spec.variables import VarSpec, find_var
 
 #: ``Pyramid.tile_plan``'s default source bytes per tile: the work (and the source reads) of one task.
 DEFAULT_TILE_BYTES = 256 * 2**20
@@ -90,10 +90,7 @@ class TilePlan:
 
         :param name: the variable's name.
         """
-        for v in self.variables:
-            if v.name == name:
-                return v
-        raise KeyError(name)
+        return find_var(self.variables, name)
 
     def tile(self, key: str) -> Tile:
         """The tile whose key is ``key``; KeyError naming it when the plan has none.

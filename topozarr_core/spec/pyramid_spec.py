@@ -72,6 +72,12 @@ class PyramidSpec:
         """The y dimension's name."""
         return self.grid.y.name
 
+    def layout(self) -> dict[str, Any]:
+        """What a region or tile plan is built from (the keyword arguments of
+        :func:`topozarr_core.plan.regions.build_region_plan` and :func:`topozarr_core.plan.tiles.build_tile_plan`)."""
+        return {"x_dim": self.x_dim, "y_dim": self.y_dim, "factors": list(self.factors),
+                "variables": list(self.variables), "source_chunks": self.source_chunks}
+
 
 #: More levels than any raster can have (2**63 pixels): refused before any factor is computed.
 MAX_LEVELS = 63

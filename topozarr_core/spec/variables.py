@@ -39,3 +39,15 @@ class VarSpec:
         :param x_dim: the x dimension's name.
         """
         return self.dims.index(y_dim), self.dims.index(x_dim)
+
+
+def find_var(variables: tuple[VarSpec, ...] | list[VarSpec], name: str) -> VarSpec:
+    """The spec of variable ``name`` among ``variables``; KeyError when there is none.
+
+    :param variables: the specs of a plan.
+    :param name: the variable's name.
+    """
+    for v in variables:
+        if v.name == name:
+            return v
+    raise KeyError(name)

@@ -233,10 +233,8 @@ class PyramidUpdate:
         """
         info = self.info
         start, stop = (info.old_length, None) if info.changed else (info.new_length, info.new_length)
-        spec = self.spec
         return build_tile_plan(
-            x_dim=spec.x_dim, y_dim=spec.y_dim, factors=list(spec.factors), variables=list(spec.variables),
-            source_chunks=spec.source_chunks, max_region_bytes=max_region_bytes, max_tile_bytes=max_tile_bytes,
+            **self.spec.layout(), max_region_bytes=max_region_bytes, max_tile_bytes=max_tile_bytes,
             max_tiles=max_tiles,
             restricted={"dim": info.append_dim, "start": start, "stop": stop,
                         "whole": [list(p) for p in info.relayout] if info.changed else [], "clip": True})

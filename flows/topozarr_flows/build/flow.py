@@ -13,10 +13,8 @@ from topozarr_core.store.errors import redact
 from topozarr_flows.build.tasks import (
     check_written_level,
     commit_stage,
-    fork_stage,
     initialise_target,
     plan_pyramid,
-    publish_branch,
     publish_metadata,
     validate,
     write_tile,
@@ -25,6 +23,7 @@ from topozarr_flows.params import BuildParams
 from topozarr_flows.prefect_api.recovery import before_attempt, on_crashed
 from topozarr_flows.runs import level_checks
 from topozarr_flows.runs.artifacts import quicklook_artifact
+from topozarr_flows.runs.icechunk_stages import fork_stage, publish_branch
 from topozarr_flows.runs.job import target_lease
 from topozarr_flows.runs.task_options import ensure_limit_task
 from topozarr_flows.runs.tile_runs import TilesFailed, run_tiles  # noqa: F401  (TilesFailed: what a failed run raises)

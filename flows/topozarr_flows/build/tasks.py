@@ -78,17 +78,6 @@ def initialise_target(params: BuildParams, key: str = "init") -> dict:
     return {"staging": staging, "base": base}
 
 
-@task(name="fork-stage", **RUN_CACHED, **RETRYING)
-def fork_stage(params: BuildParams, staging: str, key: str) -> Any:
-    """A picklable ForkSession of the staging head for the first stage's tiles.
-
-    :param params: the flow's parameters.
-    :param staging: the Icechunk staging branch.
-    :param key: the last part of the task's run-scoped cache key: ``S<stage>``, one fork per stage.
-    """
-    return icechunk_txn.fork(load_job(params).icechunk, staging)
-
-
 @task(name="write-tile", task_run_name="tile-{key}", **RUN_CACHED, **RETRYING)
 def write_tile(params: BuildParams, key: str, fork: Any = None, fingerprint: str = "") -> dict:
     """Write every shard of one tile (:mod:`topozarr_core.plan.tiles`) while holding one slot of the write
@@ -180,16 +169,3 @@ def validate(params: BuildParams, staging: str | None, key: str = "validate") ->
     return {"spot_checks": report.spot_checks, "levels": len(report.levels)}
 
 
-@task(name="publish-branch", **RUN_CACHED, **RETRYING)
-def publish_branch(params: BuildParams, staging: str, base: str, key: str = "publish") -> str:
-    """The final step: move the user's branch to the built snapshot (compare-and-swap).
-
-    :param params: the flow's parameters.
-    :param staging: the Icechunk staging branch.
-    :param base: the user's branch head the run started from; the branch must still be there.
-    :param key: the last part of the task's run-scoped cache key: one publication per flow run.
-    :returns: the published snapshot id.
-    """
-    snap = icechunk_txn.publish(load_job(params).icechunk, staging, base)
-    get_run_logger().info("published %s to branch %r", snap, params.branch)
-    return snap

@@ -32,10 +32,8 @@ class Job:
 
     @property
     def icechunk(self) -> IcechunkTarget | None:
-        """The Icechunk target, or None for a plain Zarr target."""
-        if self.params.target_format != "icechunk":
-            return None
-        return IcechunkTarget(self.params.target, self.params.branch)
+        """The Icechunk target of the run, or None for plain Zarr."""
+        return self.params.icechunk
 
     def zarr_store(self) -> Any:
         """The plain Zarr target's store."""

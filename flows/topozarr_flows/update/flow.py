@@ -39,6 +39,7 @@ from topozarr_flows.params import UpdateParams
 from topozarr_flows.prefect_api.recovery import before_attempt, on_crashed
 from topozarr_flows.runs.artifacts import quicklook_artifact
 from topozarr_flows.runs.attempt_cache import AttemptCache
+from topozarr_flows.runs.icechunk_stages import fork_stage, publish_branch
 from topozarr_flows.runs.job import target_lease
 from topozarr_flows.runs.task_options import RETRYING, RUN_CACHED, ensure_limit_task
 from topozarr_flows.runs.tile_runs import TilesFailed, planned_tiles, run_tiles  # noqa: F401  (TilesFailed: what a failed run raises)
@@ -155,17 +156,6 @@ def prepare_update(params: UpdateParams, info: dict, planned_snapshot: str | Non
     return {"staging": staging, "base": base}
 
 
-@task(name="fork-stage", **RUN_CACHED, **RETRYING)
-def fork_stage(params: UpdateParams, staging: str, key: str) -> Any:
-    """A picklable ForkSession of the staging head for a stage's tiles.
-
-    :param params: the flow's parameters.
-    :param staging: the Icechunk staging branch.
-    :param key: the last part of the task's run-scoped cache key: ``S<stage>``, one fork per stage.
-    """
-    return icechunk_txn.fork(params.icechunk, staging)
-
-
 @task(name="write-update-tile", task_run_name="tile-{key}", **RUN_CACHED, **RETRYING)
 def write_update_tile(params: UpdateParams, info: dict, key: str, fork: Any = None, fingerprint: str = "") -> dict:
     """Write one tile of the update while holding one slot of the global limit.
@@ -248,21 +238,6 @@ def publish_update_metadata(params: UpdateParams, info: dict, staging: str | Non
     """
     job = load_update_job(params, info)
     return _on_target(params, staging, job, job.update.publish)
-
-
-@task(name="publish-branch", **RUN_CACHED, **RETRYING)
-def publish_branch(params: UpdateParams, staging: str, base: str, key: str = "publish") -> str:
-    """The final step: move the user's branch to the updated snapshot (compare-and-swap).
-
-    :param params: the flow's parameters.
-    :param staging: the Icechunk staging branch.
-    :param base: the user's branch head the run started from; the branch must still be there.
-    :param key: the last part of the task's run-scoped cache key: once per flow run.
-    :returns: the published snapshot id.
-    """
-    snap = icechunk_txn.publish(params.icechunk, staging, base)
-    get_run_logger().info("published %s to branch %r", snap, params.branch)
-    return snap
 
 
 def _on_target(params: UpdateParams, staging: str | None, job: UpdateJob, step: Any) -> Any:

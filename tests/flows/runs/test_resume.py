@@ -18,11 +18,8 @@ from topozarr_flows.runs.job import load_job
 
 
 @pytest.fixture
-def source(tmp_path):
-    ds = make_raster(ny=720, nx=720, nt=2, nan_fraction=0.05)
-    path = tmp_path / "src.nc"
-    ds.drop_vars("spatial_ref").to_netcdf(path, engine="h5netcdf")
-    return str(path)
+def source(netcdf_720):
+    return netcdf_720
 
 
 #: 8 tiles of level 0 (a quarter of one time step each), 2 of level 1 (one time step each, reading the four

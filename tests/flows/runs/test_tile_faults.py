@@ -11,17 +11,13 @@ import pytest
 import xarray as xr
 
 from tests.helpers.compare import assert_same_pyramid
-from tests.helpers.rasters import make_raster
 from topozarr_core import create_pyramid
 from topozarr_flows import BuildParams, build_pyramid
 
 
 @pytest.fixture
-def source(tmp_path):
-    ds = make_raster(ny=720, nx=720, nt=2, nan_fraction=0.05)
-    path = tmp_path / "src.nc"
-    ds.drop_vars("spatial_ref").to_netcdf(path, engine="h5netcdf")
-    return str(path)
+def source(netcdf_720):
+    return netcdf_720
 
 
 def _params(src, target, **kw):
