@@ -41,6 +41,21 @@ is_running() {
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
 
+# report_status NAME READY UNREADY CHECK... -> one status line; returns 0 when NAME runs and CHECK
+# succeeds ("running ..., READY"), 1 when it runs but CHECK fails ("... but UNREADY"), 3 when not running.
+report_status() {
+    local name="$1" ready="$2" unready="$3"; shift 3
+    if is_running "$name" && "$@"; then
+        echo "$name: running (pid $(cat "$(pidfile "$name")")), $ready"
+    elif is_running "$name"; then
+        echo "$name: process running (pid $(cat "$(pidfile "$name")")) but $unready"
+        return 1
+    else
+        echo "$name: not running"
+        return 3
+    fi
+}
+
 # recorded NAME VAR -> print VAR's value recorded for NAME; fails if NAME is not running or
 # recorded no VAR. Records are `export VAR=<value quoted by printf %q>` lines written by us.
 recorded() {

@@ -93,15 +93,8 @@ stop)
     ;;
 status)
     bin="$(pg_bin)"
-    if is_running "$NAME" && "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
-        echo "$NAME: running (pid $(cat "$(pidfile "$NAME")")), accepting connections on 127.0.0.1:$PG_PORT"
-    elif is_running "$NAME"; then
-        echo "$NAME: process running (pid $(cat "$(pidfile "$NAME")")) but not accepting connections"
-        exit 1
-    else
-        echo "$NAME: not running"
-        exit 3
-    fi
+    report_status "$NAME" "accepting connections on 127.0.0.1:$PG_PORT" "not accepting connections" \
+        "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" || exit $?
     ;;
 env)
     print_env

@@ -60,15 +60,8 @@ stop)
     drop_record "$NAME"
     ;;
 status)
-    if is_running "$NAME" && curl -fsS -o /dev/null --max-time 2 "$HEALTH_URL"; then
-        echo "$NAME: running (pid $(cat "$(pidfile "$NAME")")), healthy at $HEALTH_URL"
-    elif is_running "$NAME"; then
-        echo "$NAME: process running (pid $(cat "$(pidfile "$NAME")")) but $HEALTH_URL not answering"
-        exit 1
-    else
-        echo "$NAME: not running"
-        exit 3
-    fi
+    report_status "$NAME" "healthy at $HEALTH_URL" "$HEALTH_URL not answering" \
+        curl -fsS -o /dev/null --max-time 2 "$HEALTH_URL" || exit $?
     ;;
 env)
     print_env
