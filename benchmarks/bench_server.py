@@ -4,8 +4,8 @@
 For each database, a real ``prefect server`` is started with the infra/ scripts in a private state dir
 on free loopback ports (``infra/postgres.sh`` first for PostgreSQL), then one ``build-pyramid`` flow runs
 in this process against it, on the default thread runner: a ``--side`` squared float32 raster (11264: 500
-MB), two levels, one chunk per shard (352 px), 100 kB tiles: one tile per level-0 shard (1,024) and one per
-level-1 shard (256), besides planning, initialising, validating and publishing. Printed per
+MB), two levels, one chunk per shard, 100 kB tiles: one tile per level-0 shard and one per level-1 shard
+(2,420 tiles with the planner's balanced chunks), besides planning, initialising, validating and publishing. Printed per
 database: wall seconds of the flow, task runs, CPU seconds of the server's processes during the flow
 (the Prefect server, and PostgreSQL's for PostgreSQL) and per task run, the CPU of this process, and
 the server's "database is locked" answers: requests the API answered 503 because SQLite was busy
@@ -14,7 +14,7 @@ requests of this process that were asked again after such an answer.
 
 Usage::
 
-    python benchmarks/bench_server.py                 # 1,280 tiles on each database
+    python benchmarks/bench_server.py                 # 2,420 tiles on each database
     python benchmarks/bench_server.py --side 4096 --only postgres
 """
 
@@ -148,7 +148,7 @@ def run_flow(server: Server, src: str, target: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--side", type=int, default=11264, help="edge of the square raster (11264: 1,280 tiles)")
+    ap.add_argument("--side", type=int, default=11264, help="edge of the square raster (11264: 2,420 tiles)")
     ap.add_argument("--only", choices=["sqlite", "postgres"], default=None)
     ap.add_argument("--tmpdir", default=None)
     args = ap.parse_args(argv)
