@@ -2,7 +2,7 @@
 
     python benchmarks/bench_io.py            # 8192x8192 (6 levels) and 32x2048x2048 (4 levels), float32
     python benchmarks/bench_io.py --small    # quick: 2048x2048 and 8x512x512
-    python benchmarks/bench_io.py --profile  # also split worker time into region compute vs encode+write
+    python benchmarks/bench_io.py --profile  # also split worker time into read, reduce and encode+write (the write report)
 
 Both variants run in the same process, alternating (python, rust, then rust, python, ...), each into a
 fresh directory that is deleted afterwards; the best of ``--repeat`` runs is reported with the ratio
@@ -18,10 +18,8 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from topozarr_core import create_pyramid  # noqa: E402
 from topozarr_core.write import codec_pipeline as io_select  # noqa: E402
-from topozarr_core.write import region as regions
 
 
 def synthetic(ny: int, nx: int, nt: int | None = None, seed: int = 0) -> xr.Dataset:
@@ -55,56 +52,14 @@ def synthetic(ny: int, nx: int, nt: int | None = None, seed: int = 0) -> xr.Data
     return ds.proj.assign_crs(spatial_ref="EPSG:4326")
 
 
-class Profile:
-    """Where a write's time goes. Worker-thread seconds (summed over workers) in region compute
-    (``regions._compute`` + ``regions._reduce``) and in ``zarr.Array.__setitem__`` (encode + store
-    write); wall seconds of creating the levels (groups, coordinates, empty arrays; done by the
-    executor's thread while regions run) and of ``run_plan`` (all regions, level creation included)."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
-        self.lock = threading.Lock()
-
-    def _add(self, key: str, dt: float) -> None:
-        with self.lock:
-            self.totals[key] += dt
-
-    def _timed(self, key: str, fn, workers_only: bool = False):
-        prof = self
-
-        def wrapper(*a, **k):
-            if workers_only and not threading.current_thread().name.startswith("topozarr"):
-                return fn(*a, **k)
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                prof._add(key, time.perf_counter() - t)
-
-        return wrapper
-
-    @contextmanager
-    def installed(self):
-        from topozarr_core import pyramid
-        from topozarr_core.layout import level_init as init_ahead
-
-        saved = [
-            (regions, "_compute", regions._compute),
-            (regions, "_reduce", regions._reduce),
-            (zarr.Array, "__setitem__", zarr.Array.__setitem__),
-            (init_ahead, "initialise_level", init_ahead.initialise_level),
-            (pyramid, "run_plan", pyramid.run_plan),
-        ]
-        regions._compute = self._timed("compute", regions._compute)
-        regions._reduce = self._timed("compute", regions._reduce)
-        zarr.Array.__setitem__ = self._timed("encode+write", zarr.Array.__setitem__, workers_only=True)
-        init_ahead.initialise_level = self._timed("init(wall)", init_ahead.initialise_level)
-        pyramid.run_plan = self._timed("regions(wall)", pyramid.run_plan)
-        try:
-            yield self
-        finally:
-            for obj, name, fn in saved:
-                setattr(obj, name, fn)
+def profile_of(report) -> dict[str, float]:
+    """Where a write's time went, from its public report (``write(..., stats=True)``): worker-thread
+    seconds summed over the levels, reading the input, reducing it, and encoding + writing."""
+    totals: dict[str, float] = defaultdict(float)
+    for level in report.values():
+        for key in ("read_s", "reduce_s", "write_s"):
+            totals[key.removesuffix("_s")] += float(level.get(key) or 0.0)
+    return dict(totals)
 
 
 def run_case(name: str, ds: xr.Dataset, levels: int, args, base: Path) -> dict[str, float]:
@@ -119,17 +74,14 @@ def run_case(name: str, ds: xr.Dataset, levels: int, args, base: Path) -> dict[s
     for rep in range(args.repeat):
         for io in order if rep % 2 == 0 else order[::-1]:
             target = base / f"{name}-{io}-{rep}.zarr"
-            prof = Profile()
-            with prof.installed() if args.profile else _null():
-                t0 = time.perf_counter()
-                rep_ = p.write(target, io=io, max_workers=args.workers, keep_levels_in_memory=args.keep,
-                               stats=True)
-                dt = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            rep_ = p.write(target, io=io, max_workers=args.workers, keep_levels_in_memory=args.keep, stats=True)
+            dt = time.perf_counter() - t0
             times[io].append(dt)
-            profiles[io].append(dict(prof.totals))
+            profiles[io].append(profile_of(rep_))
             extra = ""
             if args.profile:
-                extra = "  [" + ", ".join(f"{k} {v:.2f}s" for k, v in sorted(prof.totals.items())) + "]"
+                extra = "  [" + ", ".join(f"{k} {v:.2f}s" for k, v in sorted(profiles[io][-1].items())) + "]"
             print(f"  rep {rep} {io:6s} {dt:7.2f} s  ({rep_.regions} regions, {rep_.workers} workers){extra}",
                   flush=True)
             shutil.rmtree(target, ignore_errors=True)
@@ -144,10 +96,6 @@ def run_case(name: str, ds: xr.Dataset, levels: int, args, base: Path) -> dict[s
             print(f"  {io} best-run profile: " + ", ".join(f"{k} {v:.2f}s" for k, v in sorted(profiles[io][i].items())))
     return {"python": best["python"], "rust": best["rust"], "ratio": ratio}
 
-
-@contextmanager
-def _null():
-    yield
 
 
 def main(argv: list[str] | None = None) -> None:

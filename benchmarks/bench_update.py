@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             noop_times.append(s)
         same = None
         if args.check:
-            from tests.compare import assert_same_pyramid
+            from tests.helpers.compare import assert_same_pyramid
 
             assert_same_pyramid(str(out), str(full))
             same = True
