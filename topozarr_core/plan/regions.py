@@ -130,30 +130,31 @@ def level0_unit(
         candidate[i] = min(lcm, max(shape[i], 1))
         if math.prod(candidate) * itemsize <= max_region_bytes:
             unit = candidate
-    return _grown(unit, spec, itemsize, min(max_region_bytes, MIN_REGION_BYTES))
+    return _grown(unit, spec, itemsize, max_region_bytes)
 
 
-#: Level-0 regions grow (doubling along y and x in turn) while they stay within this size: a region
-#: costs a fixed overhead (a source read, a task of the pool, a write call), so small shards (topozarr's
-#: 512-px shards of 256-px chunks hold 1 MB of float32) are written several at a time.
-MIN_REGION_BYTES = 16 * 2**20
+#: Level-0 regions smaller than this grow (doubling along y and x in turn): a region costs a fixed
+#: overhead (a source read, a task of the pool, a write call), so small shards (topozarr's 512-px
+#: shards of 256-px chunks hold 1 MB of float32) are written several at a time.
+MIN_REGION_BYTES = 4 * 2**20
 
 
-def _grown(unit: list[int], spec: VarSpec, itemsize: int, limit: int) -> tuple[int, ...]:
-    """``unit`` doubled along the spatial dims in turn while it stays within ``limit`` bytes and the
-    level-0 array (doubling keeps it a whole number of the shards and source chunks it covers, and
-    lined up with the coarser levels' shards of the usual power-of-two layouts)."""
+def _grown(unit: list[int], spec: VarSpec, itemsize: int, max_region_bytes: int) -> tuple[int, ...]:
+    """``unit`` doubled along the spatial dims in turn while it is smaller than :data:`MIN_REGION_BYTES`,
+    within ``max_region_bytes`` and the level-0 array (doubling keeps it a whole number of the shards and
+    source chunks it covers, and lined up with the coarser levels' shards of the usual power-of-two
+    layouts)."""
     shape = spec.shapes[0]
     spatial = [i for i in range(len(unit)) if i >= len(unit) - 2]
     grown = True
-    while grown:
+    while grown and math.prod(unit) * itemsize < MIN_REGION_BYTES:
         grown = False
         for i in spatial:
-            if unit[i] >= shape[i]:
+            if unit[i] >= shape[i] or math.prod(unit) * itemsize >= MIN_REGION_BYTES:
                 continue
             candidate = list(unit)
             candidate[i] = unit[i] * 2
-            if math.prod(candidate) * itemsize <= limit:
+            if math.prod(candidate) * itemsize <= max_region_bytes:
                 unit = candidate
                 grown = True
     return tuple(unit)
