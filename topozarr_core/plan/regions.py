@@ -111,7 +111,8 @@ def level0_unit(
     spec: VarSpec, source_chunks: tuple[int, ...] | None, max_region_bytes: int
 ) -> tuple[int, ...]:
     """Level-0 region size: whole shards, widened per dim to cover whole source chunks when the
-    widened region stays within ``max_region_bytes``.
+    widened region stays within ``max_region_bytes``; a region of one shard of a chunked source grows
+    while smaller than :data:`MIN_REGION_BYTES`.
 
     :param spec: the variable's spec.
     :param source_chunks: the source's chunk shape of that variable, or None (not chunked).
@@ -130,18 +131,20 @@ def level0_unit(
         candidate[i] = min(lcm, max(shape[i], 1))
         if math.prod(candidate) * itemsize <= max_region_bytes:
             unit = candidate
+    if tuple(unit) != write_unit(spec.encodings[0]):
+        return tuple(unit)  # widened to whole source chunks: already a region of several shards
     return _grown(unit, spec, itemsize, max_region_bytes)
 
 
-#: Level-0 regions smaller than this grow (doubling along y and x in turn): a region costs a fixed
-#: overhead (a source read, a task of the pool, a write call), so small shards (topozarr's 512-px
-#: shards of 256-px chunks hold 1 MB of float32) are written several at a time.
-MIN_REGION_BYTES = 4 * 2**20
+#: Level-0 regions of one shard grow while smaller than this (doubling along y and x in turn): a region
+#: costs a fixed overhead (a source read, a task of the pool, a write call), so small shards (topozarr's
+#: 512-px shards of 256-px chunks hold 1 MB of float32) are written several at a time.
+MIN_REGION_BYTES = 16 * 2**20
 
 
 def _grown(unit: list[int], spec: VarSpec, itemsize: int, max_region_bytes: int) -> tuple[int, ...]:
     """``unit`` doubled along the spatial dims in turn while it is smaller than :data:`MIN_REGION_BYTES`,
-    within ``max_region_bytes`` and the level-0 array (doubling keeps it a whole number of the shards and
+    and the doubled one within ``max_region_bytes`` and the level-0 array (doubling keeps it a whole number of the shards and
     source chunks it covers, and lined up with the coarser levels' shards of the usual power-of-two
     layouts)."""
     shape = spec.shapes[0]
