@@ -108,7 +108,7 @@ def write_unit(enc: VarEncoding) -> tuple[int, ...]:
 
 
 def level0_unit(
-    spec: VarSpec, source_chunks: tuple[int, ...] | None, max_region_bytes: int
+    spec: VarSpec, source_chunks: tuple[int, ...] | None, max_region_bytes: int, spatial: tuple[int, int]
 ) -> tuple[int, ...]:
     """Level-0 region size: whole shards, widened per dim to cover whole source chunks when the
     widened region stays within ``max_region_bytes``; a region of one shard of a chunked source grows
@@ -117,6 +117,7 @@ def level0_unit(
     :param spec: the variable's spec.
     :param source_chunks: the source's chunk shape of that variable, or None (not chunked).
     :param max_region_bytes: the largest region a widening may make.
+    :param spatial: the positions of the y and x dims in the variable's dims (a region grows along them only).
     """
     unit = list(write_unit(spec.encodings[0]))
     if not source_chunks:
@@ -133,7 +134,7 @@ def level0_unit(
             unit = candidate
     if tuple(unit) != write_unit(spec.encodings[0]):
         return tuple(unit)  # widened to whole source chunks: already a region of several shards
-    return _grown(unit, spec, itemsize, max_region_bytes)
+    return _grown(unit, spec.shapes[0], itemsize, max_region_bytes, spatial)
 
 
 #: Level-0 regions of one shard grow while smaller than this (doubling along y and x in turn): a region
@@ -142,23 +143,20 @@ def level0_unit(
 MIN_REGION_BYTES = 16 * 2**20
 
 
-def _grown(unit: list[int], spec: VarSpec, itemsize: int, max_region_bytes: int) -> tuple[int, ...]:
-    """``unit`` doubled along the spatial dims in turn while it is smaller than :data:`MIN_REGION_BYTES`,
-    and the doubled one within ``max_region_bytes`` and the level-0 array (doubling keeps it a whole number of the shards and
-    source chunks it covers, and lined up with the coarser levels' shards of the usual power-of-two
-    layouts)."""
-    shape = spec.shapes[0]
-    spatial = [i for i in range(len(unit)) if i >= len(unit) - 2]
+def _grown(unit: list[int], shape: tuple[int, ...], itemsize: int, max_region_bytes: int,
+           spatial: tuple[int, int]) -> tuple[int, ...]:
+    """``unit`` doubled along the ``spatial`` axes in turn while it is smaller than :data:`MIN_REGION_BYTES`,
+    the doubled one within ``max_region_bytes``, and the axis not yet the whole array (doubling keeps it a
+    whole number of the shards and source chunks it covers, and lined up with the coarser levels' shards
+    of the usual power-of-two layouts)."""
+    unit = list(unit)
     grown = True
-    while grown and math.prod(unit) * itemsize < MIN_REGION_BYTES:
+    while grown:
         grown = False
         for i in spatial:
-            if unit[i] >= shape[i] or math.prod(unit) * itemsize >= MIN_REGION_BYTES:
-                continue
-            candidate = list(unit)
-            candidate[i] = unit[i] * 2
-            if math.prod(candidate) * itemsize <= max_region_bytes:
-                unit = candidate
+            nbytes = math.prod(unit) * itemsize
+            if nbytes < MIN_REGION_BYTES and unit[i] < shape[i] and 2 * nbytes <= max_region_bytes:
+                unit[i] *= 2
                 grown = True
     return tuple(unit)
 
@@ -168,7 +166,7 @@ def _itemsize(dtype: str) -> int:
 
 
 def level_regions(spec: VarSpec, level: int, source_chunks: tuple[int, ...] | None, max_region_bytes: int,
-                  window: Box | None = None) -> list[Region]:
+                  window: Box | None = None, *, spatial: tuple[int, int]) -> list[Region]:
     """The regions of one variable at one level, in plan order, optionally only inside ``window``
     (in that level's index space; a window aligned to the level's shards keeps every region whole).
 
@@ -177,8 +175,10 @@ def level_regions(spec: VarSpec, level: int, source_chunks: tuple[int, ...] | No
     :param source_chunks: the source's chunk shape of that variable (widens level-0 regions), or None.
     :param max_region_bytes: the largest level-0 region a widening may make.
     :param window: a box in the level's indices, or None (the whole array).
+    :param spatial: the positions of the y and x dims in the variable's dims.
     """
-    unit = level0_unit(spec, source_chunks, max_region_bytes) if level == 0 else write_unit(spec.encodings[level])
+    unit = (level0_unit(spec, source_chunks, max_region_bytes, spatial) if level == 0
+            else write_unit(spec.encodings[level]))
     return [Region(level, spec.name, box) for box in _grid_boxes(spec.shapes[level], unit, window)]
 
 
@@ -213,11 +213,14 @@ def build_region_plan(
     for lvl in wanted:
         regions: list[Region] = []
         for spec in variables:
+            spatial = spec.axes(y_dim, x_dim)
             if windows is None:
-                regions.extend(level_regions(spec, lvl, source_chunks.get(spec.name), max_region_bytes))
+                regions.extend(level_regions(spec, lvl, source_chunks.get(spec.name), max_region_bytes,
+                                             spatial=spatial))
                 continue
             for window in windows.get((lvl, spec.name), ()):
-                regions.extend(level_regions(spec, lvl, source_chunks.get(spec.name), max_region_bytes, window))
+                regions.extend(level_regions(spec, lvl, source_chunks.get(spec.name), max_region_bytes, window,
+                                             spatial=spatial))
         step = factors[lvl] // factors[lvl - 1] if lvl > 0 else 1
         if regions:
             level_plans.append(LevelPlan(lvl, factors[lvl], step, tuple(regions)))

@@ -224,3 +224,26 @@ def test_zarr_layer_config_validation():
         ZarrLayerVarConfig(clim=[3, 1])
     with pytest.raises(TypeError):
         ZarrLayerVarConfig(colormap=5)
+
+
+def test_small_level0_regions_grow_along_y_and_x_only():
+    """Regions of one small shard grow (doubling) to about MIN_REGION_BYTES, along the spatial dims wherever
+    they sit in the variable's dims: a trailing band dim keeps its shard size."""
+    from topozarr_core.plan.regions import MIN_REGION_BYTES
+
+    for dims in (("band", "y", "x"), ("y", "x", "band")):
+        shape = {"band": 4, "y": 8192, "x": 8192}
+        ds = xr.Dataset(
+            {"v": (dims, dsa.zeros(tuple(shape[d] for d in dims), dtype="f4",
+                                   chunks=tuple(1 if d == "band" else 512 for d in dims)))},
+            coords={"y": np.arange(8192) * -10.0, "x": np.arange(8192) * 10.0},
+        ).proj.assign_crs(spatial_ref="EPSG:3857")
+        p = create_pyramid(ds, levels=1)
+        shard = dict(zip(dims, p.encoding["/0"]["v"]["shards"]))
+        assert shard["band"] == 1 and shard["y"] * shard["x"] * 4 < MIN_REGION_BYTES, shard
+        regions = p.region_plan().levels[0].regions
+        sizes = {dict(zip(dims, r.shape())).get("band") for r in regions}
+        assert sizes == {1}, (dims, sizes)  # never grown along band
+        region = dict(zip(dims, regions[0].shape()))
+        assert region["y"] > shard["y"] and region["x"] > shard["x"], (dims, region, shard)
+        assert MIN_REGION_BYTES <= region["y"] * region["x"] * 4 <= 2 * MIN_REGION_BYTES, region
