@@ -629,7 +629,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--source-chunk", type=int, default=512, help="y/x chunk edge of the source zarr")
     ap.add_argument("--topozarr-python", default=None,
                     help=f"python of a venv with PyPI topozarr (default: ${ENV_PYPI}; skipped when absent)")
-    ap.add_argument("--io", choices=("python", "rust"), default="python", help="our write's codec pipeline")
+    ap.add_argument("--io", choices=("auto", "python", "rust"), default="auto",
+                    help="our write's codec pipeline (auto: zarrs on these local targets, as topozarr)")
     ap.add_argument("--max-workers", type=int, default=None, help="our write's max_workers (default auto)")
     ap.add_argument("--keep-levels-in-memory", type=lambda s: {"auto": None, "true": True, "false": False}[s.lower()],
                     default=None, help="auto|true|false (default auto)")

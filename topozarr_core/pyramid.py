@@ -42,7 +42,7 @@ DEFAULT_MAX_REGION_BYTES = 256 * 1024 * 1024
 #: precomputed level, unaligned levels whole) needs less than this share of available RAM.
 KEEP_IN_MEMORY_RAM_FRACTION = 0.25
 
-IO = Literal["python", "rust"]
+IO = Literal["auto", "python", "rust"]
 
 
 class Pyramid:
@@ -253,7 +253,7 @@ class Pyramid:
         progress: bool = False,
         keep_levels_in_memory: bool | None = None,
         levels: list[int] | None = None,
-        io: IO = "python",
+        io: IO = "auto",
         overwrite_foreign: bool = False,
         stats: bool = False,
         max_tile_bytes: int | None = None,
@@ -286,20 +286,21 @@ class Pyramid:
         :param keep_levels_in_memory: reduce a level in RAM for the next (default: when it fits);
             ``False`` reads it back from the target.
         :param levels: write only these levels (see above).
-        :param io: ``"python"`` (zarr's codec pipeline) or ``"rust"`` (zarrs; local paths and
-            obstore-backed targets only: refused where zarrs would silently fall back to Python,
+        :param io: ``"auto"`` (zarrs on local paths, zarr-python elsewhere: what topozarr does when
+            zarrs is installed), ``"python"`` (zarr's codec pipeline) or ``"rust"`` (zarrs; local paths
+            and obstore-backed targets only: refused where zarrs would silently fall back to Python,
             such as Icechunk and memory stores).
         :param overwrite_foreign: let ``mode="w"`` replace a target this project did not write.
         :param stats: return a :class:`~topozarr_core.write.report.WriteReport` (else ``None``).
         :param max_tile_bytes: run the tiles of :meth:`tile_plan` of at most this size.
         :returns: ``None``, or the report when ``stats=True``."""
-        from topozarr_core.write.codec_pipeline import check_io, open_array_for
+        from topozarr_core.write.codec_pipeline import open_array_for, resolve_io
         from topozarr_core.write.protocol import BuildWrite, write_locally
 
         plan = self.tile_plan(levels=levels, max_region_bytes=max_region_bytes, max_tile_bytes=max_tile_bytes)
         regions = {stage: plan.region_plan([t for t in plan.tiles if t.stage == stage]) for stage in plan.stages}
         zstore = resolve_store(store)
-        check_io(io, zstore)
+        io = resolve_io(io, zstore)
         workers = max(auto_workers(r, max_workers) for r in regions.values())
         keep = all(self._keep_in_memory(r, keep_levels_in_memory) for r in regions.values())
         steps = BuildWrite.check(self, zstore, mode, plan=plan, overwrite_foreign=overwrite_foreign)

@@ -30,8 +30,9 @@ class RunParams(BaseModel):
                                         "variable over both spatial dims)")
     crs: str | None = Field(None, description="The CRS (`EPSG:4326`, WKT, PROJ string) when the source "
                             "carries none")
-    io: Literal["python", "rust"] = Field("python", description="`python`: zarr's codec pipeline; `rust`: "
-                                          "zarrs (plain Zarr targets only)")
+    io: Literal["auto", "python", "rust"] = Field("auto", description="`auto`: zarrs on local Zarr targets, "
+                                                  "zarr's codec pipeline elsewhere; `python`: zarr's codec "
+                                                  "pipeline; `rust`: zarrs (plain Zarr targets only)")
     max_tile_bytes: int = Field(DEFAULT_TILE_BYTES, ge=100_000, description="Input bytes per tile (one write "
                                 "task) while a stage of tiles takes in one more level: larger tiles cover more "
                                 "levels and make fewer tasks, smaller ones spread over more workers")

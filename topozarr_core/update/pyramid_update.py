@@ -333,7 +333,7 @@ class PyramidUpdate:
         return publish_root(resolve_store(store), self.spec)
 
     def write(self, store: Any, max_workers: int | None = None, max_region_bytes: int = DEFAULT_MAX_REGION_BYTES,
-              progress: bool = False, io: IO = "python") -> UpdateReport:
+              progress: bool = False, io: IO = "auto") -> UpdateReport:
         """Prepare, write the affected regions through a local thread pool, finish, publish -- holding
         the target's lease (plain Zarr) throughout. Validation is the caller's (the flow validates
         before publishing).
@@ -342,13 +342,13 @@ class PyramidUpdate:
         :param max_workers: threads of the pool (default: sized from the CPUs and the available RAM).
         :param max_region_bytes: the largest level-0 region a widening to whole source chunks may make.
         :param progress: show a progress bar.
-        :param io: ``"python"`` (zarr's codec pipeline) or ``"rust"`` (zarrs; local stores only).
+        :param io: ``"auto"``, ``"python"`` or ``"rust"`` (as :meth:`topozarr_core.Pyramid.write`).
         """
-        from topozarr_core.write.codec_pipeline import check_io, open_array_for
+        from topozarr_core.write.codec_pipeline import open_array_for, resolve_io
         from topozarr_core.write.protocol import write_locally
 
         zstore = resolve_store(store)
-        check_io(io, zstore)
+        io = resolve_io(io, zstore)
         tiles = self.tile_plan(max_region_bytes=max_region_bytes)
         plan = tiles.region_plan(tiles.tiles)
         info = self.info
@@ -515,7 +515,7 @@ def update_pyramid(
     max_workers: int | None = None,
     max_region_bytes: int = DEFAULT_MAX_REGION_BYTES,
     progress: bool = False,
-    io: IO = "python",
+    io: IO = "auto",
 ) -> UpdateReport:
     """Append the new ``append_dim`` entries of ``ds`` to the pyramid in ``store``; write only what changes.
 
@@ -545,7 +545,7 @@ def update_pyramid(
     :param max_workers: threads of the write pool (default: from the CPU count and RAM).
     :param max_region_bytes: the most bytes of one region.
     :param progress: show a progress bar of the regions written.
-    :param io: ``"python"`` or ``"rust"`` (as :meth:`topozarr_core.Pyramid.write`).
+    :param io: ``"auto"``, ``"python"`` or ``"rust"`` (as :meth:`topozarr_core.Pyramid.write`).
     :returns: an :class:`UpdateReport`: the old and new lengths, the levels and regions written.
     """
     update = plan_update(ds, store, append_dim, x_dim=x_dim, y_dim=y_dim, factors=factors, method=method,

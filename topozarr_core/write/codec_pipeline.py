@@ -1,5 +1,10 @@
 """Choose the codec pipeline that encodes and writes regions: zarr-python ("python") or zarrs ("rust").
 
+``io="auto"`` (the default) is ``"rust"`` on local filesystem targets and ``"python"`` elsewhere: what
+topozarr 0.2.1 does by itself when zarrs is installed (zarr picks zarrs for local stores), and the
+fastest measured choice (``benchmarks/bench_write.py --io``). Object stores stay on Python under
+``"auto"``: only Python's path goes through the retrying store's retries.
+
 How the choice is applied
 -------------------------
 The usual way to pick zarrs is ``zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})``.
@@ -31,7 +36,10 @@ Only *write* handles get zarrs; read handles (mode ``"r"``) stay on zarr-python,
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +48,7 @@ from zarr.storage import LocalStore, ObjectStore
 
 from topozarr_core.store.targets import is_icechunk_store
 
-IO_CHOICES = ("python", "rust")
+IO_CHOICES = ("auto", "python", "rust")
 RUST_PIPELINE = "zarrs.ZarrsCodecPipeline"
 
 #: zarrs ``chunk_concurrent_maximum`` for region writes; ``None`` lets zarrs decide. Tried 1, 2: no clear gain
@@ -66,10 +74,23 @@ def rust_supported(store: Any) -> bool:
     )
 
 
+def resolve_io(io: str, store: Any) -> str:
+    """The pipeline ``io`` means on ``store``: ``"auto"`` is ``"rust"`` on a ``LocalStore``, else ``"python"``.
+
+    :param io: ``"auto"``, ``"python"`` or ``"rust"`` (checked with :func:`check_io`).
+    :param store: the target zarr store.
+    :returns: ``"python"`` or ``"rust"``.
+    """
+    check_io(io, store)
+    if io != "auto":
+        return io
+    return "rust" if isinstance(store, LocalStore) else "python"
+
+
 def check_io(io: str, store: Any) -> None:
     """Refuse, in one line, an unknown ``io`` or ``io="rust"`` on a store that zarrs cannot serve.
 
-    :param io: ``"python"`` or ``"rust"``.
+    :param io: ``"auto"``, ``"python"`` or ``"rust"``.
     :param store: the target zarr store.
     """
     if io not in IO_CHOICES:
@@ -110,13 +131,58 @@ def _rust_impl(metadata: Any, store: Any) -> Any:
         raise RustPipelineError(f"io='rust': zarrs cannot handle this array/store: {e}") from e
 
 
-def attach_rust_pipeline(arr: zarr.Array) -> zarr.Array:
-    """Make ``arr`` (this handle only) read and write through a strict zarrs pipeline."""
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_error_of(err: BaseException) -> OSError | None:
+    """The ``OSError`` a zarrs error stands for (zarrs raises ``RuntimeError("... (os error 28)")``).
+
+    Why: a full disk or a refused permission must read as Python's own ``OSError`` (``[Errno 28] No
+    space left on device``), in the failure line and for the retry rules, whichever pipeline wrote.
+
+    :param err: an exception raised by a zarrs pipeline call.
+    :returns: the ``OSError``, or None when ``err`` carries no OS error number.
+    """
+    found = _OS_ERROR.search(str(err)) if isinstance(err, RuntimeError) else None
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
+
+
+@functools.cache
+def _zarrs_pipeline_class() -> type:
     from zarrs import ZarrsCodecPipeline
 
+    class OsErrorZarrsPipeline(ZarrsCodecPipeline):
+        """zarrs' pipeline whose OS errors are raised as ``OSError`` (see :func:`os_error_of`)."""
+
+        async def read(self, *args: Any, **kwargs: Any) -> None:
+            try:
+                return await super().read(*args, **kwargs)
+            except RuntimeError as e:
+                os_err = os_error_of(e)
+                if os_err is None:
+                    raise
+                raise os_err from None  # the root cause, as zarr-python would raise it
+
+        async def write(self, *args: Any, **kwargs: Any) -> None:
+            try:
+                return await super().write(*args, **kwargs)
+            except RuntimeError as e:
+                os_err = os_error_of(e)
+                if os_err is None:
+                    raise
+                raise os_err from None  # the root cause, as zarr-python would raise it
+
+    return OsErrorZarrsPipeline
+
+
+def attach_rust_pipeline(arr: zarr.Array) -> zarr.Array:
+    """Make ``arr`` (this handle only) read and write through a strict zarrs pipeline."""
     aa = arr._async_array
     store = aa.store_path.store
-    pipeline = ZarrsCodecPipeline(
+    pipeline = _zarrs_pipeline_class()(
         metadata=aa.metadata,
         store=store,
         impl=_rust_impl(aa.metadata, store),
@@ -143,11 +209,10 @@ def _open_rust(store: Any, path: str, mode: str) -> zarr.Array:
 def open_array_for(io: str, store: Any) -> Callable[[Any, str, str], zarr.Array]:
     """An opener ``(store, path, mode) -> zarr.Array`` whose arrays carry the chosen codec pipeline.
 
-    :param io: ``"python"`` (zarr's codec pipeline) or ``"rust"`` (zarrs).
+    :param io: ``"auto"`` (see :func:`resolve_io`), ``"python"`` (zarr's codec pipeline) or ``"rust"`` (zarrs).
     :param store: the target zarr store (checked with :func:`check_io`).
     """
-    check_io(io, store)
-    return _open_rust if io == "rust" else _open_python
+    return _open_rust if resolve_io(io, store) == "rust" else _open_python
 
 
 def pipeline_name(arr: zarr.Array) -> str:
@@ -161,7 +226,8 @@ def pipeline_name(arr: zarr.Array) -> str:
     """
     cp = arr._async_array.codec_pipeline
     name = type(cp).__name__
-    if name == "ZarrsCodecPipeline":
+    if any(c.__name__ == "ZarrsCodecPipeline" for c in type(cp).__mro__):
+        name = "ZarrsCodecPipeline"
         if getattr(cp, "impl", None) is None:
             return f"{name}(fallback)"
         if getattr(cp, "python_impl", None) is not None:

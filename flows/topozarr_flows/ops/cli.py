@@ -31,7 +31,8 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--crs")
     b.add_argument("--variables", type=lambda s: s.split(","))
     b.add_argument("--chunks-per-shard", type=lambda s: None if s == "none" else int(s), default=4)
-    b.add_argument("--io", choices=["python", "rust"], default="python")
+    b.add_argument("--io", choices=["auto", "python", "rust"], default="auto",
+                   help="codec pipeline: auto (zarrs on local targets), python or rust")
     b.add_argument("--mode", choices=["w", "w-", "a"], default="w")
     b.add_argument("--overwrite-foreign", action="store_true",
                    help="let --mode w replace a TARGET holding data topozarr-flows did not write (deletes it all)")

@@ -37,7 +37,7 @@ def write_one_tile(plan: TilePlan, source: xr.Dataset, key: str, *, io: str, lim
     :param plan: the run's tile plan (re-derived in each process from the run's parameters).
     :param source: the source dataset, opened lazily.
     :param key: the tile's key in ``plan``.
-    :param io: ``"python"`` or ``"rust"``: the codec pipeline the tile writes with.
+    :param io: ``"auto"``, ``"python"`` or ``"rust"``: the codec pipeline the tile writes with.
     :param limit: the name of the task concurrency limit whose slot the tile holds while it writes.
     :param fork: an Icechunk fork (a picklable writable session) to write into, or None.
     :param store: makes the plain Zarr target store (called only without ``fork``).
@@ -58,7 +58,8 @@ def write_one_tile(plan: TilePlan, source: xr.Dataset, key: str, *, io: str, lim
     with hold_slot(limit, str(task_run.id) if task_run.id else None):
         started = time.time()
         faults.maybe_fail(key)
-        result = write_tiles(plan, [tile], source=source, store=faults.wrap_store(key, target),
+        target = faults.wrap_store(key, target)
+        result = write_tiles(plan, [tile], source=source, store=target,
                              workers=os.cpu_count() or 1, open_array=open_array_for(io, target), pool=shared_pool())
         finished = time.time()
     get_run_logger().info("wrote %s: %d regions, %.1f MB in %.2f s", tile.label, result.regions,

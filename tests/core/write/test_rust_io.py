@@ -7,7 +7,10 @@ or Rust leaking into a python write -- fails the test.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import subprocess
 import threading
 import uuid
 
@@ -27,7 +30,9 @@ from topozarr_core.write.codec_pipeline import (
     attach_rust_pipeline,
     check_io,
     open_array_for,
+    os_error_of,
     pipeline_name,
+    resolve_io,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:Successfully reconstructed a store:RuntimeWarning")
@@ -336,6 +341,81 @@ def test_python_open_while_rust_open_in_flight_stays_python(tmp_path, monkeypatc
     for t in threads:
         t.join(20)
     assert got == {"rust": "ZarrsCodecPipeline", "python": "BatchedCodecPipeline", "fresh": "BatchedCodecPipeline"}
+
+
+# ---------------------------------------------------------------------------------------------
+# io="auto" (the default): zarrs on local targets, as topozarr does when zarrs is installed
+# ---------------------------------------------------------------------------------------------
+def test_default_io_writes_local_targets_with_zarrs(tmp_path, monkeypatch):
+    ds = _datasets()["3d"]
+    p = create_pyramid(ds, levels=3, x_dim="lon", y_dim="lat", chunks_per_shard=2, target_chunk_bytes=64 * 1024)
+    spy = PipelineSpy(monkeypatch)
+    store = LocalStore(tmp_path / "auto.zarr")
+    assert p.write(store, stats=True).io == "rust"
+    on_disk = {k for k in _all_keys(store) if _is_region_key(k)}
+    assert on_disk and spy.keys("rust", store) == on_disk and spy.keys("python", store) == set()
+    assert p.write(tmp_path / "path.zarr", stats=True).io == "rust"  # a local path too
+    py = LocalStore(tmp_path / "py.zarr")
+    p.write(py, io="python")
+    _assert_same_output(py, store)
+
+
+@pytest.mark.parametrize("target", ["memory", "obstore-memory", "icechunk-session", "s3"])
+def test_default_io_keeps_python_elsewhere(target, raster2d, request):
+    """Object stores keep the retrying store's retries; memory and Icechunk are not served by zarrs."""
+    from obstore.store import MemoryStore as ObstoreMemory
+
+    store = {
+        "memory": lambda: MemoryStore(),
+        "obstore-memory": lambda: ObjectStore(ObstoreMemory()),
+        "icechunk-session": _icechunk_store,
+        "s3": lambda: _s3_store(request.getfixturevalue("s3_endpoint"), f"{uuid.uuid4().hex}/auto.zarr"),
+    }[target]()
+    p = create_pyramid(raster2d, levels=2, x_dim="lon", y_dim="lat")
+    assert p.write(store, stats=True).io == "python"
+
+
+def test_resolve_io():
+    assert resolve_io("auto", MemoryStore()) == "python"
+    assert resolve_io("python", LocalStore("/tmp")) == "python"
+    with pytest.raises(ValueError, match="io must be one of"):
+        resolve_io("zarrs", LocalStore("/tmp"))
+
+
+def test_os_error_of_zarrs_messages():
+    err = os_error_of(RuntimeError("No space left on device (os error 28)"))
+    assert isinstance(err, OSError) and err.errno == errno.ENOSPC and str(err) == "[Errno 28] No space left on device"
+    assert os_error_of(RuntimeError("codec failed")) is None
+    assert os_error_of(ValueError("(os error 28)")) is None
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 1 MiB tmpfs: a pyramid's metadata fits, its shards do not."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a small tmpfs under CI: {done.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_under_zarrs_is_an_oserror(full_disk):
+    """zarrs says ``RuntimeError: No space left on device (os error 28)``; the user gets Python's OSError."""
+    store = LocalStore(full_disk / "a.zarr")
+    zarr.create_array(store, name="a", shape=(1024, 1024), chunks=(256, 256), shards=(512, 512), dtype="f4")
+    arr = open_array_for("rust", store)(store, "a", "r+")
+    assert pipeline_name(arr) == "ZarrsCodecPipeline"
+    with pytest.raises(OSError) as got:
+        arr[:] = np.random.default_rng(3).random((1024, 1024)).astype("f4")  # incompressible: 4 MB
+    assert got.value.errno == errno.ENOSPC and "os error" not in str(got.value)
+    assert got.value.__cause__ is None and got.value.__suppress_context__  # the root cause, not zarrs' words
 
 
 # ---------------------------------------------------------------------------------------------

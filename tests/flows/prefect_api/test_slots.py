@@ -95,7 +95,7 @@ HOLDER = textwrap.dedent("""
     @task(name="doomed-tile")
     def doomed(limit):
         with hold_slot(limit, str(task_run.id)):
-            Path(sys.argv[2]).write_text(str(flow_run.id))
+            Path(sys.argv[2]).write_text(f"{flow_run.id} {task_run.id}")
             time.sleep(600)
 
     @flow(name="doomed-run")
@@ -118,10 +118,12 @@ def test_recover_gives_back_a_killed_task_runs_slot_at_once_and_crashes_it(prefe
         while not id_file.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
         assert id_file.exists(), "the holder never took its slot"
+        # recover() finds the run's task runs through the API, which records them from events, later
+        _wait_until_recorded_running(prefect_harness, id_file.read_text().split()[1])
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
-    flow_run_id = id_file.read_text()
+    flow_run_id = id_file.read_text().split()[0]
     assert _active(prefect_harness, limit) == 1 and len(holders(limit)) == 1  # nothing gave it back
     found = recover(flow_run_id, limit, "its process was killed")
     assert (found.slots_released, found.task_runs_crashed) == (1, 1)
