@@ -177,8 +177,12 @@ def level_regions(spec: VarSpec, level: int, source_chunks: tuple[int, ...] | No
     :param window: a box in the level's indices, or None (the whole array).
     :param spatial: the positions of the y and x dims in the variable's dims.
     """
-    unit = (level0_unit(spec, source_chunks, max_region_bytes, spatial) if level == 0
-            else write_unit(spec.encodings[level]))
+    if level == 0:
+        unit = level0_unit(spec, source_chunks, max_region_bytes, spatial)
+    else:  # whole shards, several at a time while small (as level 0's): a region's cost is mostly fixed
+        itemsize = max(1, _itemsize(spec.level_dtype(level)))
+        unit = _grown(list(write_unit(spec.encodings[level])), spec.shapes[level], itemsize, max_region_bytes,
+                      spatial)
     return [Region(level, spec.name, box) for box in _grid_boxes(spec.shapes[level], unit, window)]
 
 

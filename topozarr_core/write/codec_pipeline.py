@@ -1,6 +1,7 @@
 """Choose the codec pipeline that encodes and writes regions: zarr-python ("python") or zarrs ("rust").
 
-``io="auto"`` (the default) is ``"rust"`` on local filesystem targets and ``"python"`` elsewhere: what
+``io="auto"`` (the default) is ``"rust"`` on local filesystem targets and ``"python"`` elsewhere (and in a
+process forked after zarrs ran in its parent: see :func:`zarrs_usable`): what
 topozarr 0.2.1 does by itself when zarrs is installed (zarr picks zarrs for local stores), and the
 fastest measured choice (``benchmarks/bench_write.py --io``). Object stores stay on Python under
 ``"auto"``: only Python's path goes through the retrying store's retries.
@@ -74,6 +75,29 @@ def rust_supported(store: Any) -> bool:
     )
 
 
+#: This process ran a zarrs pipeline (its Rust thread pools may be running).
+_zarrs_started = False
+#: This process was forked from one that had: zarrs' thread pools do not survive fork() (a write hangs).
+_zarrs_forked = False
+
+
+def _after_fork_in_child() -> None:
+    global _zarrs_forked
+    _zarrs_forked = _zarrs_forked or _zarrs_started
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def zarrs_usable() -> bool:
+    """Whether zarrs can write in this process: not in a child forked after zarrs started here.
+
+    Why: zarrs' Rust thread pool does not survive ``fork()``; a forked child's write would wait for
+    threads that no longer exist (seen: a ``multiprocessing`` "fork" child after a local write).
+    """
+    return not _zarrs_forked
+
+
 def resolve_io(io: str, store: Any) -> str:
     """The pipeline ``io`` means on ``store``: ``"auto"`` is ``"rust"`` on a ``LocalStore``, else ``"python"``.
 
@@ -84,7 +108,7 @@ def resolve_io(io: str, store: Any) -> str:
     check_io(io, store)
     if io != "auto":
         return io
-    return "rust" if isinstance(store, LocalStore) else "python"
+    return "rust" if isinstance(store, LocalStore) and zarrs_usable() else "python"
 
 
 def check_io(io: str, store: Any) -> None:
@@ -95,6 +119,10 @@ def check_io(io: str, store: Any) -> None:
     """
     if io not in IO_CHOICES:
         raise ValueError(f"io must be one of {IO_CHOICES}, got {io!r}")
+    if io == "rust" and not zarrs_usable():
+        raise ValueError("io='rust' cannot write in a process forked after zarrs ran in its parent (zarrs' "
+                         "thread pool does not survive fork(), the write would hang); use io='python', or "
+                         "start the process with the 'spawn' or 'forkserver' method")
     if io == "rust" and not rust_supported(store):
         what = type(store).__name__
         if isinstance(store, ObjectStore):
@@ -180,6 +208,8 @@ def _zarrs_pipeline_class() -> type:
 
 def attach_rust_pipeline(arr: zarr.Array) -> zarr.Array:
     """Make ``arr`` (this handle only) read and write through a strict zarrs pipeline."""
+    global _zarrs_started
+    _zarrs_started = True
     aa = arr._async_array
     store = aa.store_path.store
     pipeline = _zarrs_pipeline_class()(

@@ -340,7 +340,7 @@ class Zygote:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         env["PYTHONWARNINGS"] = "ignore::DeprecationWarning"  # fork() of a process with threads
-        self.log = log
+        self.log_path = log
         with open(log, "wb") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.scripts.kill_writer"], cwd=ROOT, env=env,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
@@ -371,7 +371,7 @@ class Zygote:
                 raise AssertionError(f"the writer ended before {event!r}: {into}")
 
     def log(self) -> str:
-        return self.log.read_text()[-3000:]
+        return self.log_path.read_text()[-3000:]
 
     def run(self, cmd: dict, delay: float | None, after: str = "start") -> tuple[list[dict], dict]:
         """Fork a writer for ``cmd``; SIGKILL it ``delay`` s after its marker ``after`` (None: let it

@@ -247,3 +247,28 @@ def test_small_level0_regions_grow_along_y_and_x_only():
         region = dict(zip(dims, regions[0].shape()))
         assert region["y"] > shard["y"] and region["x"] > shard["x"], (dims, region, shard)
         assert MIN_REGION_BYTES <= region["y"] * region["x"] * 4 <= 2 * MIN_REGION_BYTES, region
+
+
+def test_small_coarser_level_regions_grow_too():
+    """A coarser level's regions group its small shards the same way (a (time, y, x) cube of 512-px
+    shards: one region per time step and level, not one per shard), and stay whole shards; a
+    ``max_region_bytes`` below two shards keeps them one shard each."""
+    from topozarr_core.plan.regions import write_unit
+
+    n = 2048
+    ds = xr.Dataset(
+        {"v": (("time", "y", "x"), dsa.zeros((8, n, n), dtype="f4", chunks=(1, 512, 512)))},
+        coords={"time": np.arange(8), "y": np.arange(n) * -10.0, "x": np.arange(n) * 10.0},
+    ).proj.assign_crs(spatial_ref="EPSG:3857")
+    p = create_pyramid(ds, levels=4)
+    plan = p.region_plan()
+    for lp in plan.levels[1:]:
+        shard = write_unit(plan.var("v").encodings[lp.level])
+        shape = plan.var("v").shapes[lp.level]
+        if lp.level < 3:
+            assert shard[1] < shape[1], (lp.level, shard, shape)  # several shards per time step ...
+        assert lp.n_regions == 8, (lp.level, lp.n_regions)  # ... written as one region
+        for r in lp.regions:
+            assert all(a % s == 0 for (a, _), s in zip(r.box, shard)), r  # starts on a shard
+    one_shard = p.region_plan(max_region_bytes=4 * 256 * 256)
+    assert one_shard.levels[1].n_regions > 8

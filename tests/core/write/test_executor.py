@@ -74,7 +74,8 @@ def test_aligned_plan_chains_every_level_to_level_0():
 
 def test_unaligned_levels_are_kept_whole_and_read_back():
     p = create_pyramid(make_raster(ny=700, nx=900), factors=[1, 3, 9, 27], **SMALL, **KW)
-    cache = LevelCache.for_plan(p.region_plan())
+    # regions of one shard (small ones are otherwise grouped, here into whole levels, which line up)
+    cache = LevelCache.for_plan(p.region_plan(max_region_bytes=SMALL["target_chunk_bytes"]))
     whole = {lvl for lvl, _ in cache.data}
     assert whole and all(lvl + 1 not in cache.precomputed for lvl in whole)
 
@@ -139,9 +140,10 @@ def test_blocks_stay_few_and_are_all_handed_over(tmp_path, monkeypatch):
         return made[-1]
 
     monkeypatch.setattr(LevelCache, "for_plan", classmethod(recording))
-    plan = p.region_plan(max_region_bytes=300_000)
+    # regions of one 64 kB shard each: small regions are otherwise grouped (not in one region of 100 kB)
+    plan = p.region_plan(max_region_bytes=100_000)
     n_blocks = sum(lp.n_regions for lp in plan.levels if lp.level >= 1)
-    p.write(tmp_path / "p.zarr", max_workers=2, max_region_bytes=300_000, keep_levels_in_memory=True)
+    p.write(tmp_path / "p.zarr", max_workers=2, max_region_bytes=100_000, keep_levels_in_memory=True)
     assert n_blocks > 40
     assert len(made) == 1
     cache = made[0]

@@ -375,6 +375,48 @@ def test_default_io_keeps_python_elsewhere(target, raster2d, request):
     assert p.write(store, stats=True).io == "python"
 
 
+def _in_fork_child(fn) -> dict:
+    """Run ``fn()`` in a fork()ed child; its result (or error) as JSON. A hang is killed after 60 s."""
+    import select
+    import signal
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(r)
+        try:
+            out = {"ok": fn()}
+        except BaseException as err:  # noqa: BLE001 - reported to the parent
+            out = {"error": f"{type(err).__name__}: {err}"}
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    try:
+        ready, _, _ = select.select([r], [], [], 60)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            return {"hung": True}
+        return json.loads(os.read(r, 65536) or b'{"error": "no output"}')
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
+def test_a_forked_child_after_zarrs_ran_writes_with_python_instead_of_hanging(tmp_path):
+    """zarrs' thread pool does not survive fork(): a forked child's zarrs write hangs (measured: the
+    kill -9 test's forked writers hung once regions spanned several shards). "auto" then picks Python;
+    an explicit "rust" is refused in one line."""
+    ds = make_raster(ny=512, nx=512)
+    p = create_pyramid(ds, levels=3, x_dim="lon", y_dim="lat", chunks_per_shard=1, target_chunk_bytes=64 * 1024)
+    assert p.write(tmp_path / "parent.zarr", max_workers=2, stats=True).io == "rust"  # zarrs ran in this process
+    child = _in_fork_child(lambda: p.write(tmp_path / "child.zarr", max_workers=2, stats=True).io)
+    assert child == {"ok": "python"}
+    refused = _in_fork_child(lambda: p.write(tmp_path / "child-rs.zarr", io="rust"))
+    assert "forked after zarrs ran" in refused.get("error", ""), refused
+    _assert_same_output(LocalStore(tmp_path / "parent.zarr"), LocalStore(tmp_path / "child.zarr"))
+
+
 def test_resolve_io():
     assert resolve_io("auto", MemoryStore()) == "python"
     assert resolve_io("python", LocalStore("/tmp")) == "python"
