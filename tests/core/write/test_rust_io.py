@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 import threading
 import uuid
 
@@ -23,6 +22,7 @@ from zarr.core.codec_pipeline import BatchedCodecPipeline
 from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore, ObjectStore, StorePath
 
+from tests.helpers.disks import small_tmpfs
 from tests.helpers.rasters import make_raster
 from topozarr_core import create_pyramid
 from topozarr_core.write.codec_pipeline import (
@@ -434,18 +434,8 @@ def test_os_error_of_zarrs_messages():
 @pytest.fixture
 def full_disk(tmp_path):
     """A real 1 MiB tmpfs: a pyramid's metadata fits, its shards do not."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount a small tmpfs under CI: {done.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_disk_under_zarrs_is_an_oserror(full_disk):

@@ -4,12 +4,11 @@ flow's last error log, which ``--watch`` streams) names the failing tile and the
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.disks import small_tmpfs
 from tests.helpers.rasters import make_raster
 from topozarr_flows import BuildParams, build_pyramid
 
@@ -40,18 +39,8 @@ def _task_runs(harness, flow_run_id):
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 256 KiB filesystem (tmpfs): writes beyond it fail with ENOSPC, as on a full disk."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount a small tmpfs under CI: {done.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "256k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_disk_full_is_named_in_the_state_message(prefect_harness, small_disk, tmp_path, caplog):
