@@ -432,7 +432,9 @@ class MinimalPage:
             k in m.text for k in KNOWN_HARMLESS) and self.problems.append(m.text))
         self.page.on("response", lambda r: r.status >= 400 and self.problems.append(f"{r.status} {r.url}"))
         self.page.goto(server.url + query)
-        self.page.wait_for_function("window.map && window.map.loaded()", timeout=60_000)
+        # until main.js sets window.map, window.map is the page's <div id="map"> (named elements are globals)
+        self.page.wait_for_function("typeof window.map?.loaded === 'function' && window.map.loaded()",
+                                    timeout=60_000)
         self.page.wait_for_load_state("networkidle")
         self.page.wait_for_function("window.map.loaded() && !window.map.isMoving()", timeout=60_000)
         self.page.wait_for_timeout(500)
