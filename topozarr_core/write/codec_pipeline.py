@@ -41,7 +41,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import zarr
@@ -178,6 +178,17 @@ def os_error_of(err: BaseException) -> OSError | None:
     return OSError(code, os.strerror(code))
 
 
+async def _os_errors_raised(call: Awaitable[Any]) -> Any:
+    """Await a zarrs pipeline call, raising its OS errors as ``OSError`` (see :func:`os_error_of`)."""
+    try:
+        return await call
+    except RuntimeError as e:
+        os_err = os_error_of(e)
+        if os_err is None:
+            raise
+        raise os_err from None  # the root cause, as zarr-python would raise it
+
+
 @functools.cache
 def _zarrs_pipeline_class() -> type:
     from zarrs import ZarrsCodecPipeline
@@ -186,22 +197,10 @@ def _zarrs_pipeline_class() -> type:
         """zarrs' pipeline whose OS errors are raised as ``OSError`` (see :func:`os_error_of`)."""
 
         async def read(self, *args: Any, **kwargs: Any) -> None:
-            try:
-                return await super().read(*args, **kwargs)
-            except RuntimeError as e:
-                os_err = os_error_of(e)
-                if os_err is None:
-                    raise
-                raise os_err from None  # the root cause, as zarr-python would raise it
+            return await _os_errors_raised(super().read(*args, **kwargs))
 
         async def write(self, *args: Any, **kwargs: Any) -> None:
-            try:
-                return await super().write(*args, **kwargs)
-            except RuntimeError as e:
-                os_err = os_error_of(e)
-                if os_err is None:
-                    raise
-                raise os_err from None  # the root cause, as zarr-python would raise it
+            return await _os_errors_raised(super().write(*args, **kwargs))
 
     return OsErrorZarrsPipeline
 
