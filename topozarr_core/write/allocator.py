@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -40,8 +41,11 @@ _lock = threading.Lock()
 _writers = 0
 
 
+@functools.cache
 def glibc_malloc() -> ctypes.CDLL | None:
-    """This process's C library when its malloc is glibc's (whose thresholds this module tunes), else None."""
+    """This process's C library when its malloc is glibc's (whose thresholds this module tunes), else None.
+
+    Looked up once per process: ``find_library`` runs ``ldconfig``, and every write asks."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.gnu_get_libc_version  # noqa: B018 - present in glibc only
