@@ -291,6 +291,12 @@ def _stages(group: list[VarSpec], levels: list[int], factors: tuple[int, ...], y
 
     i = 0
     while i < len(levels):
+        if _window_bytes(group, extent, reads, factors, yi, xi) <= max_tile_bytes:
+            # what is left fits in one tile: one task builds every remaining level (whole-extent
+            # windows line up with everything); another stage would cost a barrier and a read-back
+            # for work that one process does in seconds
+            stages.append(_Stage(reads, tuple(levels[i:]), extent))
+            break
         size = _footprint(v, levels[i], factors, yi, xi)
         if reads is None:
             chunks = source_chunks.get(v.name)
@@ -322,9 +328,46 @@ def _stages(group: list[VarSpec], levels: list[int], factors: tuple[int, ...], y
                 if not fits(grown, size):
                     break
                 size = grown
+        size = _spread(size, extent, (yi, xi), fits)
         stages.append(_Stage(reads, tuple(levels[i:top + 1]), size))
         reads, i = levels[top], top + 1
     return stages
+
+
+def _spread(size: tuple[int, ...], extent: tuple[int, ...], spatial: tuple[int, int], fits) -> tuple[int, ...]:
+    """The stage's tile grown along the spatial dims to the fewest tiles that ``fits`` allows (whole
+    multiples of ``size``, so every shard stays in one tile), each dim cut into near-equal tiles.
+
+    Why: a task costs its runner a fixed time (its states, a slot, opening its input), so a plan of
+    many small tiles where fewer fit the budget spends more in Prefect than in writing."""
+    counts = {d: math.ceil(extent[d] / size[d]) for d in spatial}
+    if all(c <= 1 for c in counts.values()):
+        return size
+
+    def sized(n: dict[int, int]) -> tuple[int, ...]:
+        # n tiles along d: the least multiple of size[d] that covers the extent in n pieces
+        return tuple(min(extent[d], math.ceil(math.ceil(extent[d] / n[d]) / size[d]) * size[d]) if d in n else s
+                     for d, s in enumerate(size))
+
+    a, b = spatial
+    best = size
+    best_key = (counts[a] * counts[b], 0)
+    for na in range(1, counts[a] + 1):
+        lo, hi = 1, counts[b]  # the fewest tiles along b that fit, with na along a (fits is monotone in it)
+        if not fits(sized({a: na, b: hi}), size):
+            continue
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if fits(sized({a: na, b: mid}), size):
+                hi = mid
+            else:
+                lo = mid + 1
+        grown = sized({a: na, b: hi})
+        n = math.ceil(extent[a] / grown[a]) * math.ceil(extent[b] / grown[b])
+        key = (n, abs(grown[a] - grown[b]))  # fewest tiles, then the squarest
+        if key < best_key:
+            best, best_key = grown, key
+    return best
 
 
 def _starts(extent: int, size: int, lo: int = 0, hi: int | None = None) -> list[tuple[int, int]]:

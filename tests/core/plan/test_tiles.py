@@ -15,6 +15,7 @@ from tests.helpers.compare import assert_same_pyramid
 from tests.helpers.rasters import coarsen_reference, make_raster
 from topozarr_core import create_pyramid
 from topozarr_core.layout.paths import MISSING_GROUP
+from topozarr_core.plan.regions import write_unit
 from topozarr_core.testing import CountingStore, stored_bytes
 
 KW = dict(x_dim="lon", y_dim="lat")
@@ -178,3 +179,41 @@ def test_planning_a_100_terabyte_source_costs_tiles_not_regions():
     regions = plan.region_plan([first])
     assert 0 < sum(lp.n_regions for lp in regions.levels) < 10_000
     assert set(plan.depends()) == {t.key for t in plan.tiles}
+
+
+def _bench_like(edge: int, levels: int):
+    """The benchmark's square float32 raster (512² source chunks), planned virtually."""
+    return create_pyramid(_virtual((edge, edge), ("y", "x"), (512, 512)), levels=levels, x_dim="x", y_dim="y",
+                          crs="EPSG:3857")
+
+
+def test_what_fits_one_tile_is_one_tile_of_every_level_left():
+    """A 64 MB source is one task, and at 1 GB the levels above the first stage are one task reading
+    level 2 back: each stage more is a barrier and a read-back, and a tile task costs the runner a
+    fixed time (measured: 64 tiles in 4 stages took a 64 MB flow 10 s against 0.5 s for the core)."""
+    small = _bench_like(4096, 5).tile_plan(min_tiles=4)
+    assert [(t.levels, t.reads) for t in small.tiles] == [((0, 1, 2, 3, 4), None)]
+    plan = _bench_like(16384, 7).tile_plan(min_tiles=4)
+    last = [t for t in plan.tiles if t.stage == plan.stages[-1]]
+    assert len(plan.stages) == 2 and len(last) == 1 and last[0].levels == (3, 4, 5, 6)
+    assert last[0].window == ((0, 16384), (0, 16384)) and plan.source_bytes(last[0]) <= 256 * 2**20
+
+
+def test_tiles_grow_to_the_budget_in_whole_multiples_of_their_shards():
+    """Within ``max_tile_bytes`` a stage has the fewest tiles that keep ``min_tiles`` (not one tile per
+    shard footprint), and each tile still covers whole shards of every level it writes."""
+    pyramid = _bench_like(32768, 8)
+    budget = 256 * 2**20
+    plan = pyramid.tile_plan(max_tile_bytes=budget, min_tiles=4)
+    first = [t for t in plan.tiles if t.stage == 0]
+    total = sum(plan.source_bytes(t) for t in first)
+    assert max(plan.source_bytes(t) for t in first) <= budget
+    assert len(first) <= 2 * -(-total // budget), len(first)  # 18 tiles of 4 GB, not 36
+    for t in first:
+        for (level, name), box in plan.level_windows(t).items():
+            unit = write_unit(plan.var(name).encodings[level])
+            shape = plan.var(name).shapes[level]
+            assert all(a % u == 0 and (b % u == 0 or b == n) for (a, b), u, n in zip(box, unit, shape)), (t, level)
+    # min_tiles still holds where the stage had that many
+    many = pyramid.tile_plan(max_tile_bytes=budget, min_tiles=30)
+    assert sum(t.stage == 0 for t in many.tiles) >= 30
