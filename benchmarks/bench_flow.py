@@ -23,7 +23,8 @@ Each repeat runs every phase once in a rotating order, with ``os.sync()`` betwee
 each phase deletes its previous output first (untimed). Reported per phase: median and range of wall
 seconds, median CPU seconds of this process, the CPU the rest of the machine used meanwhile (the
 Prefect server and the Dask workers are "the rest": compare walls), the ratio to the baseline per
-repeat (median, range), task runs, and for the Dask phases the peak RSS of any worker during the phase.
+repeat (median, range), for flows the run's start to end as Prefect recorded them (the call returns
+up to 1 s later: Prefect 3.9 joins its flow heartbeat thread, which sleeps in 1 s steps), task runs, and for the Dask phases the peak RSS of any worker during the phase.
 
 Also printed, once: what the flow's tile plan reads, measured through a counting store wrapper
 (:class:`topozarr_core.testing.CountingStore`) around the source and the target while the same tiles
@@ -173,7 +174,7 @@ class Phases:
             raise RuntimeError(f"flow run ended {state.name}: {state.message}")
         run_id = str(state.state_details.flow_run_id)
         self.flow_runs.append(run_id)
-        return {"flow_run_id": run_id}
+        return {"flow_run_id": run_id, "run_seconds": recorded_seconds(run_id)}
 
     def flow(self) -> dict:
         return self._flow(target=self._fresh("flow.zarr"))
@@ -237,6 +238,17 @@ def measure(fn: Callable[[], dict]) -> dict:
     cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
     others = max(0.0, C.machine_busy_seconds() - busy0 - cpu)
     return {"seconds": seconds, "cpu": cpu, "others_cpu": others, **extra}
+
+
+def recorded_seconds(run_id: str) -> float:
+    """The flow run's start to end as Prefect recorded them: the call returns later, when Prefect 3.9's
+    flow heartbeat thread (which sleeps in 1 s steps) has been joined, so up to 1 s of a call's wall is
+    that wait and no work."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+    return (run.end_time - run.start_time).total_seconds() if run.start_time and run.end_time else float("nan")
 
 
 def count_task_runs(flow_run_ids: list[str]) -> dict[str, int]:
@@ -322,11 +334,13 @@ def report(name: str, results: dict[str, list[dict]], tasks: dict[str, int]) -> 
             ratio = f"{rs['median']:.2f}x ({rs['min']:.2f}-{rs['max']:.2f}) vs {LABEL[base]}"
         n_tasks = sorted({tasks.get(x.get("flow_run_id", ""), -1) for x in runs if "flow_run_id" in x})
         peak = [x["worker_peak_rss_mb"] for x in runs if "worker_peak_rss_mb" in x]
+        recorded = [x["run_seconds"] for x in runs if "run_seconds" in x]
         rows.append([LABEL[phase], C.fmt_num(wall["median"]), f"{C.fmt_num(wall['min'])}-{C.fmt_num(wall['max'])}",
                      ratio, C.fmt_num(cpu["median"]), C.fmt_num(others["median"]),
+                     C.fmt_num(C.summarize(recorded)["median"]) if recorded else "",
                      ",".join(map(str, n_tasks)) if n_tasks else "", f"{max(peak):.0f}" if peak else ""])
     headers = ["phase", "median s", "range s", "wall ratio (median, range)", "cpu s (this process)",
-               "others cpu-s (median)", "task runs", "worker peak RSS MB"]
+               "others cpu-s (median)", "run start-end s (median)", "task runs", "worker peak RSS MB"]
     return f"== {name}\n" + C.format_table(headers, rows)
 
 

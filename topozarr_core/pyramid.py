@@ -190,8 +190,8 @@ class Pyramid:
         :param max_tile_bytes: input bytes per tile while a stage takes in one more level; ``None``
             gives one tile per variable group covering the whole pyramid (``write``'s default).
         :param max_tiles: a hard cap on the number of tiles (larger tiles when needed).
-        :param min_tiles: a stage takes in one more level only while it keeps at least this many tiles
-            (the workers a distributed run has).
+        :param min_tiles: a stage takes in one more level, and its tiles grow toward ``max_tile_bytes``,
+            only while it keeps at least this many tiles (the workers a distributed run has).
         """
         _check_region_bytes(max_region_bytes)
         if max_tile_bytes is not None and (isinstance(max_tile_bytes, bool) or not isinstance(max_tile_bytes, int)

@@ -80,8 +80,9 @@ class BuildParams(RunParams):
     mode: Literal["w", "w-", "a"] = Field("w", description="`w` builds (replacing a pyramid this project "
                                           "wrote), `w-` only into a missing or empty target, `a` rewrites "
                                           "levels of an existing pyramid")
-    min_tiles: int = Field(4, ge=1, description="A stage of tiles takes in one more level only while it keeps "
-                           "at least this many tiles: the workers stay busy to the end of a run (about the slots "
+    min_tiles: int = Field(4, ge=1, description="A stage of tiles takes in one more level, and its tiles grow "
+                           "toward max_tile_bytes, only while it keeps at least this many tiles: the workers stay "
+                           "busy to the end of a run (about the slots "
                            "of the limit, or the workers of a cluster). Builds only: an update's tiles are cut "
                            "along the append dim")
     overwrite_foreign: bool = Field(False, description="Let mode 'w' replace a target holding data this project "

@@ -18,6 +18,12 @@ How tiles are chosen (:func:`build_tile_plan`), per group of variables sharing a
   with the next level's windows (else the levels above start a new stage);
 * it also stops where it would leave fewer than ``min_tiles`` tiles (the parallelism a distributed run
   wants at its end, when only the last stages are left);
+* its tiles then grow, in whole multiples of that tile, to the fewest that stay within
+  ``max_tile_bytes`` and keep ``min_tiles`` (near-equal along each dim): a task costs its runner a
+  fixed time, so small tiles where larger ones fit spend it for nothing;
+* once what is left fits in one tile (the whole extent within ``max_tile_bytes``), one tile builds
+  every remaining level: a whole-extent window lines up with everything, and another stage would
+  cost a barrier and a read-back for seconds of work;
 * with ``max_tiles``, tiles are merged (twice as large along the dimension with most tiles, again
   and again) until the plan has at most that many;
 * ``max_tile_bytes=None`` gives one stage of one tile per group: the whole pyramid (what

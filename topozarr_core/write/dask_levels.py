@@ -51,12 +51,13 @@ def level_arrays(src: xr.Dataset, spec: PyramidSpec, v: VarSpec) -> list[dsa.Arr
                                             prev_factor)
             return missing if keep_counts else values
 
+        # token, not name: the keys also hash the inputs, so two pyramids' levels in one graph never collide
         level = dsa.map_blocks(reduce, *inputs, dtype=np.dtype(v.out_dtype), chunks=out_chunks,
-                               name=f"topozarr-{v.name}-level{lvl}")
+                               token=f"topozarr-{v.name}-level{lvl}")
         levels.append(level)
         if v.track_missing and lvl < len(spec.factors) - 1:
             counts = dsa.map_blocks(reduce, *inputs, keep_counts=True, dtype=np.dtype(missing_dtype(spec.factors[lvl])),
-                                    chunks=out_chunks, name=f"topozarr-{v.name}-missing{lvl}")
+                                    chunks=out_chunks, token=f"topozarr-{v.name}-missing{lvl}")
     return levels
 
 

@@ -154,3 +154,19 @@ def test_the_seed_lines_read_the_source_once(tmp_path):
     assert size <= source.counts.bytes["air"] <= 1.02 * size, (source.counts.bytes["air"], size)
     pyramid.write(tmp_path / "core.zarr")
     _assert_same_levels(pyramid, tmp_path / "dask.zarr", tmp_path / "core.zarr", "air")
+
+
+def test_two_pyramids_in_one_graph_keep_their_own_levels():
+    """Two sources of one shape give lazy levels with different keys: computed in one graph, each
+    level holds its own source's values (fixed key names made the second pyramid's level 1 the first's)."""
+    import dask
+
+    a = make_raster(ny=256, nx=256, seed=1).chunk({"lat": 128, "lon": 128})
+    b = make_raster(ny=256, nx=256, seed=2).chunk({"lat": 128, "lon": 128})
+    kw = dict(levels=2, x_dim="lon", y_dim="lat", crs="EPSG:4326", chunks_per_shard=1)
+    ta, tb = create_pyramid(a, **kw).as_datatree(), create_pyramid(b, **kw).as_datatree()
+    la, lb = ta["1"].ds.air.data, tb["1"].ds.air.data
+    assert la.name != lb.name
+    got_a, got_b = dask.compute(la, lb, scheduler="sync")
+    np.testing.assert_allclose(got_a, coarsen_reference(a.compute(), "air", 2, "mean"), rtol=1e-6)
+    np.testing.assert_allclose(got_b, coarsen_reference(b.compute(), "air", 2, "mean"), rtol=1e-6)
