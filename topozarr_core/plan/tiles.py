@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -340,7 +341,8 @@ def _stages(group: list[VarSpec], levels: list[int], factors: tuple[int, ...], y
     return stages
 
 
-def _spread(size: tuple[int, ...], extent: tuple[int, ...], spatial: tuple[int, int], fits) -> tuple[int, ...]:
+def _spread(size: tuple[int, ...], extent: tuple[int, ...], spatial: tuple[int, int],
+            fits: Callable[[tuple[int, ...], tuple[int, ...] | None], bool]) -> tuple[int, ...]:
     """The stage's tile grown along the spatial dims to the fewest tiles that ``fits`` allows (whole
     multiples of ``size``, so every shard stays in one tile), each dim cut into near-equal tiles.
 
