@@ -24,7 +24,8 @@ each phase deletes its previous output first (untimed). Reported per phase: medi
 seconds, median CPU seconds of this process, the CPU the rest of the machine used meanwhile (the
 Prefect server and the Dask workers are "the rest": compare walls), the ratio to the baseline per
 repeat (median, range), for flows the run's start to end as Prefect recorded them (the call returns
-up to 1 s later: Prefect 3.9 joins its flow heartbeat thread, which sleeps in 1 s steps), task runs, and for the Dask phases the peak RSS of any worker during the phase.
+up to 1 s later: Prefect 3.9 joins its flow heartbeat thread, which sleeps in 1 s steps), task runs,
+and for the Dask phases the peak RSS of any worker during the phase.
 
 Also printed, once: what the flow's tile plan reads, measured through a counting store wrapper
 (:class:`topozarr_core.testing.CountingStore`) around the source and the target while the same tiles
