@@ -41,8 +41,9 @@ demo: $(STAMP)
 
 # The test tiers (tests/README.md): core, contract, flows, e2e, browser, repo.
 # `make test` is what CI runs: the core tier in the core-only venv (make test-core), then every other
-# tier in the full venv. tests/core runs once, there; its one test that needs dask.distributed (the
-# [dask] extra: tests/core/write/test_dask_path.py) runs in the full venv.
+# tier in the full venv. tests/core runs once, there, but for tests/core/write/test_dask_path.py: its
+# tests of the lazy levels' graph need plain dask (a core dependency) and run in both venvs; its tests on
+# a LocalCluster need dask.distributed (the [dask] extra), so they skip in the core venv and run in the full one.
 # The longest modules first (the e2e stack, the browser), so that the other worker is not left idle at the end.
 test: test-core $(STAMP) $(PAGE_IF_NPM)
 	$(BIN)/python -m pytest $(XDIST) --dist loadscope tests/e2e tests/browser tests/flows tests/contract \
@@ -65,7 +66,7 @@ test-core: $(CORE_STAMP)
 	@if env -u PYTHONPATH $(CORE_VENV)/bin/python -c "import prefect" 2>/dev/null; then \
 		echo "$(CORE_VENV) must not have prefect: the core installs without the orchestration stack"; exit 1; fi
 	cd tests && env -u PYTHONPATH ../$(CORE_VENV)/bin/python -c "import topozarr_core; assert 'site-packages' in topozarr_core.__file__"
-	env -u PYTHONPATH $(CORE_VENV)/bin/python -m pytest $(XDIST) --dist load tests/core --ignore=tests/core/write/test_dask_path.py $(PYTEST_ARGS)
+	env -u PYTHONPATH $(CORE_VENV)/bin/python -m pytest $(XDIST) --dist load tests/core $(PYTEST_ARGS)
 
 # ruff's checks (pyproject.toml [tool.ruff]); the formatter is not applied to the whole code base.
 $(VENV)/.dev-installed: $(STAMP)

@@ -10,7 +10,11 @@ Phases (each compared with its baseline of the same repeat):
 * ``flow dask``       the flow with ``DaskTaskRunner`` on a ``LocalCluster`` of ``--workers`` worker
   processes x 1 thread: its tile tasks run in those processes;
 * ``seed dask``       the seed's two lines, ``pyramid.as_datatree().to_zarr(<target>, zarr_format=3,
-  consolidated=False, encoding=pyramid.encoding)``, on that cluster.
+  consolidated=False, encoding=pyramid.encoding)``, on that cluster, the source opened with its own
+  dask chunks (``chunks={}``);
+* ``seed dask lazy``  the same with the source opened lazily (``chunks=None``): a task reads a tile's window;
+* ``seed dask zarrs`` the same, lazy, with zarr's codec pipeline set to zarrs in the client (the arrays
+  xarray opens carry it to the workers): what ``Pyramid.write`` uses on local targets.
 
 The source is a synthetic float32 raster (``--size`` squared: 16384 is 1 GB, 32768 4 GB) written once as a
 Zarr with ``--source-chunk`` chunks (cached under ``--cache-dir`` for local runs) and opened lazily. With
@@ -62,9 +66,11 @@ import _common as C  # noqa: E402
 
 CRS = "EPSG:3857"
 DEFAULT_CACHE = Path(os.environ.get("TOPOZARR_BENCH_CACHE", Path(tempfile.gettempdir()) / "topozarr-bench-cache"))
-BASELINE = {"flow": "core", "flow_icechunk": "core_icechunk", "flow_dask": "core", "seed_dask": "core"}
+BASELINE = {"flow": "core", "flow_icechunk": "core_icechunk", "flow_dask": "core", "seed_dask": "core",
+            "seed_dask_lazy": "core", "seed_dask_zarrs": "core"}
 LABEL = {"core": "core (Pyramid.write)", "flow": "flow, threads", "core_icechunk": "core icechunk + commit",
-         "flow_icechunk": "flow icechunk", "flow_dask": "flow, DaskTaskRunner", "seed_dask": "seed's Dask lines"}
+         "flow_icechunk": "flow icechunk", "flow_dask": "flow, DaskTaskRunner", "seed_dask": "seed's Dask lines",
+         "seed_dask_lazy": "seed's lines, lazy source", "seed_dask_zarrs": "seed's lines, lazy, zarrs"}
 
 
 def _isolate_prefect(tmp: Path) -> None:
@@ -191,13 +197,27 @@ class Phases:
                              target=self._fresh("flow-dask.zarr"))
         return {**out, **peak}
 
-    def seed_dask(self) -> dict:
-        pyramid = self.pyramid(chunks={})  # the source's own dask chunks
+    def _seed(self, chunks: Any) -> dict:
+        pyramid = self.pyramid(chunks=chunks)
         target = self._fresh("seed.zarr")
         with self.worker_peak() as peak, self.cluster().as_current():
             pyramid.as_datatree().to_zarr(self.where.store("seed.zarr") if self.where.s3 else target,
                                           zarr_format=3, consolidated=False, encoding=pyramid.encoding)
         return dict(peak)
+
+    def seed_dask(self) -> dict:
+        return self._seed(chunks={})  # the source's own dask chunks
+
+    def seed_dask_lazy(self) -> dict:
+        return self._seed(chunks=None)  # opened lazily: a task reads a tile's window
+
+    def seed_dask_zarrs(self) -> dict:
+        import zarr
+        import zarrs  # noqa: F401  # registers the pipeline
+
+        # what a user enables in the client: the arrays xarray opens carry the pipeline to the workers
+        with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
+            return self._seed(chunks=None)
 
     def cluster(self):
         """One LocalCluster of worker processes for the whole run (its start is not timed)."""
@@ -384,8 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         src, tiny = where.upload(local, "src.zarr"), where.upload(tiny_local, "tiny.zarr")
         tile_bytes = None if args.tile_mb is None else args.tile_mb * 2**20
         order = [p for p in LABEL if p not in args.skip and (args.only is None or p in args.only)]
-        if s3:
-            order = [p for p in order if "icechunk" not in p]  # the Icechunk phases write locally
+        if s3:  # the Icechunk phases write locally; zarrs is for local targets (as io="auto" decides)
+            order = [p for p in order if "icechunk" not in p and "zarrs" not in p]
         t0 = time.perf_counter()
         with prefect_test_harness():
             print(f"Prefect server start (not counted): {time.perf_counter() - t0:.2f} s", flush=True)

@@ -17,7 +17,7 @@ from topozarr_core.layout.conventions import (
     stored_attributes,
 )
 from topozarr_core.layout.level_dataset import gridded_encoding, level_dataset, template_data
-from topozarr_core.plan.regions import RegionPlan, build_region_plan, write_unit
+from topozarr_core.plan.regions import RegionPlan, build_region_plan
 from topozarr_core.plan.tiles import DEFAULT_TILE_BYTES, TilePlan, build_tile_plan
 from topozarr_core.publish.root_doc import OPTIONS_KEY, creation_options
 from topozarr_core.publish.steps import publish_root
@@ -41,6 +41,11 @@ DEFAULT_MAX_REGION_BYTES = 256 * 1024 * 1024
 #: Auto keep_levels_in_memory when the level cache (LevelCache.nbytes_needed: a few blocks per
 #: precomputed level, unaligned levels whole) needs less than this share of available RAM.
 KEEP_IN_MEMORY_RAM_FRACTION = 0.25
+#: ``as_datatree``'s dask blocks: the tiles of ``tile_plan(max_tile_bytes=DASK_TILE_BYTES, min_tiles=DASK_MIN_TILES)``
+#: (a few tasks per tile, not per shard: a 1 GB pyramid was 5,000 tasks of 1 MiB, and a task costs the
+#: Dask scheduler about a millisecond); 128 MiB is Dask's own default chunk size
+DASK_TILE_BYTES = 128 * 2**20
+DASK_MIN_TILES = 4
 
 IO = Literal["auto", "python", "rust"]
 
@@ -197,6 +202,8 @@ class Pyramid:
         if max_tile_bytes is not None and (isinstance(max_tile_bytes, bool) or not isinstance(max_tile_bytes, int)
                                            or max_tile_bytes <= 0):
             raise ValueError(f"max_tile_bytes must be a positive int or None, got {max_tile_bytes!r}")
+        if isinstance(min_tiles, bool) or not isinstance(min_tiles, int) or min_tiles < 1:
+            raise ValueError(f"min_tiles must be a positive int, got {min_tiles!r}")
         return build_tile_plan(
             **self.spec.layout(),
             max_region_bytes=max_region_bytes,
@@ -328,24 +335,32 @@ class Pyramid:
         return need <= psutil.virtual_memory().available * KEEP_IN_MEMORY_RAM_FRACTION
 
     # -- lazy / Dask path ----------------------------------------------------------------------
-    def as_datatree(self) -> xr.DataTree:
+    def as_datatree(self, *, max_tile_bytes: int = DASK_TILE_BYTES, min_tiles: int = DASK_MIN_TILES) -> xr.DataTree:
         """A lazy DataTree of every level, for Dask-distributed writes: write it with
         ``dt.to_zarr(store, zarr_format=3, consolidated=False, encoding=pyramid.encoding)``.
 
-        Each level is built from the level before (:mod:`topozarr_core.write.dask_levels`), with the kernels of :meth:`write`, so
-        the values are :meth:`write`'s, bit for bit, and ``DataTree.to_zarr`` (one dask computation for
-        every level) reads the source once. Each level's dask chunks are its shards (the unit
-        ``encoding`` writes), so no two dask tasks write into one shard, whatever the source's own
-        chunks. A lazily opened (not dask) source is chunked by level-0 shards: each task reads one
-        shard's window.
-        """
-        from topozarr_core.write.dask_levels import level_arrays
+        Each level is built from the level before (:mod:`topozarr_core.write.dask_levels`), with the
+        kernels of :meth:`write`, so the values are :meth:`write`'s, bit for bit, and ``DataTree.to_zarr``
+        (one dask computation for every level) reads the source once. The dask blocks are the tiles of
+        :meth:`tile_plan`: each covers whole shards of its levels (the unit ``encoding`` writes), so no
+        two dask tasks write into one shard whatever the source's own chunks, and the graph has a few
+        tasks per tile rather than per shard. A lazily opened (not dask) source is chunked by the
+        first stage's tiles: each task reads one tile's window.
 
+        :param max_tile_bytes: input bytes of one tile, the largest block a dask task holds (keyword
+            only; topozarr has no such parameter).
+        :param min_tiles: a stage takes in one more level only while it keeps at least this many tiles
+            (the parallelism a cluster keeps to the end).
+        """
+        from topozarr_core.write.dask_levels import level_arrays, stage_chunks
+
+        plan = self.tile_plan(max_tile_bytes=max_tile_bytes, min_tiles=min_tiles)
         src = self.ds.copy()
         for v in self.spec.variables:
-            if src[v.name].chunks is None:
-                src[v.name] = src[v.name].chunk(dict(zip(v.dims, write_unit(v.encodings[0]))))
-        arrays = {v.name: level_arrays(src, self.spec, v) for v in self.spec.variables}
+            if src[v.name].chunks is None:  # one task reads a first-stage tile's window
+                tiles = [t for t in plan.tiles if t.stage == 0 and v.name in t.variables]
+                src[v.name] = src[v.name].chunk(dict(zip(v.dims, stage_chunks(plan, v, tiles, 0))))
+        arrays = {v.name: level_arrays(src, self.spec, v, plan) for v in self.spec.variables}
         # the root carries the ownership marker (``topozarr:options``), as ``write`` publishes it: a later
         # ``mode="w"`` rebuild or ``update_pyramid`` knows the tree as a pyramid of ours
         tree: dict[str, xr.Dataset] = {"/": xr.Dataset(attrs=self.root_attributes())}

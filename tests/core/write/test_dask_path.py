@@ -1,6 +1,7 @@
 """The seed's Dask path: ``pyramid.as_datatree().to_zarr(..., encoding=pyramid.encoding)`` on a real
 ``dask.distributed`` LocalCluster (worker processes), on a dask-chunked and on a lazily opened source,
-compared with ``Pyramid.write`` and with ``xarray.coarsen`` of the source."""
+compared with ``Pyramid.write`` and with ``xarray.coarsen`` of the source; and the lazy levels' graph
+(blocks per tile, keys), which plain dask shows."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from tests.helpers.rasters import coarsen_reference, make_raster
 from tests.helpers.schemas import validate_conventions
 from topozarr_core import create_pyramid
 
-distributed = pytest.importorskip("dask.distributed")
-
 
 @pytest.fixture(scope="module")
 def cluster_client():
-    """Two worker processes of one thread: tasks and their results really cross process boundaries."""
+    """Two worker processes of one thread: tasks and their results really cross process boundaries.
+    Only these tests need ``dask.distributed`` (the full venv); the others run on plain dask, which the
+    core depends on."""
+    distributed = pytest.importorskip("dask.distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with distributed.Client(cluster) as client:
             yield client
@@ -170,3 +172,54 @@ def test_two_pyramids_in_one_graph_keep_their_own_levels():
     got_a, got_b = dask.compute(la, lb, scheduler="sync")
     np.testing.assert_allclose(got_a, coarsen_reference(a.compute(), "air", 2, "mean"), rtol=1e-6)
     np.testing.assert_allclose(got_b, coarsen_reference(b.compute(), "air", 2, "mean"), rtol=1e-6)
+
+
+def _tile_grid(plan, name: str, stage: int) -> tuple[int, ...]:
+    tiles = [t for t in plan.tiles if t.stage == stage and name in t.variables]
+    return tuple(len({t.window[d] for t in tiles}) for d in range(len(tiles[0].window)))
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["dask-chunked", "lazily-opened"])
+def test_tiles_as_dask_blocks_on_the_cluster(tmp_path, cluster_client, lazy):
+    """With small tiles (several stages of several tiles, odd edges, a time dim, missing data and a
+    second variable), each level's dask blocks are its stage's tiles, and the seed's lines on worker
+    processes write what ``Pyramid.write`` writes, bit for bit."""
+    ds = make_raster(1000, 1530, nt=2, nan_fraction=0.05, seed=7)
+    ds["wind"] = (ds["air"] * 0.5).astype("float64")
+    import dask
+
+    with dask.config.set(scheduler="threads"):  # the source is written here, not shipped to the cluster
+        path = _source(tmp_path, ds, {"time": 1, "lat": 100, "lon": 90})
+    src = xr.open_zarr(path, consolidated=False, chunks=None if lazy else {})
+    pyramid = create_pyramid(src, levels=5, x_dim="lon", y_dim="lat", crs="EPSG:4326", chunks_per_shard=1)
+    kw = dict(max_tile_bytes=400_000, min_tiles=2)
+    plan = pyramid.tile_plan(**kw)
+    assert len(plan.stages) >= 2 and len([t for t in plan.tiles if t.stage == 0]) > 4, plan.summary()
+    dt = pyramid.as_datatree(**kw)
+    _assert_chunks_fit_encoding(pyramid, dt)
+    for name in ("air", "wind"):
+        for tile in (t for t in plan.tiles if name in t.variables):
+            for lvl in tile.levels:  # a level's blocks: the tiles of the stage that writes it
+                assert dt[str(lvl)].ds[name].data.numblocks == _tile_grid(plan, name, tile.stage), (name, lvl)
+    dask_target, core_target = tmp_path / "dask.zarr", tmp_path / "core.zarr"
+    with cluster_client.as_current():
+        dt.to_zarr(dask_target, zarr_format=3, consolidated=False, encoding=pyramid.encoding)
+    pyramid.write(core_target)
+    for name in ("air", "wind"):
+        _assert_same_levels(pyramid, dask_target, core_target, name)
+
+
+def test_a_task_per_tile_not_per_shard():
+    """A 1024 x 1536 source in 128-pixel chunks fits one tile: every level is one dask block, written
+    by one task (it was one block per shard: 6 at level 0, 1 task per 1 MiB at scale)."""
+    src = make_raster(1024, 1536, seed=8).chunk({"lat": 128, "lon": 128})
+    pyramid = create_pyramid(src, levels=4, x_dim="lon", y_dim="lat", crs="EPSG:4326")
+    shards = pyramid.encoding["/0"]["air"]["shards"]
+    assert -(-1024 // shards[0]) * -(-1536 // shards[1]) > 1
+    dt = pyramid.as_datatree()
+    for level in range(pyramid.levels):
+        assert dt[str(level)].ds["air"].data.numblocks == (1, 1), level
+    with pytest.raises(ValueError, match="min_tiles must be a positive int"):
+        pyramid.as_datatree(min_tiles=0)
+    with pytest.raises(ValueError, match="max_tile_bytes must be a positive int"):
+        pyramid.as_datatree(max_tile_bytes=-1)
