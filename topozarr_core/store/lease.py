@@ -15,8 +15,11 @@ Stale-lease rule (documented in docs/guarantees.md): a lease is stale, and taken
   to this one, does not keep a dead writer's lease alive), or
 * it names the same ``owner`` (a retry of the same flow run reclaims its own lease).
 
-The takeover replaces the lease only if it is still the stale one read (a conditional PUT on
-object storage; compare-then-replace on local disk).
+Every change of an existing lease (a renewal, a takeover) replaces it only if it is still the one
+read, so a writer never overwrites a lease it did not write: on object storage a conditional PUT
+(``If-Match`` the ETag read); on local disk compare-then-write while holding an exclusive ``flock`` on
+the target directory, which every writer on the host takes for its lease changes. Where neither exists
+(an object store without conditional updates; a platform without ``flock``) it is compare-then-write.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -39,6 +43,11 @@ from zarr.storage import LocalStore, ObjectStore
 
 from topozarr_core.store.errors import TargetError
 from topozarr_core.store.targets import check_writable
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: lease changes there are compare-then-write
+    fcntl = None  # type: ignore[assignment]
 
 LEASE_KEY = "topozarr.lease.json"
 DEFAULT_TTL = float(os.environ.get("TOPOZARR_LEASE_TTL", "120"))
@@ -85,16 +94,82 @@ def _encode(doc: dict):
     return default_buffer_prototype().buffer.from_bytes(json.dumps(doc, sort_keys=True).encode())
 
 
+def _parse(data: bytes) -> dict:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def _read(store: Any) -> tuple[dict | None, bytes | None]:
     raw = sync(store.get(LEASE_KEY, prototype=default_buffer_prototype()))
     if raw is None:
         return None, None
     data = raw.to_bytes()
+    return _parse(data), data
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """The lease as read: its document, its bytes and (object storage) the version to update it from."""
+
+    doc: dict | None
+    raw: bytes | None
+    version: dict[str, str] | None = None
+
+
+def _read_seen(store: Any) -> _Seen:
+    """The lease with what a conditional replacement needs (the ETag, and the version on a versioned bucket)."""
+    if isinstance(store, ObjectStore):
+        import obstore
+
+        try:
+            got = obstore.get(store.store, LEASE_KEY)
+        except obstore.exceptions.NotFoundError:
+            return _Seen(None, None)
+        data = bytes(got.bytes())
+        version = {k: got.meta[k] for k in ("e_tag", "version") if got.meta.get(k)}
+        return _Seen(_parse(data), data, version or None)
+    doc, raw = _read(store)
+    return _Seen(doc, raw)
+
+
+@contextmanager
+def _turn(store: Any) -> Iterator[None]:
+    """On a local target, one lease change at a time on this host: an exclusive ``flock`` on the target
+    directory (released when its descriptor closes, also when the process is killed)."""
+    if fcntl is None or not isinstance(store, LocalStore):
+        yield
+        return
+    root = Path(store.root)
+    root.mkdir(parents=True, exist_ok=True)  # a write's first write is its lease
+    fd = os.open(root, os.O_RDONLY)
     try:
-        doc = json.loads(data)
-    except ValueError:
-        doc = {}
-    return (doc if isinstance(doc, dict) else {}), data
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _replace(store: Any, seen: _Seen, doc: dict) -> bool:
+    """Write ``doc`` as the lease only if the lease is still ``seen``; True when written."""
+    data = _encode(doc)
+    if isinstance(store, ObjectStore) and seen.version is not None:
+        import obstore
+
+        try:
+            obstore.put(store.store, LEASE_KEY, data.to_bytes(), mode=seen.version)
+            return True
+        except obstore.exceptions.PreconditionError:
+            return False
+        except (NotImplementedError, obstore.exceptions.NotSupportedError):
+            pass  # a store without conditional updates (obstore's local filesystem): compare, then write
+    with _turn(store):
+        if _read(store)[1] != seen.raw:
+            return False
+        sync(store.set(LEASE_KEY, data))
+        return True
 
 
 def stale_reason(doc: dict, owner: str, now: float | None = None) -> str | None:
@@ -130,12 +205,16 @@ class Lease:
     lost: str | None = None
 
     def renew(self) -> None:
-        """Extend the lease by ``ttl`` seconds; :class:`LeaseLost` (recorded in ``lost``) when it is no longer ours."""
-        doc, _ = _read(self.store)
-        if doc is None or doc.get("token") != self.token:
-            self.lost = f"the lease on the target was taken over by {_holder(doc)}"
+        """Extend the lease by ``ttl`` seconds; :class:`LeaseLost` (recorded in ``lost``) when it is no longer
+        ours. The renewal replaces the lease only if it is still the one read: a writer that took it over in
+        between keeps it."""
+        seen = _read_seen(self.store)
+        doc = seen.doc
+        if doc is None or doc.get("token") != self.token or not _replace(
+                self.store, seen, {**doc, "expires": time.time() + self.ttl, **_process()}):
+            now = _read(self.store)[0] if doc is not None and doc.get("token") == self.token else doc
+            self.lost = f"the lease on the target was taken over by {_holder(now)}"
             raise LeaseLost(self.lost)
-        sync(self.store.set(LEASE_KEY, _encode({**doc, "expires": time.time() + self.ttl, **_process()})))
 
     def keep(self) -> Lease:
         """Renew every ``ttl / 4`` seconds in a daemon thread (a killed process simply stops renewing)."""
@@ -163,9 +242,10 @@ class Lease:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
-        doc, _ = _read(self.store)
-        if doc is not None and doc.get("token") == self.token:
-            sync(self.store.delete(LEASE_KEY))
+        with _turn(self.store):
+            doc, _ = _read(self.store)
+            if doc is not None and doc.get("token") == self.token:
+                sync(self.store.delete(LEASE_KEY))
 
     def __enter__(self) -> Lease:
         return self.keep()
@@ -200,7 +280,8 @@ def acquire(store: Any, owner: str | None = None, ttl: float = DEFAULT_TTL) -> L
             sync(store.set_if_not_exists(LEASE_KEY, _encode(_doc(owner, token, ttl))))
         except FileExistsError:  # some stores signal a present key this way
             pass
-        doc, raw = _read(store)
+        seen = _read_seen(store)
+        doc = seen.doc
         if doc is not None and doc.get("token") == token:
             return Lease(store, owner, token, ttl)
         if doc is None:
@@ -209,14 +290,8 @@ def acquire(store: Any, owner: str | None = None, ttl: float = DEFAULT_TTL) -> L
         if reason is None:
             raise TargetBusy(f"the target is being written by {_holder(doc)}; wait for that run to finish "
                              f"(a lease of a dead run is taken over when it expires, or at once on the same host)")
-        _remove_if_unchanged(store, raw)
+        _replace(store, seen, _doc(owner, token, ttl))  # the takeover: only if still the stale lease read
     raise TargetBusy("could not take the target's lease: other writers keep taking it")
-
-
-def _remove_if_unchanged(store: Any, raw: bytes | None) -> None:
-    _, now = _read(store)
-    if now == raw:
-        sync(store.delete(LEASE_KEY))
 
 
 @contextmanager
