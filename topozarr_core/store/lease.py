@@ -139,11 +139,10 @@ def _read_seen(store: Any) -> _Seen:
 def _turn(store: Any) -> Iterator[None]:
     """On a local target, one lease change at a time on this host: an exclusive ``flock`` on the target
     directory (released when its descriptor closes, also when the process is killed)."""
-    if fcntl is None or not isinstance(store, LocalStore):
+    root = Path(store.root) if isinstance(store, LocalStore) else None
+    if fcntl is None or root is None or not root.is_dir():  # no directory: no lease in it to change
         yield
         return
-    root = Path(store.root)
-    root.mkdir(parents=True, exist_ok=True)  # a write's first write is its lease
     fd = os.open(root, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
