@@ -352,14 +352,13 @@ class Pyramid:
         :param min_tiles: a stage takes in one more level only while it keeps at least this many tiles
             (the parallelism a cluster keeps to the end).
         """
-        from topozarr_core.write.dask_levels import level_arrays, stage_chunks
+        from topozarr_core.write.dask_levels import level_arrays, stage_chunks, stage_tiles
 
         plan = self.tile_plan(max_tile_bytes=max_tile_bytes, min_tiles=min_tiles)
         src = self.ds.copy()
         for v in self.spec.variables:
             if src[v.name].chunks is None:  # one task reads a first-stage tile's window
-                tiles = [t for t in plan.tiles if t.stage == 0 and v.name in t.variables]
-                src[v.name] = src[v.name].chunk(dict(zip(v.dims, stage_chunks(plan, v, tiles, 0))))
+                src[v.name] = src[v.name].chunk(dict(zip(v.dims, stage_chunks(plan, v, stage_tiles(plan, v, 0), 0))))
         arrays = {v.name: level_arrays(src, self.spec, v, plan) for v in self.spec.variables}
         # the root carries the ownership marker (``topozarr:options``), as ``write`` publishes it: a later
         # ``mode="w"`` rebuild or ``update_pyramid`` knows the tree as a pyramid of ours

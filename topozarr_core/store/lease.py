@@ -208,12 +208,12 @@ class Lease:
         ours. The renewal replaces the lease only if it is still the one read: a writer that took it over in
         between keeps it."""
         seen = _read_seen(self.store)
-        doc = seen.doc
-        if doc is None or doc.get("token") != self.token or not _replace(
-                self.store, seen, {**doc, "expires": time.time() + self.ttl, **_process()}):
-            now = _read(self.store)[0] if doc is not None and doc.get("token") == self.token else doc
-            self.lost = f"the lease on the target was taken over by {_holder(now)}"
-            raise LeaseLost(self.lost)
+        ours = seen.doc is not None and seen.doc.get("token") == self.token
+        if ours and _replace(self.store, seen, {**seen.doc, "expires": time.time() + self.ttl, **_process()}):
+            return
+        taker = _read(self.store)[0] if ours else seen.doc  # (ours when read: taken over since)
+        self.lost = f"the lease on the target was taken over by {_holder(taker)}"
+        raise LeaseLost(self.lost)
 
     def keep(self) -> Lease:
         """Renew every ``ttl / 4`` seconds in a daemon thread (a killed process simply stops renewing)."""

@@ -45,6 +45,16 @@ def _values(v: VarSpec, axes: tuple[int, int], step: int, prev_factor: int, *blo
     return _reduce(v, axes, step, prev_factor, *blocks)[0]
 
 
+def stage_tiles(plan: TilePlan, v: VarSpec, stage: int) -> list[Tile]:
+    """The tiles of ``stage`` that hold variable ``v`` (a grid over its dims).
+
+    :param plan: the tile plan.
+    :param v: the variable.
+    :param stage: the stage number.
+    """
+    return [t for t in plan.tiles if t.stage == stage and v.name in t.variables]
+
+
 def stage_chunks(plan: TilePlan, v: VarSpec, tiles: Sequence[Tile], level: int) -> Chunks:
     """The dask chunks of ``level`` of variable ``v`` that one stage's ``tiles`` cut it into: per dim,
     the sizes of the tiles' windows at that level (the tiles of a stage form a grid).
@@ -83,7 +93,7 @@ def level_arrays(src: xr.Dataset, spec: PyramidSpec, v: VarSpec, plan: TilePlan)
     counts: dict[int, dsa.Array] = {}
     last = len(spec.factors) - 1
     for stage in plan.stages:
-        tiles = [t for t in plan.tiles if t.stage == stage and v.name in t.variables]
+        tiles = stage_tiles(plan, v, stage)
         if not tiles:
             continue
         first = tiles[0]
@@ -119,4 +129,4 @@ def level_arrays(src: xr.Dataset, spec: PyramidSpec, v: VarSpec, plan: TilePlan)
     return [levels[lvl] for lvl in range(len(spec.factors))]
 
 
-__all__ = ["level_arrays", "stage_chunks"]
+__all__ = ["level_arrays", "stage_chunks", "stage_tiles"]
