@@ -81,3 +81,32 @@ def test_renewals_and_takeovers_without_a_race(store):
         lease.renew()
     other.release()
     assert holder(store) is None
+
+
+def test_lease_changes_on_local_disk_wait_for_another_writers_turn(tmp_path):
+    """Another process holding the target directory's ``flock`` (as a writer does while it changes the
+    lease) holds back our renewal until it lets go: a read, a compare and a write are one step."""
+    import subprocess
+    import sys
+    import threading
+
+    store = zarr.storage.LocalStore(str(tmp_path / "target.zarr"))
+    lease = acquire(store, owner="run-a")
+    before = holder(store)["expires"]
+    holder_proc = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()", str(tmp_path / "target.zarr")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder_proc.stdout.readline().strip() == "held"
+        renewal = threading.Thread(target=lease.renew)
+        renewal.start()
+        renewal.join(0.5)
+        assert renewal.is_alive() and holder(store)["expires"] == before  # waiting for its turn
+    finally:
+        holder_proc.stdin.close()
+        holder_proc.wait(10)
+    renewal.join(10)
+    assert not renewal.is_alive() and holder(store)["expires"] > before
+    lease.release()
+    assert holder(store) is None
