@@ -167,19 +167,23 @@ class TilePlan:
         object.__setattr__(self, "_depends", out)
         return out
 
+    def window_at(self, window: Box, v: VarSpec, level: int) -> Box:
+        """A tile window (spatial dims in level-0 pixels) of variable ``v`` in ``level``'s index space: a
+        window that reaches the level-0 edge reaches the level's edge.
+
+        :param window: the window, per dim of ``v``.
+        :param v: the variable.
+        :param level: the level.
+        """
+        yi, xi = v.axes(self.y_dim, self.x_dim)
+        f, n0 = self.factors[level], v.shapes[0]
+        return tuple((a // f, (b // f if b < n0[d] else v.shapes[level][d])) if d in (yi, xi) else (a, b)
+                     for d, (a, b) in enumerate(window))
+
     def level_windows(self, tile: Tile) -> dict[tuple[int, str], Box]:
         """The tile's window at each level it writes, per variable, in that level's index space."""
-        out = {}
-        for name in tile.variables:
-            v = self.var(name)
-            yi, xi = v.axes(self.y_dim, self.x_dim)
-            n0 = v.shapes[0]
-            for lvl in tile.levels:
-                f = self.factors[lvl]
-                out[(lvl, name)] = tuple(
-                    (a // f, (b // f if b < n0[d] else v.shapes[lvl][d])) if d in (yi, xi) else (a, b)
-                    for d, (a, b) in enumerate(tile.window))
-        return out
+        return {(lvl, name): self.window_at(tile.window, self.var(name), lvl)
+                for name in tile.variables for lvl in tile.levels}
 
     def region_plan(self, tiles: list[Tile] | tuple[Tile, ...]) -> RegionPlan:
         """The regions of ``tiles`` (one tile for a task; a whole stage for an in-process executor),

@@ -64,16 +64,8 @@ def stage_chunks(plan: TilePlan, v: VarSpec, tiles: Sequence[Tile], level: int) 
     :param tiles: the tiles of one stage that hold ``v``.
     :param level: a level the stage reads or writes.
     """
-    yi, xi = v.axes(plan.y_dim, plan.x_dim)
-    f, n0, shape = plan.factors[level], v.shapes[0], v.shapes[level]
-    out = []
-    for d in range(len(v.dims)):
-        cuts = sorted({t.window[d] for t in tiles})
-        if d in (yi, xi):
-            out.append(tuple((b // f if b < n0[d] else shape[d]) - a // f for a, b in cuts))
-        else:
-            out.append(tuple(b - a for a, b in cuts))
-    return tuple(out)
+    windows = [plan.window_at(t.window, v, level) for t in tiles]
+    return tuple(tuple(b - a for a, b in sorted({w[d] for w in windows})) for d in range(len(v.dims)))
 
 
 def level_arrays(src: xr.Dataset, spec: PyramidSpec, v: VarSpec, plan: TilePlan) -> list[dsa.Array]:
