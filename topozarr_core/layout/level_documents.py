@@ -26,7 +26,7 @@ from zarr.core.group import GroupMetadata
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from topozarr_core.layout.conventions import level_attributes, stored_attributes
-from topozarr_core.layout.level_dataset import axis_centres, level_dataset, template_data
+from topozarr_core.layout.level_dataset import axis_centres, level_dataset, staging_data
 from topozarr_core.layout.paths import (
     MISSING_GROUP,
     is_missing_array_key,
@@ -81,14 +81,14 @@ class LevelDocuments:
 
 
 def build_level(ds: xr.Dataset, spec: PyramidSpec, level: int) -> dict[str, Buffer]:
-    """The level's keys as xarray writes them (template data, ``compute=False``).
+    """The level's keys as xarray writes them (placeholder data in one block, ``compute=False``).
 
     :param ds: the source dataset.
     :param spec: the pyramid's spec.
     :param level: the level index.
     """
     store = zarr.storage.MemoryStore()
-    tmpl, encoding = level_dataset(ds, spec, level, template_data)
+    tmpl, encoding = level_dataset(ds, spec, level, staging_data)
     tmpl.to_zarr(store, group=str(level), mode="w", compute=False, zarr_format=3, consolidated=False,
                  encoding=encoding)
     return dict(store._store_dict)

@@ -95,6 +95,36 @@ def test_derived_levels_equal_xarray_levels(case, monkeypatch):
     assert len(built) == len(dtypes)
 
 
+STAGING_CASES = {**CASES, "many shards": (lambda: make_raster(512, 640, nan_fraction=0.05),
+                                           dict(levels=4, chunks_per_shard=2))}
+
+
+@pytest.mark.parametrize("case", list(STAGING_CASES))
+def test_staging_in_one_block_writes_what_the_write_unit_template_writes(case):
+    """Staging builds a level from a one-block placeholder (its dask graph is one task, not one per
+    shard); xarray must write the same documents and coordinate chunks as for the level's template
+    chunked by the write unit (``Pyramid.level_templates``)."""
+    import zarr
+
+    from topozarr_core.layout.level_dataset import level_dataset, template_data
+
+    make, kw = STAGING_CASES[case]
+    ds = make()
+    spec = create_pyramid(ds, x_dim="lon", y_dim="lat", target_chunk_bytes=16 * 1024, **kw).spec
+    blocks = []
+    for lvl in range(len(spec.factors)):
+        tmpl, encoding = level_dataset(ds, spec, lvl, template_data)
+        blocks += [tmpl[v.name].data.npartitions for v in spec.variables]
+        store = zarr.storage.MemoryStore()
+        tmpl.to_zarr(store, group=str(lvl), mode="w", compute=False, zarr_format=3, consolidated=False,
+                     encoding=encoding)
+        want = {k: v.to_bytes() for k, v in store._store_dict.items()}
+        got = {k: v.to_bytes() for k, v in build_level(ds, spec, lvl).items()}
+        _assert_same(got, want, lvl)
+    if case == "many shards":
+        assert max(blocks) > 1  # the template is several blocks where the staging placeholder is one
+
+
 def test_carried_variable_along_one_spatial_dim_goes_to_xarray(monkeypatch):
     ds = make_raster(128, 160)
     ds["lon_weight"] = ("lon", np.linspace(0.0, 1.0, 160))
