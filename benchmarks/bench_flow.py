@@ -21,7 +21,9 @@ Zarr with ``--source-chunk`` chunks (cached under ``--cache-dir`` for local runs
 ``--s3`` the source and every target are on an S3 endpoint on loopback (moto's server, started here): the
 source is uploaded once per run, and the Dask workers inherit its settings. Prefect runs on a private
 temporary server (SQLite) whose start is not counted; one untimed warm-up of every phase on a tiny raster
-comes first (imports, numba caches, the cluster).
+comes first (imports, numba caches, the cluster), then every Dask worker writes a tiny pyramid (the
+warm-up's one tile ran on one worker; the other would pay its first imports, about 1.7 s, in a timed
+tile).
 
 Each repeat runs every phase once in a rotating order, with ``os.sync()`` between phases (untimed);
 each phase deletes its previous output first (untimed). Reported per phase: median and range of wall
@@ -139,9 +141,17 @@ class Phases:
         self.flow_runs: list[str] = []
         self._cluster = None
 
-    def _fresh(self, name: str) -> str:
-        self.where.remove(name)
-        return self.where.url(name)
+    #: Each phase's output, deleted before the phase is timed.
+    OUTPUT = {"core": "core.zarr", "core_icechunk": "core.icechunk", "flow": "flow.zarr",
+              "flow_icechunk": "flow.icechunk", "flow_dask": "flow-dask.zarr", "seed_dask": "seed.zarr",
+              "seed_dask_lazy": "seed.zarr", "seed_dask_zarrs": "seed.zarr"}
+
+    def clear(self, phase: str) -> None:
+        """Delete ``phase``'s previous output (untimed: called before the phase's clock starts)."""
+        self.where.remove(self.OUTPUT[phase])
+
+    def _out(self, phase: str) -> str:
+        return self.where.url(self.OUTPUT[phase])
 
     def _open(self, chunks: Any = None):
         import xarray as xr
@@ -157,14 +167,14 @@ class Phases:
         return create_pyramid(self._open(chunks), levels=self.levels, crs=CRS)
 
     def core(self) -> dict:
-        url = self._fresh("core.zarr")
+        url = self._out("core")
         self.pyramid().write(self.where.store("core.zarr") if self.where.s3 else url)
         return {}
 
     def core_icechunk(self) -> dict:
         import icechunk
 
-        target = Path(self._fresh("core.icechunk"))
+        target = Path(self._out("core_icechunk"))
         repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(target)))
         session = repo.writable_session("main")
         self.pyramid().write(session.store)
@@ -181,25 +191,25 @@ class Phases:
             raise RuntimeError(f"flow run ended {state.name}: {state.message}")
         run_id = str(state.state_details.flow_run_id)
         self.flow_runs.append(run_id)
-        return {"flow_run_id": run_id, "run_seconds": recorded_seconds(run_id)}
+        return {"flow_run_id": run_id}  # its recorded seconds are read once the clock has stopped
 
     def flow(self) -> dict:
-        return self._flow(target=self._fresh("flow.zarr"))
+        return self._flow(target=self._out("flow"))
 
     def flow_icechunk(self) -> dict:
-        return self._flow(target=self._fresh("flow.icechunk"), target_format="icechunk")
+        return self._flow(target=self._out("flow_icechunk"), target_format="icechunk")
 
     def flow_dask(self) -> dict:
         from prefect_dask import DaskTaskRunner
 
         with self.worker_peak() as peak:
             out = self._flow(DaskTaskRunner(address=self.cluster().scheduler.address),
-                             target=self._fresh("flow-dask.zarr"))
+                             target=self._out("flow_dask"))
         return {**out, **peak}
 
     def _seed(self, chunks: Any) -> dict:
         pyramid = self.pyramid(chunks=chunks)
-        target = self._fresh("seed.zarr")
+        target = self.where.url("seed.zarr")
         with self.worker_peak() as peak, self.cluster().as_current():
             pyramid.as_datatree().to_zarr(self.where.store("seed.zarr") if self.where.s3 else target,
                                           zarr_format=3, consolidated=False, encoding=pyramid.encoding)
@@ -248,6 +258,19 @@ class Phases:
         if self._cluster is not None:
             self._cluster[1].close()
             self._cluster[0].close()
+
+
+def warm_worker(tiny: str) -> None:
+    """Untimed, on every Dask worker: import what a tile task imports and write a tiny pyramid (numba
+    kernels, zarrs), so no timed task pays a worker's first imports."""
+    import prefect  # noqa: F401
+    import xarray as xr
+
+    import topozarr_flows.build.tasks  # noqa: F401
+    from topozarr_core import create_pyramid
+
+    with tempfile.TemporaryDirectory() as out:
+        create_pyramid(xr.open_zarr(tiny, chunks=None, consolidated=False), levels=3, crs=CRS).write(out + "/w.zarr")
 
 
 def measure(fn: Callable[[], dict]) -> dict:
@@ -332,7 +355,10 @@ def run_suite(name: str, phases: Phases, order: list[str], repeat: int) -> dict[
     for r in range(repeat):
         rotated = order[r % len(order):] + order[: r % len(order)]
         for phase in rotated:
+            phases.clear(phase)
             res = measure(getattr(phases, phase))
+            if "flow_run_id" in res:
+                res["run_seconds"] = recorded_seconds(res["flow_run_id"])
             res["repeat"] = r
             results[phase].append(res)
             extra = f"  worker peak {res['worker_peak_rss_mb']:.0f} MB" if "worker_peak_rss_mb" in res else ""
@@ -411,9 +437,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Prefect server start (not counted): {time.perf_counter() - t0:.2f} s", flush=True)
             warm = Phases(tiny, where, 3, args.workers, tile_bytes)
             for phase in order:  # untimed warm-up: imports, numba caches, flow registration, cluster start
+                warm.clear(phase)
                 getattr(warm, phase)()
             phases = Phases(src, where, args.levels, args.workers, tile_bytes)
             phases._cluster = warm._cluster
+            if warm._cluster is not None:  # the warm-up's one tile ran on one worker: warm every worker
+                warm._cluster[1].run(warm_worker, str(tiny_local))
             name = f"{args.size}x{args.size} float32 ({args.size ** 2 * 4 / 1e9:.1f} GB), {args.levels} levels" + (
                 ", S3 to S3" if s3 else "")
             results = run_suite(name, phases, order, args.repeat)
