@@ -8,6 +8,7 @@ Spelling of a source string:
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -63,6 +64,23 @@ def open_source(source: str, variables: list[str] | None = None) -> xr.Dataset:
     return ds
 
 
+def has_consolidated_metadata(path: Path) -> bool:
+    """Whether the local Zarr store at ``path`` carries consolidated metadata (v2 ``.zmetadata``, or a
+    v3 root document with ``consolidated_metadata``).
+
+    Why: asked to guess (``consolidated=None``), xarray warns on every store without it, and Zarr v3
+    stores usually have none: one look at the root document instead of a warning per run.
+
+    :param path: the store's directory.
+    """
+    if (path / ".zmetadata").is_file():
+        return True
+    try:
+        return json.loads((path / "zarr.json").read_text()).get("consolidated_metadata") is not None
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _open(source: str) -> xr.Dataset:
     if source.startswith(ICECHUNK_SCHEME):
         from topozarr_core.store.icechunk_txn import IcechunkTarget
@@ -81,7 +99,7 @@ def _open(source: str) -> xr.Dataset:
         raise FileNotFoundError(source)
     if path.is_dir():
         try:
-            return xr.open_zarr(os.fspath(path), chunks=None, consolidated=None)
+            return xr.open_zarr(os.fspath(path), chunks=None, consolidated=has_consolidated_metadata(path))
         except FileNotFoundError:
             raise SourceError(f"source {source!r} is a directory but not a Zarr store (no zarr.json or .zgroup)") from None
     return xr.open_dataset(path, engine="h5netcdf", chunks=None)

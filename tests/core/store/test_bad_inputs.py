@@ -30,3 +30,24 @@ def test_source_in_missing_bucket(s3_env):
     with pytest.raises(SourceError, match="does not exist|NoSuchBucket") as exc:
         open_source("s3://no-such-bucket-topozarr/src.zarr")
     assert_clear(str(exc.value))
+
+
+@pytest.mark.parametrize("consolidated", [False, True])
+def test_local_zarr_source_opens_without_a_warning(tmp_path, consolidated):
+    """A local Zarr v3 source opens quietly whether or not it has consolidated metadata (xarray's
+    guess warns on every store without it), and reads the same values either way."""
+    import warnings
+
+    import numpy as np
+    import xarray as xr
+
+    from topozarr_core.store.sources import has_consolidated_metadata
+
+    ds = xr.Dataset({"t": (("y", "x"), np.arange(12.0).reshape(3, 4))})
+    path = tmp_path / "src.zarr"
+    ds.to_zarr(path, zarr_format=3, consolidated=consolidated)
+    assert has_consolidated_metadata(path) is consolidated
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = open_source(str(path))
+    np.testing.assert_array_equal(got["t"].values, ds["t"].values)
