@@ -9,6 +9,8 @@ Phases (each compared with its baseline of the same repeat):
 * ``flow icechunk``   ``build_pyramid(BuildParams(target_format="icechunk"))``;
 * ``flow dask``       the flow with ``DaskTaskRunner`` on a ``LocalCluster`` of ``--workers`` worker
   processes x 1 thread: its tile tasks run in those processes;
+* ``tiles dask``      the same tile plan as plain Dask tasks on that cluster, stage by stage, without
+  Prefect (``benchmarks/_dask_tiles.py``): the design's cost apart from Prefect's per-task costs;
 * ``seed dask``       the seed's two lines, ``pyramid.as_datatree().to_zarr(<target>, zarr_format=3,
   consolidated=False, encoding=pyramid.encoding)``, on that cluster, the source opened with its own
   dask chunks (``chunks={}``);
@@ -68,10 +70,12 @@ import _common as C  # noqa: E402
 
 CRS = "EPSG:3857"
 DEFAULT_CACHE = Path(os.environ.get("TOPOZARR_BENCH_CACHE", Path(tempfile.gettempdir()) / "topozarr-bench-cache"))
-BASELINE = {"flow": "core", "flow_icechunk": "core_icechunk", "flow_dask": "core", "seed_dask": "core",
+BASELINE = {"flow": "core", "flow_icechunk": "core_icechunk", "flow_dask": "core", "tiles_dask": "core",
+            "seed_dask": "core",
             "seed_dask_lazy": "core", "seed_dask_zarrs": "core"}
 LABEL = {"core": "core (Pyramid.write)", "flow": "flow, threads", "core_icechunk": "core icechunk + commit",
-         "flow_icechunk": "flow icechunk", "flow_dask": "flow, DaskTaskRunner", "seed_dask": "seed's Dask lines",
+         "flow_icechunk": "flow icechunk", "flow_dask": "flow, DaskTaskRunner",
+         "tiles_dask": "tiles as Dask tasks", "seed_dask": "seed's Dask lines",
          "seed_dask_lazy": "seed's lines, lazy source", "seed_dask_zarrs": "seed's lines, lazy, zarrs"}
 
 
@@ -143,7 +147,8 @@ class Phases:
 
     #: Each phase's output, deleted before the phase is timed.
     OUTPUT = {"core": "core.zarr", "core_icechunk": "core.icechunk", "flow": "flow.zarr",
-              "flow_icechunk": "flow.icechunk", "flow_dask": "flow-dask.zarr", "seed_dask": "seed.zarr",
+              "flow_icechunk": "flow.icechunk", "flow_dask": "flow-dask.zarr", "tiles_dask": "tiles-dask.zarr",
+              "seed_dask": "seed.zarr",
               "seed_dask_lazy": "seed.zarr", "seed_dask_zarrs": "seed.zarr"}
 
     def clear(self, phase: str) -> None:
@@ -206,6 +211,32 @@ class Phases:
             out = self._flow(DaskTaskRunner(address=self.cluster().scheduler.address),
                              target=self._out("flow_dask"))
         return {**out, **peak}
+
+    def tiles_dask(self) -> dict:
+        """The flow's tile plan as plain Dask tasks on the same cluster, stage by stage, without Prefect:
+        the cost of the design apart from Prefect's per-task costs."""
+        import _dask_tiles
+
+        from topozarr_core.plan.tiles import DEFAULT_TILE_BYTES
+        from topozarr_core.store.targets import resolve_store
+        from topozarr_core.write.protocol import BuildWrite
+
+        target = self._out("tiles_dask")
+        tile_bytes = self.flow_options.get("max_tile_bytes", DEFAULT_TILE_BYTES)
+        pyramid = self.pyramid()
+        plan = pyramid.tile_plan(max_tile_bytes=tile_bytes)
+        store = resolve_store(target)
+        steps = BuildWrite.check(pyramid, store, "w", plan=plan)
+        levels = steps.prepare(store)
+        client = self.cluster()
+        with self.worker_peak() as peak:
+            for stage in plan.stages:
+                keys = [t.key for t in plan.tiles if t.stage == stage]
+                client.gather([client.submit(_dask_tiles.write_tile, self.src, self.levels, CRS, tile_bytes, key,
+                                             target, pure=False) for key in keys])
+        steps.finish(store, levels)
+        steps.publish(store)
+        return dict(peak)
 
     def _seed(self, chunks: Any) -> dict:
         pyramid = self.pyramid(chunks=chunks)
