@@ -71,8 +71,7 @@ import _common as C  # noqa: E402
 CRS = "EPSG:3857"
 DEFAULT_CACHE = Path(os.environ.get("TOPOZARR_BENCH_CACHE", Path(tempfile.gettempdir()) / "topozarr-bench-cache"))
 BASELINE = {"flow": "core", "flow_icechunk": "core_icechunk", "flow_dask": "core", "tiles_dask": "core",
-            "seed_dask": "core",
-            "seed_dask_lazy": "core", "seed_dask_zarrs": "core"}
+            "seed_dask": "core", "seed_dask_lazy": "core", "seed_dask_zarrs": "core"}
 LABEL = {"core": "core (Pyramid.write)", "flow": "flow, threads", "core_icechunk": "core icechunk + commit",
          "flow_icechunk": "flow icechunk", "flow_dask": "flow, DaskTaskRunner",
          "tiles_dask": "tiles as Dask tasks", "seed_dask": "seed's Dask lines",
@@ -148,8 +147,7 @@ class Phases:
     #: Each phase's output, deleted before the phase is timed.
     OUTPUT = {"core": "core.zarr", "core_icechunk": "core.icechunk", "flow": "flow.zarr",
               "flow_icechunk": "flow.icechunk", "flow_dask": "flow-dask.zarr", "tiles_dask": "tiles-dask.zarr",
-              "seed_dask": "seed.zarr",
-              "seed_dask_lazy": "seed.zarr", "seed_dask_zarrs": "seed.zarr"}
+              "seed_dask": "seed.zarr", "seed_dask_lazy": "seed.zarr", "seed_dask_zarrs": "seed.zarr"}
 
     def clear(self, phase: str) -> None:
         """Delete ``phase``'s previous output (untimed: called before the phase's clock starts)."""
