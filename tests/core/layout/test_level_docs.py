@@ -22,8 +22,12 @@ def _xarray_level(ds: xr.Dataset, spec, level: int) -> dict[str, bytes]:
 
 
 def _staged(docs: LevelDocuments, level: int) -> dict[str, bytes]:
-    """Every key of the staged store and its bytes, through the store's public (async) API."""
-    store = docs.staged(level)
+    """Every key of the staged store and its bytes."""
+    return _all_keys(docs.staged(level))
+
+
+def _all_keys(store) -> dict[str, bytes]:
+    """Every key of a store and its bytes, through the store's public (async) API."""
 
     async def read_all() -> dict[str, bytes]:
         proto = default_buffer_prototype()
@@ -118,7 +122,7 @@ def test_staging_in_one_block_writes_what_the_write_unit_template_writes(case):
         store = zarr.storage.MemoryStore()
         tmpl.to_zarr(store, group=str(lvl), mode="w", compute=False, zarr_format=3, consolidated=False,
                      encoding=encoding)
-        want = {k: v.to_bytes() for k, v in store._store_dict.items()}
+        want = _all_keys(store)
         got = {k: v.to_bytes() for k, v in build_level(ds, spec, lvl).items()}
         _assert_same(got, want, lvl)
     if case == "many shards":
