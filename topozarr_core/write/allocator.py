@@ -37,8 +37,17 @@ WRITE_TRIM_THRESHOLD = 256 * 2**20
 #: the environment variables that fix glibc's thresholds (and turn the dynamic mmap threshold off)
 FIXING_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
+#: Seconds the thresholds stay raised after a task's use ends (see :func:`large_blocks_reused`): longer
+#: than the gap between two tasks of one computation on a Dask worker (a tile task and the next; the
+#: reads and stores between the reductions of ``Pyramid.as_datatree``), short enough to give the
+#: memory back soon after the computation.
+TASK_LINGER_SECONDS = 2.0
+
 _lock = threading.Lock()
 _writers = 0
+#: the thresholds are raised now (by a running use, or by one that ended less than its linger ago)
+_raised = False
+_release_timer: threading.Timer | None = None
 
 
 @functools.cache
@@ -71,25 +80,39 @@ def _env_int(name: str, default: int) -> int:
 
 
 def active_writes() -> int:
-    """How many writes are inside :func:`large_blocks_reused` with the thresholds raised now."""
+    """How many writes are inside :func:`large_blocks_reused` now."""
     return _writers
 
 
+def thresholds_raised() -> bool:
+    """Whether the thresholds are raised now (during a use, or during the linger after one)."""
+    return _raised
+
+
 @contextlib.contextmanager
-def large_blocks_reused() -> Iterator[bool]:
+def large_blocks_reused(linger: float = 0.0) -> Iterator[bool]:
     """Reuse freed large blocks while the block runs (nested and concurrent uses count; see the module).
 
+    :param linger: seconds the thresholds stay raised after the last use ends; a use that starts
+        meanwhile keeps them raised. Why: the dask tasks of ``Pyramid.as_datatree`` are short, and the
+        reads and stores between them are xarray's: with a linger, one computation's tasks reuse each
+        other's blocks, and the process still gives the memory back soon after the computation ends.
+        0 (a write of its own): given back as soon as the last use ends.
     :returns: (as the context value) whether the thresholds were raised for this block.
     """
-    global _writers
+    global _writers, _raised, _release_timer
     libc = glibc_malloc() if thresholds_fixed() else None
     if libc is None:
         yield False
         return
     with _lock:
-        if _writers == 0:
+        if _release_timer is not None:
+            _release_timer.cancel()
+            _release_timer = None
+        if not _raised:
             libc.mallopt(M_MMAP_THRESHOLD, WRITE_MMAP_THRESHOLD)
             libc.mallopt(M_TRIM_THRESHOLD, WRITE_TRIM_THRESHOLD)
+            _raised = True
         _writers += 1
     try:
         yield True
@@ -97,6 +120,26 @@ def large_blocks_reused() -> Iterator[bool]:
         with _lock:
             _writers -= 1
             if _writers == 0:
-                libc.mallopt(M_MMAP_THRESHOLD, _env_int("MALLOC_MMAP_THRESHOLD_", GLIBC_MMAP_THRESHOLD))
-                libc.mallopt(M_TRIM_THRESHOLD, _env_int("MALLOC_TRIM_THRESHOLD_", GLIBC_TRIM_THRESHOLD))
-                libc.malloc_trim(0)
+                if linger > 0:
+                    _release_timer = threading.Timer(linger, _release_when_idle, args=(libc,))
+                    _release_timer.daemon = True
+                    _release_timer.start()
+                else:
+                    _give_back(libc)
+
+
+def _release_when_idle(libc: ctypes.CDLL) -> None:
+    with _lock:
+        if _writers == 0:
+            _give_back(libc)
+
+
+def _give_back(libc: ctypes.CDLL) -> None:
+    """Put back the thresholds the environment set and return free memory (called holding ``_lock``)."""
+    global _raised
+    if not _raised:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, _env_int("MALLOC_MMAP_THRESHOLD_", GLIBC_MMAP_THRESHOLD))
+    libc.mallopt(M_TRIM_THRESHOLD, _env_int("MALLOC_TRIM_THRESHOLD_", GLIBC_TRIM_THRESHOLD))
+    libc.malloc_trim(0)
+    _raised = False

@@ -26,7 +26,7 @@ import psutil
 from topozarr_core.plan.graph import region_graph
 from topozarr_core.plan.regions import RegionPlan
 from topozarr_core.plan.tiles import Tile, TilePlan
-from topozarr_core.write.allocator import large_blocks_reused
+from topozarr_core.write.allocator import TASK_LINGER_SECONDS, large_blocks_reused
 from topozarr_core.write.gc_pause import old_objects_frozen
 from topozarr_core.write.level_cache import LevelCache
 from topozarr_core.write.region import WriteContext, write_region
@@ -115,7 +115,7 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
         bar = tqdm(total=len(graph.regions), unit="region", desc="pyramid")
     written = 0
     try:
-        with old_objects_frozen(), large_blocks_reused(), _pool(pool, workers) as pool:
+        with old_objects_frozen(), large_blocks_reused(linger=TASK_LINGER_SECONDS), _pool(pool, workers) as pool:
             running: dict[Future, int] = {}
             while ready or running:
                 while ready and len(running) < limit:
