@@ -9,8 +9,10 @@ source: the same tiles took 2.0x as long in such a process (8.5 s against 4.3 s 
 
 While at least one write runs, :func:`large_blocks_reused` raises glibc's mmap threshold to 32 MiB (its
 maximum) and the trim threshold to 256 MiB, so freed blocks serve the next region; when the last write
-ends it puts back the values the environment set (or glibc's fixed defaults) and calls ``malloc_trim(0)``,
-so the process returns the memory afterwards, as its environment asked. Nothing changes where the
+ends (tile writes and ``as_datatree``'s reductions: :data:`TASK_LINGER_SECONDS` later, so that a
+worker's next task reuses them too) it puts back the values the environment set (or glibc's fixed
+defaults) and calls ``malloc_trim(0)``, so the process returns the memory afterwards, as its
+environment asked. Nothing changes where the
 variables are not set (glibc's dynamic thresholds already reuse large blocks) or where malloc is not
 glibc's.
 """
