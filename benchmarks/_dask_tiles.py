@@ -3,13 +3,12 @@ submits to the workers (a module of its own so that worker processes import it b
 cache between tasks).
 
 Each worker opens the source and plans once per source (as a flow's tasks do, once per process and
-run), then writes one tile per task exactly as a flow's tile task does, with the same executor,
-thread pool and codec pipeline.
+run), then writes one tile per task with the function a flow's tile task calls
+(:func:`topozarr_core.write.executor.write_tile_in_task`).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 _JOBS: dict[tuple, tuple[Any, Any]] = {}
@@ -44,11 +43,7 @@ def write_tile(src: str, levels: int, crs: str, tile_bytes: int, key: str, targe
     :param target: the target URL or path.
     """
     from topozarr_core.store.targets import resolve_store
-    from topozarr_core.write.codec_pipeline import open_array_for
-    from topozarr_core.write.executor import shared_pool, write_tiles
+    from topozarr_core.write.executor import write_tile_in_task
 
     ds, plan = plan_for(src, levels, crs, tile_bytes)
-    store = resolve_store(target)
-    result = write_tiles(plan, [plan.tile(key)], source=ds, store=store, workers=os.cpu_count() or 1,
-                         open_array=open_array_for("auto", store), pool=shared_pool())
-    return result.bytes_written
+    return write_tile_in_task(plan, plan.tile(key), source=ds, store=resolve_store(target)).bytes_written

@@ -291,6 +291,23 @@ def write_tiles(plan: TilePlan, tiles: list[Tile] | tuple[Tile, ...], *, source:
                       sum(lp.n_regions for lp in regions.levels), written, time.perf_counter() - t0)
 
 
+def write_tile_in_task(plan: TilePlan, tile: Tile, *, source: Any, store: Any, io: str = "auto") -> TileResult:
+    """Write one tile as a task of any runner does (a flow's thread runner, a Dask worker): on all the
+    process's cores, in its shared pool (:func:`shared_pool`), so the tiles it runs at once share them,
+    through the codec pipeline ``io`` chooses for ``store``.
+
+    :param plan: the tile plan.
+    :param tile: the tile.
+    :param source: the source dataset, opened lazily.
+    :param store: the target store.
+    :param io: ``"auto"``, ``"python"`` or ``"rust"`` (see :func:`topozarr_core.write.codec_pipeline.resolve_io`).
+    """
+    from topozarr_core.write.codec_pipeline import open_array_for
+
+    return write_tiles(plan, [tile], source=source, store=store, workers=os.cpu_count() or 1,
+                       open_array=open_array_for(io, store), pool=shared_pool())
+
+
 _SHARED: dict[int, ThreadPoolExecutor] = {}
 _SHARED_LOCK = threading.Lock()
 

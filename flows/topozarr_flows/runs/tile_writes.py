@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import time
 from collections.abc import Callable
@@ -13,8 +12,7 @@ from prefect import get_run_logger
 from prefect.runtime import task_run
 
 from topozarr_core.plan.tiles import TilePlan
-from topozarr_core.write.codec_pipeline import open_array_for
-from topozarr_core.write.executor import shared_pool, write_tiles
+from topozarr_core.write.executor import write_tile_in_task
 from topozarr_flows.prefect_api.outage_retries import NotRetryable
 from topozarr_flows.prefect_api.slots import hold_slot
 from topozarr_flows.runs import faults
@@ -30,9 +28,9 @@ def write_one_tile(plan: TilePlan, source: xr.Dataset, key: str, *, io: str, lim
     """Write tile ``key`` of ``plan`` holding one slot of the task concurrency limit ``limit``.
 
     With an Icechunk ``fork`` the tile writes into its own copy of it (exactly as a remote worker
-    would) and returns that copy for merging; otherwise into ``store()``. The tile's regions run in
-    this process's shared thread pool (:func:`topozarr_core.write.executor.shared_pool`), so the tiles a
-    process runs at once share its cores.
+    would) and returns that copy for merging; otherwise into ``store()``. The tile is written by
+    :func:`topozarr_core.write.executor.write_tile_in_task`: its regions run in this process's shared
+    thread pool, so the tiles a process runs at once share its cores.
 
     :param plan: the run's tile plan (re-derived in each process from the run's parameters).
     :param source: the source dataset, opened lazily.
@@ -59,8 +57,7 @@ def write_one_tile(plan: TilePlan, source: xr.Dataset, key: str, *, io: str, lim
         started = time.time()
         faults.maybe_fail(key)
         target = faults.wrap_store(key, target)
-        result = write_tiles(plan, [tile], source=source, store=target,
-                             workers=os.cpu_count() or 1, open_array=open_array_for(io, target), pool=shared_pool())
+        result = write_tile_in_task(plan, tile, source=source, store=target, io=io)
         finished = time.time()
     get_run_logger().info("wrote %s: %d regions, %.1f MB in %.2f s", tile.label, result.regions,
                           result.bytes_written / 1e6, result.seconds)
