@@ -21,18 +21,23 @@ from topozarr_core.write.allocator import active_writes, glibc_malloc, threshold
 
 ROOT = Path(__file__).resolve().parents[3]
 
-#: the page faults of allocating, touching and freeing 16 MiB twenty times
+#: the page faults of allocating, touching and freeing 16 MiB twenty times, through malloc itself: numpy
+#: asks for transparent huge pages on large arrays, which the kernel grants or not, so a fresh block
+#: would fault 8 times or 4096
 FAULTS = """
-import json, resource, time
-import numpy as np
+import ctypes, json, resource, time
 from topozarr_core.write.allocator import large_blocks_reused, thresholds_raised
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
 
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(20):
-        a = np.empty(4 * 2**20, dtype="f4")
-        a.fill(1.0)
-        del a
+        block = libc.malloc(16 * 2**20)
+        ctypes.memset(block, 1, 16 * 2**20)
+        libc.free(block)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 """
 
