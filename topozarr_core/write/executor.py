@@ -9,10 +9,10 @@ in memory (:mod:`topozarr_core.write.level_cache`), so a tile reads its input on
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import math
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,6 +30,7 @@ from topozarr_core.write.allocator import TASK_LINGER_SECONDS, large_blocks_reus
 from topozarr_core.write.gc_pause import old_objects_frozen
 from topozarr_core.write.level_cache import LevelCache
 from topozarr_core.write.region import WriteContext, write_region
+from topozarr_core.write.tile_pool import TilePool, shared_pool
 from topozarr_core.write.window_cache import WindowCache
 
 #: Fraction of available RAM the in-flight regions may use.
@@ -85,7 +86,8 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
     level is released once every region of the next level is written. The first failure stops
     submissions and is re-raised once the regions in flight have finished. ``pool``: run the regions
     in that executor (shared by the tiles a process runs at once) instead of a new one of ``workers``
-    threads; at most ``workers x INFLIGHT_PER_WORKER`` regions of this plan are in flight either way.
+    threads; in a :class:`~topozarr_core.write.tile_pool.TilePool` they go before the regions of runs
+    that started later. At most ``workers x INFLIGHT_PER_WORKER`` regions of this plan are in flight either way.
 
     :param ctx: the plan, source, target and cache of the write.
     :param workers: threads (the pool's size, or the in-flight budget with ``pool``).
@@ -116,6 +118,8 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
     written = 0
     try:
         with old_objects_frozen(), large_blocks_reused(linger=TASK_LINGER_SECONDS), _pool(pool, workers) as pool:
+            # in a shared TilePool, this run's regions go before those of any run that started later
+            submit = functools.partial(pool.submit_at, pool.ticket()) if isinstance(pool, TilePool) else pool.submit
             running: dict[Future, int] = {}
             while ready or running:
                 while ready and len(running) < limit:
@@ -125,7 +129,7 @@ def run_plan(ctx: WriteContext, workers: int, progress: bool = False,
                         if level_ready is not None:
                             level_ready(region.level)
                         started_levels.add(region.level)
-                    running[pool.submit(write_region, ctx, region)] = i
+                    running[submit(write_region, ctx, region)] = i
                     if region.level == finest:
                         unsubmitted_finest -= 1
                         if unsubmitted_finest == 0:  # the tail: largest first (see _tail_priority)
@@ -306,20 +310,3 @@ def write_tile_in_task(plan: TilePlan, tile: Tile, *, source: Any, store: Any, i
 
     return write_tiles(plan, [tile], source=source, store=store, workers=os.cpu_count() or 1,
                        open_array=open_array_for(io, store), pool=shared_pool())
-
-
-_SHARED: dict[int, ThreadPoolExecutor] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def shared_pool(workers: int | None = None) -> ThreadPoolExecutor:
-    """One thread pool per process for the tiles it runs at once (tasks of a thread runner, of a
-    Dask worker): their regions share the cores instead of each tile starting a pool of its own.
-
-    :param workers: the pool's threads (default: the CPU count); one pool per size is kept."""
-    n = max(1, int(workers or os.cpu_count() or 1))
-    with _SHARED_LOCK:
-        pool = _SHARED.get(n)
-        if pool is None:
-            pool = _SHARED[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="topozarr-tiles")
-        return pool
