@@ -26,6 +26,12 @@ def missing(imports: list[tuple[str, str]]) -> list[str]:
             found = hasattr(importlib.import_module(module), name)
         except ImportError:
             found = False
+        if not found:  # ``from package import submodule`` imports the submodule, as Python does
+            try:
+                importlib.import_module(f"{module}.{name}")
+                found = True
+            except ImportError:
+                pass
         if not found:
             out.append(f"from {module} import {name}")
     return out
