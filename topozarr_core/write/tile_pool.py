@@ -61,7 +61,11 @@ class TilePool(Executor):
         return self.submit_at(next(self._tickets), fn, *args, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop the threads (see :meth:`concurrent.futures.Executor.shutdown`)."""
+        """Stop the threads (see :meth:`concurrent.futures.Executor.shutdown`).
+
+        :param wait: return only once every running call has ended.
+        :param cancel_futures: cancel the calls that have not started.
+        """
         if cancel_futures:
             with self._lock:
                 waiting, self._heap = self._heap, []
