@@ -19,7 +19,7 @@ Cases (float32; ``--quick`` keeps only the first two):
 Usage::
 
     python benchmarks/bench_plan.py                    # max_tiles 2000 (the flow's default), 3 repeats
-    python benchmarks/bench_plan.py --max-tiles 20000 --tile-mb 1024
+    python benchmarks/bench_plan.py --max-tiles 20000 --tile-mb 4096
 """
 
 from __future__ import annotations
@@ -100,7 +100,10 @@ def child(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-tiles", type=int, default=2000, help="the flow's max_task_runs")
-    ap.add_argument("--tile-mb", type=int, default=256, help="max_tile_bytes in MiB")
+    from topozarr_core.plan.tiles import DEFAULT_TILE_BYTES
+
+    ap.add_argument("--tile-mb", type=int, default=DEFAULT_TILE_BYTES // 2**20,
+                    help="max_tile_bytes in MiB (default: the flow's)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="the two ERA-like cases only")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # child mode

@@ -188,12 +188,15 @@ def _bench_like(edge: int, levels: int):
 
 
 def test_what_fits_one_tile_is_one_tile_of_every_level_left():
-    """A 64 MB source is one task, and at 1 GB the levels above the first stage are one task reading
-    level 2 back: each stage more is a barrier and a read-back, and a tile task costs the runner a
-    fixed time (measured: 64 tiles in 4 stages took a 64 MB flow 10 s against 0.5 s for the core)."""
+    """A 64 MB source is one task, so is a 1 GB one with the default tiles, and with 256 MiB tiles the
+    levels above the first stage of 1 GB are one task reading level 2 back: each stage more is a
+    barrier and a read-back, and a tile task costs the runner a fixed time (measured: 64 tiles in 4
+    stages took a 64 MB flow 10 s against 0.5 s for the core)."""
     small = _bench_like(4096, 5).tile_plan(min_tiles=4)
     assert [(t.levels, t.reads) for t in small.tiles] == [((0, 1, 2, 3, 4), None)]
-    plan = _bench_like(16384, 7).tile_plan(min_tiles=4)
+    whole = _bench_like(16384, 7).tile_plan(min_tiles=4)
+    assert [(t.levels, t.reads) for t in whole.tiles] == [((0, 1, 2, 3, 4, 5, 6), None)]
+    plan = _bench_like(16384, 7).tile_plan(max_tile_bytes=256 * 2**20, min_tiles=4)
     last = [t for t in plan.tiles if t.stage == plan.stages[-1]]
     assert len(plan.stages) == 2 and len(last) == 1 and last[0].levels == (3, 4, 5, 6)
     assert last[0].window == ((0, 16384), (0, 16384)) and plan.source_bytes(last[0]) <= 256 * 2**20
