@@ -87,18 +87,22 @@ class _Recording(TilePool):
         self.first_submit = threading.Event()
         self._note = threading.Lock()
 
-    def submit_at(self, priority, fn, /, *args, **kwargs):
+    def noted(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` that, once run, notes the submitting run's name in ``ended``."""
         run = threading.current_thread().name
-        self.priorities.setdefault(run, []).append(priority)
         self.first_submit.set()
 
-        def noted():
+        def call():
             out = fn(*args, **kwargs)
             with self._note:
                 self.ended.append(run)
             return out
 
-        return super().submit_at(priority, noted)
+        return call
+
+    def submit_at(self, priority, fn, /, *args, **kwargs):
+        self.priorities.setdefault(threading.current_thread().name, []).append(priority)
+        return super().submit_at(priority, self.noted(fn, *args, **kwargs))
 
 
 def _two_tiles(tmp_path):
@@ -164,16 +168,7 @@ def test_a_first_in_first_out_pool_would_interleave_them(tmp_path):
             self._fifo = ThreadPoolExecutor(1)
 
         def submit_at(self, priority, fn, /, *args, **kwargs):
-            run = threading.current_thread().name
-            self.first_submit.set()
-
-            def noted():
-                out = fn(*args, **kwargs)
-                with self._note:
-                    self.ended.append(run)
-                return out
-
-            return self._fifo.submit(noted)
+            return self._fifo.submit(self.noted(fn, *args, **kwargs))
 
     pool = Fifo(1)
     _run(pyramid, plan, first[:2], ds, LocalStore(str(tmp_path / "t.zarr")), pool)
