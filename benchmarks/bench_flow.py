@@ -89,9 +89,12 @@ def _isolate_prefect(tmp: Path) -> None:
 
 
 def local_source(cache: Path, size: int, chunk: int, seed: int) -> Path:
-    """The cached source Zarr of this size (built on first use; a marker file says it is complete)."""
+    """The cached source Zarr of this size (built on first use; a marker file beside it says it is complete:
+    inside it, zarr would warn on every open that the marker is no part of the hierarchy)."""
     path = cache / f"src-{size}x{size}-c{chunk}-s{seed}.zarr"
-    done = path / ".complete"
+    done = path.with_name(path.name + ".complete")
+    if (path / ".complete").exists():  # where caches built before kept it
+        (path / ".complete").replace(done)
     if not done.exists():
         shutil.rmtree(path, ignore_errors=True)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +134,7 @@ class Where:
             return str(local)
         client = self.s3.boto3_client()
         for f in local.rglob("*"):
-            if f.is_file() and f.name != ".complete":
+            if f.is_file():
                 client.upload_file(str(f), self.s3.bucket, f"{name}/{f.relative_to(local).as_posix()}")
         return self.url(name)
 
