@@ -28,6 +28,9 @@ def _probe(key: str, fail: list[str], seconds: float) -> dict:
 
 
 # stage 0: 4 tiles (S0-0 slow); stage 1: S1-0 reads S0-0 + S0-1, S1-1 reads S0-2 + S0-3; stage 2 reads both
+#: How long the slow tile runs: longer than three short task runs one after another take on a loaded
+#: machine (with 0.3 s, a CI run under load started S1-1 46 ms after S0-0 had ended).
+SLOW = 1.5
 ORDER = ["S0-0", "S0-1", "S0-2", "S0-3", "S1-0", "S1-1", "S2-0"]
 DEPENDS = {"S1-0": ["S0-0", "S0-1"], "S1-1": ["S0-2", "S0-3"], "S2-0": ["S1-0", "S1-1"]}
 
@@ -37,7 +40,7 @@ def _pipelined(fail: list[str], in_flight: int) -> dict:
     done_groups, done = [], []
     tallies, failed, not_started = run_pipelined(
         ORDER, {k: int(k[1]) for k in ORDER}, DEPENDS,
-        lambda key: _probe.with_options(retries=0).submit(key, fail, 0.3 if key == "S0-0" else 0.05),
+        lambda key: _probe.with_options(retries=0).submit(key, fail, SLOW if key == "S0-0" else 0.05),
         in_flight=in_flight, on_group_done=lambda group, tally: done_groups.append(group),
         on_done=lambda key, future: done.append(future.result()["key"]))
     return {"failed": failed, "not_started": not_started, "groups_done": done_groups, "done": sorted(done)}
