@@ -51,7 +51,7 @@ from topozarr_core.spec.variables import VarSpec, find_var
 
 #: ``Pyramid.tile_plan``'s default source bytes per tile: the work (and the source reads) of one task.
 #: A tile streams its input region by region and keeps only its coarser levels, so its memory is well
-#: below its input (measured: a worker's peak RSS 690-830 MB with 1 GiB tiles, 640-760 MB with 256 MiB);
+#: below its input (measured: a worker's peak RSS 640-890 MB with 1 GiB tiles, 640-780 MB with 256 MiB);
 #: a task costs its runner a fixed time, so fewer, larger tiles spend less of a run in Prefect, and a
 #: source that fits one tile is written by one task the way ``Pyramid.write`` writes it.
 DEFAULT_TILE_BYTES = 2**30
