@@ -408,14 +408,15 @@ def report(name: str, results: dict[str, list[dict]], tasks: dict[str, int]) -> 
         others = C.summarize([x["others_cpu"] for x in runs])
         ratio = run_ratio = "baseline"
         base = BASELINE.get(phase)
-        recorded = [x["run_seconds"] for x in runs if "run_seconds" in x]
+        flows = [x for x in runs if "run_seconds" in x]
+        recorded = [x["run_seconds"] for x in flows]
         if base in results:
             by_rep = {x["repeat"]: x for x in results[base]}
             rs = C.summarize([x["seconds"] / by_rep[x["repeat"]]["seconds"] for x in runs])
             ratio = f"{rs['median']:.2f}x ({rs['min']:.2f}-{rs['max']:.2f}) vs {LABEL[base]}"
             run_ratio = ""
-            if recorded:  # what a deployment's run takes: its Completed state does not wait for the heartbeat
-                rr = C.summarize([x["run_seconds"] / by_rep[x["repeat"]]["seconds"] for x in runs if "run_seconds" in x])
+            if flows:  # what a deployment's run takes: its Completed state does not wait for the heartbeat
+                rr = C.summarize([x["run_seconds"] / by_rep[x["repeat"]]["seconds"] for x in flows])
                 run_ratio = f"{rr['median']:.2f}x ({rr['min']:.2f}-{rr['max']:.2f})"
         n_tasks = sorted({tasks.get(x.get("flow_run_id", ""), -1) for x in runs if "flow_run_id" in x})
         peak = [x["worker_peak_rss_mb"] for x in runs if "worker_peak_rss_mb" in x]
