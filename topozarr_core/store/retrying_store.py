@@ -61,8 +61,9 @@ MESSAGE_LIMIT = 300
 PROBE_TIMEOUT = 5.0
 #: The key a probe asks for (any answer, "not found" included, means the endpoint is back).
 PROBE_KEY = "zarr.json"
-#: Seconds after a probe that got no answer (a hung endpoint) during which new operations give up without
-#: probing (see :mod:`topozarr_core.store.outages`). A probe refused at once is not reused: the next one costs as little.
+#: Seconds after a probe that failed slowly (a hung endpoint: it took its whole timeout) during which new
+#: operations give up without probing (see :mod:`topozarr_core.store.outages`). A probe that failed in less
+#: than this (refused at once) is not reused: the next one costs as little.
 PROBE_REUSE = 1.0
 
 
@@ -311,7 +312,9 @@ class ObjectStore(zarr.storage.ObjectStore):
         else:
             OUTAGES.answered(self.endpoint)
             return
-        if err is None:  # no answer within PROBE_TIMEOUT (a hung endpoint): reused, see PROBE_REUSE
+        # No answer within PROBE_TIMEOUT (a hung endpoint): reused, see PROBE_REUSE. Whether asyncio's timeout or
+        # the probe client's own (the same 5 s, reported as "error sending request") ends it is a race: judge by time.
+        if err is None or time.monotonic() - started >= PROBE_REUSE:
             OUTAGES.probe_failed(self.endpoint)
         raise self._unavailable(verb, op, key, err, started, note) from None
 
