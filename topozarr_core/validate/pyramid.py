@@ -38,7 +38,7 @@ from topozarr_core.publish.root_doc import OWNED_KEY, STATUS_KEY
 from topozarr_core.spec.variables import VarSpec
 from topozarr_core.store.targets import resolve_store
 from topozarr_core.text import clip
-from topozarr_core.validate.spot_checks import LEVEL_TO_LEVEL_METHODS, spot_check
+from topozarr_core.validate.spot_checks import SpotReferences, checked_variables, level_windows, spot_check
 
 if TYPE_CHECKING:  # pragma: no cover
     from topozarr_core.pyramid import Pyramid
@@ -284,6 +284,7 @@ def check_level(
     seed: int = 0,
     check_values: bool = True,
     rtol: float = 1e-5,
+    references: SpotReferences | None = None,
 ) -> LevelCheck:
     """Check one written level (its arrays' layout and spot-checked values); never writes.
 
@@ -298,6 +299,8 @@ def check_level(
     :param seed: the seed of the windows' generator.
     :param check_values: compare values with the source (else the layout only).
     :param rtol: the relative tolerance of the value comparison.
+    :param references: the windows' references computed ahead from the source
+        (:meth:`SpotReferences.prepare`, same samples and seed); the others are computed here.
     """
     _check_args(samples_per_level, rtol)
     zstore = _read_only(resolve_store(store))
@@ -308,13 +311,14 @@ def check_level(
         return LevelCheck(level, {"level": level, "shape": [ny, nx], "variables": {}}, 0,
                           [f"level {level}: no pyramid group could be opened ({type(err).__name__}: "
                            f"{clip(str(err), 200)})"])
-    return _check_level(pyramid, root, level, int(samples_per_level), seed, check_values, float(rtol))
+    return _check_level(pyramid, root, level, int(samples_per_level), seed, check_values, float(rtol), references)
 
 
 def _check_level(pyramid: Pyramid, root: zarr.Group, lvl: int, samples: int, seed: int, check_values: bool,
-                 rtol: float) -> LevelCheck:
+                 rtol: float, references: SpotReferences | None = None) -> LevelCheck:
     spec = pyramid.spec
-    rng = np.random.default_rng([seed, lvl])
+    windows = level_windows(pyramid, lvl, samples, seed) if check_values else {}
+    checked = {v.name for v in checked_variables(pyramid, lvl)}
     ny, nx = pyramid.level_shape(lvl)
     entry: dict[str, Any] = {"level": lvl, "shape": [ny, nx], "variables": {}}
     mismatches: list[str] = []
@@ -339,11 +343,9 @@ def _check_level(pyramid: Pyramid, root: zarr.Group, lvl: int, samples: int, see
         observed, problems = _check_array(arr, v, lvl)
         entry["variables"][v.name] = observed
         mismatches.extend(problems)
-        if problems or not check_values or v.is_coord:
-            continue  # no values to trust on a wrong layout; coordinates are not spot-checked
-        if v.method in LEVEL_TO_LEVEL_METHODS and lvl >= 2:
-            continue  # built from the previous level by design; level 1 is checked against level 0
-        n, problems = spot_check(pyramid, arr, v, lvl, rng, samples, rtol)
+        if problems or not check_values or v.name not in checked:
+            continue  # no values to trust on a wrong layout; see checked_variables for the others
+        n, problems = spot_check(pyramid, arr, v, lvl, windows.get(v.name, []), rtol, references)
         spot_checks += n
         mismatches.extend(problems)
     return LevelCheck(lvl, entry, spot_checks, mismatches)
@@ -358,6 +360,7 @@ def validate_pyramid(
     rtol: float = 1e-5,
     root_attrs: dict | None = None,
     checked_levels: Mapping[int, LevelCheck] | None = None,
+    references: SpotReferences | None = None,
 ) -> ValidationReport:
     """Check a written pyramid against its plan; never writes. See the module docstring.
 
@@ -380,6 +383,7 @@ def validate_pyramid(
     :param rtol: the relative tolerance of the value comparison.
     :param root_attrs: see above.
     :param checked_levels: see above.
+    :param references: spot-check references computed ahead from the source (:class:`SpotReferences`).
     :returns: a :class:`ValidationReport` (``ok``, ``problems``, ``summary()``).
     """
     _check_args(samples_per_level, rtol)
@@ -403,7 +407,7 @@ def validate_pyramid(
     levels: list[dict] = []
     for lvl in range(pyramid.levels):
         found = checked.get(lvl) or _check_level(pyramid, root, lvl, int(samples_per_level), seed, check_values,
-                                                 float(rtol))
+                                                 float(rtol), references)
         levels.append(found.entry)
         spot_checks += found.spot_checks
         mismatches.extend(found.mismatches)
@@ -411,5 +415,5 @@ def validate_pyramid(
                             mismatches=mismatches)
 
 
-__all__ = ["LevelCheck", "ValidationReport", "check_level", "validate_pyramid", "validate_root_document",
+__all__ = ["LevelCheck", "SpotReferences", "ValidationReport", "check_level", "validate_pyramid", "validate_root_document",
            "load_schema", "SCHEMA_NAMES"]

@@ -15,6 +15,7 @@ from topozarr_flows.build.tasks import (
     commit_stage,
     initialise_target,
     plan_pyramid,
+    prepare_spot_references,
     publish_metadata,
     validate,
     write_tile,
@@ -42,9 +43,9 @@ def build_pyramid(params: BuildParams) -> dict[str, Any]:
     with target_lease(params):
         init = initialise_target(params)
         staging = init["staging"]
-        # each complete level is checked in the background; validate-pyramid takes those checks
+        # each complete level is checked in the background (references first); validate-pyramid takes those checks
         check = partial(check_written_level, params, staging)
-        with level_checks.checking(str(flow_run.id), check) as checks:
+        with level_checks.checking(str(flow_run.id), check, partial(prepare_spot_references, params)) as checks:
             rows = run_tiles(
                 plan,
                 lambda key, fork: write_tile.submit(params, key, fork, fingerprint=plan["fingerprint"]),

@@ -146,7 +146,18 @@ def check_written_level(params: BuildParams, staging: str | None, level: int) ->
     :param level: the level index.
     """
     job = load_job(params)
-    return check_level(job.pyramid, _validation_store(job, staging), level, samples_per_level=params.validate_samples)
+    return check_level(job.pyramid, _validation_store(job, staging), level, samples_per_level=params.validate_samples,
+                       references=job.references)
+
+
+def prepare_spot_references(params: BuildParams) -> int:
+    """Compute the spot checks' references from the source while the tiles write (in the background, not a task).
+
+    :param params: the flow's parameters.
+    :returns: how many references are held.
+    """
+    job = load_job(params)
+    return job.references.prepare(job.pyramid, samples_per_level=params.validate_samples)
 
 
 @task(name="validate-pyramid", **RUN_CACHED)
@@ -164,7 +175,7 @@ def validate(params: BuildParams, staging: str | None, key: str = "validate") ->
     job = load_job(params)
     report = validate_pyramid(job.pyramid, _validation_store(job, staging), samples_per_level=params.validate_samples,
                               root_attrs=published_attrs(job.pyramid.spec),
-                              checked_levels=level_checks.take(str(flow_run.id)))
+                              checked_levels=level_checks.take(str(flow_run.id)), references=job.references)
     report.raise_for_errors()
     return {"spot_checks": report.spot_checks, "levels": len(report.levels)}
 

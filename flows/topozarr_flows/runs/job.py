@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from topozarr_core import Pyramid, TilePlan, create_pyramid
@@ -18,6 +18,7 @@ from topozarr_core.store.icechunk_txn import IcechunkTarget
 from topozarr_core.store.lease import lease_for
 from topozarr_core.store.sources import open_source
 from topozarr_core.store.targets import resolve_store
+from topozarr_core.validate.spot_checks import SpotReferences
 from topozarr_core.write.protocol import BuildWrite
 from topozarr_flows.params import BuildParams
 from topozarr_flows.runs.attempt_cache import AttemptCache
@@ -29,6 +30,8 @@ class Job:
     params: BuildParams
     pyramid: Pyramid
     plan: TilePlan
+    #: the spot checks' references, computed from the source while the tiles write (flow process only)
+    references: SpotReferences = field(default_factory=SpotReferences)
 
     @property
     def icechunk(self) -> IcechunkTarget | None:

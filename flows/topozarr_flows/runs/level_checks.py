@@ -1,5 +1,10 @@
 """Each level is checked as soon as it is written, in the background, while coarser ones are written.
 
+Before any level is complete, the same thread computes the spot checks' references from the source
+(``prepare``: :class:`topozarr_core.validate.spot_checks.SpotReferences`), so a check once a level is
+written only reads its windows back. A 1 GB build is one tile whose levels all complete when it ends:
+its checks took 0.38 s after it, 0.27 s of them the references.
+
 ``validate-pyramid`` used to read every level back after the last one was written: 0.4-0.7 s on the
 critical path of a 1 GB build, while the cores had little else to do in the pipeline's tail. Now the
 flow hands each level to :meth:`RunChecks.level_written` when it is complete (Zarr: its last tile
@@ -27,13 +32,26 @@ from topozarr_core.validate.pyramid import LevelCheck
 class RunChecks:
     """The background checks of one flow-run attempt's levels."""
 
-    def __init__(self, check: Callable[[int], LevelCheck]) -> None:
-        """:param check: checks one level; run in one background thread."""
+    def __init__(self, check: Callable[[int], LevelCheck], prepare: Callable[[], object] | None = None) -> None:
+        """:param check: checks one level; run in one background thread.
+        :param prepare: runs first in that thread (the checks' references); its failure only costs time.
+        """
         self._check = check
         # one thread: a check is small, and it must not take cores from the tiles still writing
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topozarr-level-check")
         self._futures: dict[int, Future] = {}
         self._lock = threading.Lock()
+        self._prepared = self._pool.submit(prepare) if prepare is not None else None
+
+    def prepared(self) -> bool:
+        """Wait for ``prepare``; whether it ended without an error (False also when there is none)."""
+        if self._prepared is None:
+            return False
+        try:
+            self._prepared.result()
+        except Exception:  # noqa: BLE001 -- the checks compute what it did not
+            return False
+        return True
 
     def level_written(self, level: int) -> None:
         """Start checking ``level`` (once; a level reported again is not checked twice)."""
@@ -42,7 +60,9 @@ class RunChecks:
                 self._futures[level] = self._pool.submit(self._check, level)
 
     def results(self) -> dict[int, LevelCheck]:
-        """The finished checks, waiting for those started; a check that raised is left out."""
+        """The finished checks, waiting for those started (and for ``prepare``, whose references the
+        checks still to make use); a check that raised is left out."""
+        self.prepared()
         with self._lock:
             futures = dict(self._futures)
         out = {}
@@ -63,13 +83,15 @@ _guard = threading.Lock()
 
 
 @contextmanager
-def checking(run_id: str, check: Callable[[int], LevelCheck]) -> Iterator[RunChecks]:
+def checking(run_id: str, check: Callable[[int], LevelCheck],
+             prepare: Callable[[], object] | None = None) -> Iterator[RunChecks]:
     """Background checks for flow run ``run_id`` while the block runs; dropped when it ends.
 
     :param run_id: the flow run's id.
     :param check: checks one level.
+    :param prepare: runs in the background before any check (see the module docstring).
     """
-    checks = RunChecks(check)
+    checks = RunChecks(check, prepare)
     with _guard:
         previous = _runs.pop(run_id, None)
         _runs[run_id] = checks

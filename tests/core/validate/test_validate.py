@@ -12,6 +12,7 @@ import zarr
 from tests.helpers.rasters import make_raster
 from topozarr_core import create_pyramid
 from topozarr_core.validate.pyramid import (
+    SpotReferences,
     ValidationReport,
     check_level,
     validate_pyramid,
@@ -164,6 +165,38 @@ def test_levels_checked_one_by_one_make_the_same_report_and_are_not_read_again(w
     again = validate_pyramid(p, path, samples_per_level=5, checked_levels={1: parts[1]})
     assert not any(m.startswith("level 1") for m in again.mismatches)
     assert validate_pyramid(p, path, samples_per_level=5).mismatches[0] == "level 1: group '1' is missing"
+
+
+def test_references_prepared_ahead_check_the_same_windows_without_reading_the_source(tmp_path):
+    """What the flows do while tiles write: the spot checks' references are computed from the source
+    first; checks made afterwards read only the written pyramid, find what they find without them, and
+    still catch a corrupted level."""
+    import shutil
+
+    import xarray as xr
+
+    src = tmp_path / "src.zarr"
+    float3d().to_zarr(src, zarr_format=3, consolidated=False)
+    p = create_pyramid(xr.open_zarr(src, chunks=None, consolidated=False), levels=4, x_dim="lon", y_dim="lat",
+                       crs="EPSG:4326")
+    path = tmp_path / "p.zarr"
+    p.write(path)
+    arr = zarr.open_array(path, path="2/air", mode="r+")
+    arr[...] = np.zeros(arr.shape, arr.dtype)
+    plain = validate_pyramid(p, path, samples_per_level=5)
+    refs = SpotReferences()
+    assert refs.prepare(p, samples_per_level=5) == plain.spot_checks == 4 * 5
+    shutil.rmtree(src)  # from now on a reference computed here reads fill values (zarr's missing chunks)
+    without = validate_pyramid(p, path, samples_per_level=5)
+    assert len(without.mismatches) > len(plain.mismatches), without.mismatches
+    ahead = validate_pyramid(p, path, samples_per_level=5, references=refs)
+    assert (ahead.levels, ahead.spot_checks, ahead.mismatches) == (plain.levels, plain.spot_checks, plain.mismatches)
+    assert [m.split(" window")[0] for m in ahead.mismatches] == ["level 2 'air'"] * 5
+    one = check_level(p, path, 1, samples_per_level=5, references=refs)
+    assert (one.spot_checks, one.mismatches) == (5, [])
+    # a window not prepared (here: a sixth sample) is computed when checked, as without references
+    more = check_level(p, path, 1, samples_per_level=6, references=refs)
+    assert more.spot_checks == 6 and len(more.mismatches) == 1 and "differ from the mean" in more.mismatches[0]
 
 
 def test_corrupted_level0_is_caught_exactly(written):

@@ -69,11 +69,20 @@ def test_each_level_is_checked_in_the_background_once_written(prefect_harness, s
         taken.append(sorted(found))
         return found
 
+    real_prepare, prepared = topozarr_flows.build.flow.prepare_spot_references, []
+
+    def prepare(params):
+        prepared.append((sorted(checked), real_prepare(params)))  # before any level check
+        return prepared[-1][1]
+
     monkeypatch.setattr(topozarr_flows.build.flow, "check_written_level", check)
+    monkeypatch.setattr(topozarr_flows.build.flow, "prepare_spot_references", prepare)
     monkeypatch.setattr(topozarr_flows.runs.level_checks, "take", take)
     params = _params(src, str(tmp_path / "bg.zarr"))
     result = build_pyramid(params)
     assert sorted(checked) == [0, 1, 2] and taken == [[0, 1, 2]]
+    # the references of every spot check were computed from the source before the first level check
+    assert prepared == [([], result["spot_checks"])] and result["spot_checks"] > 0
     planned = create_pyramid(xr.open_dataset(src, engine="h5netcdf"), levels=3, x_dim="lon", y_dim="lat",
                              crs="EPSG:4326", chunks_per_shard=1)
     assert result["spot_checks"] == validate_pyramid(planned, tmp_path / "bg.zarr",
