@@ -17,6 +17,10 @@ Phases (each compared with its baseline of the same repeat):
 * ``seed dask lazy``  the same with the source opened lazily (``chunks=None``): a task reads a tile's window;
 * ``seed dask zarrs`` the same, lazy, with zarr's codec pipeline set to zarrs in the client (the arrays
   xarray opens carry it to the workers): what ``Pyramid.write`` uses on local targets.
+* ``seed store``      the second line alone: ``to_zarr`` of the levels already computed into the
+  workers' memory (untimed, before): the floor xarray and zarr-python set under the seed's lines;
+* ``source reads``    the source read through its own dask chunks and nothing else: the floor the
+  source's own chunking sets under ``seed dask``'s graph, whatever the graph does with the blocks.
 
 The source is a synthetic float32 raster (``--size`` squared: 16384 is 1 GB, 32768 4 GB) written once as a
 Zarr with ``--source-chunk`` chunks (cached under ``--cache-dir`` for local runs) and opened lazily. With
@@ -72,11 +76,13 @@ import _common as C  # noqa: E402
 CRS = "EPSG:3857"
 DEFAULT_CACHE = Path(os.environ.get("TOPOZARR_BENCH_CACHE", Path(tempfile.gettempdir()) / "topozarr-bench-cache"))
 BASELINE = {"flow": "core", "flow_icechunk": "core_icechunk", "flow_dask": "core", "tiles_dask": "core",
-            "seed_dask": "core", "seed_dask_lazy": "core", "seed_dask_zarrs": "core"}
+            "seed_dask": "core", "seed_dask_lazy": "core", "seed_dask_zarrs": "core", "seed_store": "core",
+            "source_reads": "core"}
 LABEL = {"core": "core (Pyramid.write)", "flow": "flow, threads", "core_icechunk": "core icechunk + commit",
          "flow_icechunk": "flow icechunk", "flow_dask": "flow, DaskTaskRunner",
          "tiles_dask": "tiles as Dask tasks", "seed_dask": "seed's Dask lines",
-         "seed_dask_lazy": "seed's lines, lazy source", "seed_dask_zarrs": "seed's lines, lazy, zarrs"}
+         "seed_dask_lazy": "seed's lines, lazy source", "seed_dask_zarrs": "seed's lines, lazy, zarrs",
+         "seed_store": "seed's store alone", "source_reads": "source's own chunks read"}
 
 
 def _isolate_prefect(tmp: Path) -> None:
@@ -147,15 +153,27 @@ class Phases:
         self.flow_options = {} if tile_bytes is None else {"max_tile_bytes": tile_bytes}
         self.flow_runs: list[str] = []
         self._cluster = None
+        self._persisted: Any = None
 
     #: Each phase's output, deleted before the phase is timed.
     OUTPUT = {"core": "core.zarr", "core_icechunk": "core.icechunk", "flow": "flow.zarr",
               "flow_icechunk": "flow.icechunk", "flow_dask": "flow-dask.zarr", "tiles_dask": "tiles-dask.zarr",
-              "seed_dask": "seed.zarr", "seed_dask_lazy": "seed.zarr", "seed_dask_zarrs": "seed.zarr"}
+              "seed_dask": "seed.zarr", "seed_dask_lazy": "seed.zarr", "seed_dask_zarrs": "seed.zarr",
+              "seed_store": "seed.zarr", "source_reads": "seed.zarr"}
 
     def clear(self, phase: str) -> None:
-        """Delete ``phase``'s previous output (untimed: called before the phase's clock starts)."""
+        """Delete ``phase``'s previous output (untimed: called before the phase's clock starts); for
+        ``seed_store``, also compute the levels into the workers' memory."""
         self.where.remove(self.OUTPUT[phase])
+        if phase == "seed_store":
+            from dask.distributed import wait
+
+            pyramid = self.pyramid(chunks=None)
+            with self.cluster().as_current():
+                tree = pyramid.as_datatree().persist()
+            wait([v.data for node in tree.subtree for v in node.dataset.variables.values()
+                  if hasattr(v.data, "dask")])
+            self._persisted = (pyramid, tree)
 
     def _out(self, phase: str) -> str:
         return self.where.url(self.OUTPUT[phase])
@@ -253,6 +271,25 @@ class Phases:
 
     def seed_dask_lazy(self) -> dict:
         return self._seed(chunks=None)  # opened lazily: a task reads a tile's window
+
+    def seed_store(self) -> dict:
+        """The second of the seed's lines alone, ``to_zarr`` of levels already in the workers' memory
+        (computed, untimed, by :meth:`clear`): what xarray and zarr-python take to store them."""
+        pyramid, tree = self._persisted
+        self._persisted = None
+        target = self.where.url("seed.zarr")
+        with self.cluster().as_current():
+            tree.to_zarr(self.where.store("seed.zarr") if self.where.s3 else target, zarr_format=3,
+                         consolidated=False, encoding=pyramid.encoding)
+        return {}
+
+    def source_reads(self) -> dict:
+        """The source read through its own dask chunks (``chunks={}``) and nothing else: what the first
+        of ``seed_dask``'s tasks cost, whatever a graph built on them does."""
+        data = next(iter(self._open(chunks={}).data_vars.values())).data
+        with self.cluster().as_current():
+            data.map_blocks(lambda block: block[:1, :1], chunks=(1, 1)).compute()
+        return {}
 
     def seed_dask_zarrs(self) -> dict:
         import zarr
