@@ -17,6 +17,9 @@ Phases (each compared with its baseline of the same repeat):
 * ``seed dask lazy``  the same with the source opened lazily (``chunks=None``): a task reads a tile's window;
 * ``seed dask zarrs`` the same, lazy, with zarr's codec pipeline set to zarrs in the client (the arrays
   xarray opens carry it to the workers): what ``Pyramid.write`` uses on local targets.
+* ``flow empty``      the flow's tasks in its order, with its options, the write limit and its artifacts,
+  and bodies that do nothing (``benchmarks/_prefect_floor.py``), on threads; ``flow empty dask`` the
+  same on the cluster: what Prefect costs a build of one tile before any work;
 * ``seed store``      the second line alone: ``to_zarr`` of the levels already computed into the
   workers' memory (untimed, before): the floor xarray and zarr-python set under the seed's lines;
 * ``source reads``    the source read through its own dask chunks and nothing else: the floor the
@@ -77,12 +80,13 @@ CRS = "EPSG:3857"
 DEFAULT_CACHE = Path(os.environ.get("TOPOZARR_BENCH_CACHE", Path(tempfile.gettempdir()) / "topozarr-bench-cache"))
 BASELINE = {"flow": "core", "flow_icechunk": "core_icechunk", "flow_dask": "core", "tiles_dask": "core",
             "seed_dask": "core", "seed_dask_lazy": "core", "seed_dask_zarrs": "core", "seed_store": "core",
-            "source_reads": "core"}
+            "source_reads": "core", "flow_empty": "core", "flow_empty_dask": "core"}
 LABEL = {"core": "core (Pyramid.write)", "flow": "flow, threads", "core_icechunk": "core icechunk + commit",
          "flow_icechunk": "flow icechunk", "flow_dask": "flow, DaskTaskRunner",
          "tiles_dask": "tiles as Dask tasks", "seed_dask": "seed's Dask lines",
          "seed_dask_lazy": "seed's lines, lazy source", "seed_dask_zarrs": "seed's lines, lazy, zarrs",
-         "seed_store": "seed's store alone", "source_reads": "source's own chunks read"}
+         "seed_store": "seed's store alone", "source_reads": "source's own chunks read",
+         "flow_empty": "flow's tasks, empty, threads", "flow_empty_dask": "flow's tasks, empty, Dask"}
 
 
 def _isolate_prefect(tmp: Path) -> None:
@@ -159,7 +163,8 @@ class Phases:
     OUTPUT = {"core": "core.zarr", "core_icechunk": "core.icechunk", "flow": "flow.zarr",
               "flow_icechunk": "flow.icechunk", "flow_dask": "flow-dask.zarr", "tiles_dask": "tiles-dask.zarr",
               "seed_dask": "seed.zarr", "seed_dask_lazy": "seed.zarr", "seed_dask_zarrs": "seed.zarr",
-              "seed_store": "seed.zarr", "source_reads": "seed.zarr"}
+              "seed_store": "seed.zarr", "source_reads": "seed.zarr", "flow_empty": "empty.zarr",
+              "flow_empty_dask": "empty.zarr"}
 
     def clear(self, phase: str) -> None:
         """Delete ``phase``'s previous output (untimed: called before the phase's clock starts); for
@@ -223,6 +228,31 @@ class Phases:
 
     def flow_icechunk(self) -> dict:
         return self._flow(target=self._out("flow_icechunk"), target_format="icechunk")
+
+    def _flow_empty(self, task_runner: Any = None) -> dict:
+        import _prefect_floor
+
+        from topozarr_flows import BuildParams
+
+        flow = _prefect_floor.empty_build
+        flow = flow if task_runner is None else flow.with_options(task_runner=task_runner)
+        state = flow(BuildParams(source=self.src, target=self._out("flow_empty"), levels=self.levels, crs=CRS),
+                     return_state=True)
+        if not state.is_completed():
+            raise RuntimeError(f"flow run ended {state.name}: {state.message}")
+        run_id = str(state.state_details.flow_run_id)
+        self.flow_runs.append(run_id)
+        return {"flow_run_id": run_id}
+
+    def flow_empty(self) -> dict:
+        """The build flow's tasks with empty bodies, on threads (``benchmarks/_prefect_floor.py``)."""
+        return self._flow_empty()
+
+    def flow_empty_dask(self) -> dict:
+        """The same on the Dask cluster: its tile task runs on a worker."""
+        from prefect_dask import DaskTaskRunner
+
+        return self._flow_empty(DaskTaskRunner(address=self.cluster().scheduler.address))
 
     def flow_dask(self) -> dict:
         from prefect_dask import DaskTaskRunner
