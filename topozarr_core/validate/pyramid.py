@@ -38,7 +38,7 @@ from topozarr_core.publish.root_doc import OWNED_KEY, STATUS_KEY
 from topozarr_core.spec.variables import VarSpec
 from topozarr_core.store.targets import resolve_store
 from topozarr_core.text import clip
-from topozarr_core.validate.spot_checks import SpotReferences, checked_variables, level_windows, spot_check
+from topozarr_core.validate.spot_checks import SpotReferences, level_windows, spot_check
 
 if TYPE_CHECKING:  # pragma: no cover
     from topozarr_core.pyramid import Pyramid
@@ -317,8 +317,7 @@ def check_level(
 def _check_level(pyramid: Pyramid, root: zarr.Group, lvl: int, samples: int, seed: int, check_values: bool,
                  rtol: float, references: SpotReferences | None = None) -> LevelCheck:
     spec = pyramid.spec
-    windows = level_windows(pyramid, lvl, samples, seed) if check_values else {}
-    checked = {v.name for v in checked_variables(pyramid, lvl)}
+    windows = level_windows(pyramid, lvl, samples, seed) if check_values else {}  # by checked variable
     ny, nx = pyramid.level_shape(lvl)
     entry: dict[str, Any] = {"level": lvl, "shape": [ny, nx], "variables": {}}
     mismatches: list[str] = []
@@ -343,9 +342,9 @@ def _check_level(pyramid: Pyramid, root: zarr.Group, lvl: int, samples: int, see
         observed, problems = _check_array(arr, v, lvl)
         entry["variables"][v.name] = observed
         mismatches.extend(problems)
-        if problems or not check_values or v.name not in checked:
-            continue  # no values to trust on a wrong layout; see checked_variables for the others
-        n, problems = spot_check(pyramid, arr, v, lvl, windows.get(v.name, []), rtol, references)
+        if problems or v.name not in windows:
+            continue  # no values to trust on a wrong layout; see spot_checks.checked_variables for the others
+        n, problems = spot_check(pyramid, arr, v, lvl, windows[v.name], rtol, references)
         spot_checks += n
         mismatches.extend(problems)
     return LevelCheck(lvl, entry, spot_checks, mismatches)

@@ -197,8 +197,8 @@ class SpotReferences:
         :param levels: the levels (default: all).
         :returns: how many references are held now.
         """
+        by_name = {v.name: v for v in pyramid.spec.variables}
         for level in range(pyramid.levels) if levels is None else levels:
-            by_name = {v.name: v for v in pyramid.spec.variables}
             for name, windows in level_windows(pyramid, level, samples_per_level, seed).items():
                 for window in windows:
                     key = _key(name, level, window)
