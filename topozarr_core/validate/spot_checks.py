@@ -214,7 +214,13 @@ class SpotReferences:
 
     def reference(self, pyramid: Pyramid, v: VarSpec, level: int, window: tuple[slice, ...]
                   ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The reference of one window: the one prepared, else computed now."""
+        """The reference of one window: the one prepared, else computed now.
+
+        :param pyramid: the pyramid as planned (its source is the reference).
+        :param v: the variable's spec.
+        :param level: the level index.
+        :param window: the window (:func:`level_windows`).
+        """
         with self._lock:
             found = self._values.get(_key(v.name, level, window))
         return found if found is not None else _reference(pyramid, v, level, window)
