@@ -416,6 +416,38 @@ def count_task_runs(flow_run_ids: list[str]) -> dict[str, int]:
     return counts
 
 
+def where_runs_spend(results: dict[str, list[dict]]) -> str:
+    """Where the flow phases' runs spend their time, from the task runs the server recorded (medians
+    over the repeats, seconds): before the first tile starts, from the first tile's start to the last
+    one's end, ``validate-pyramid``'s own run, and from the last tile's end to the run's end."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    rows = []
+    with get_client(sync_client=True) as client:
+        for phase, runs in results.items():
+            spans: dict[str, list[float]] = {"before": [], "tiles": [], "validate": [], "after": []}
+            for run_id in [x["flow_run_id"] for x in runs if "flow_run_id" in x]:
+                run = client.read_flow_run(run_id)
+                tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+                                              limit=200)
+                tiles = [t for t in tasks if t.name.startswith("tile-") and t.start_time and t.end_time]
+                checks = [t for t in tasks if t.name.startswith("validate-pyramid") and t.start_time and t.end_time]
+                if not (tiles and run.start_time and run.end_time):
+                    continue
+                first, last = min(t.start_time for t in tiles), max(t.end_time for t in tiles)
+                spans["before"].append((first - run.start_time).total_seconds())
+                spans["tiles"].append((last - first).total_seconds())
+                spans["validate"].extend((t.end_time - t.start_time).total_seconds() for t in checks)
+                spans["after"].append((run.end_time - last).total_seconds())
+            if spans["tiles"]:
+                rows.append([LABEL[phase]] + [C.fmt_num(C.summarize(v)["median"]) if v else "" for v in spans.values()])
+    if not rows:
+        return ""
+    headers = ["flow phase", "before the first tile s", "tiles s", "validate-pyramid s", "after the last tile s"]
+    return "where the flow runs spend their time (medians):\n" + C.format_table(headers, rows)
+
+
 def reads_of_the_tile_plan(phases: Phases, tile_bytes: int | None) -> str:
     """Run the flow's tile plan here through counting stores: source bytes read against its size, and
     bytes read back from the target."""
@@ -553,12 +585,15 @@ def main(argv: list[str] | None = None) -> int:
                 ", S3 to S3" if s3 else "")
             results = run_suite(name, phases, order, args.repeat)
             tasks = count_task_runs(phases.flow_runs)
+            spent = where_runs_spend(results)
             reads = reads_of_the_tile_plan(phases, tile_bytes)
             warm.close()
         print("\n" + report(name, results, tasks))
+        if spent:
+            print("\n" + spent)
         print("\n" + reads)
         if args.json:
-            Path(args.json).write_text(json.dumps({"results": results, "task_runs": tasks, "reads": reads},
+            Path(args.json).write_text(json.dumps({"results": results, "task_runs": tasks, "spent": spent, "reads": reads},
                                                   indent=1, default=str))
     finally:
         if moto is not None:
