@@ -21,6 +21,7 @@ flow, in its process) always does.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,7 +42,14 @@ class RunChecks:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topozarr-level-check")
         self._futures: dict[int, Future] = {}
         self._lock = threading.Lock()
-        self._prepared = self._pool.submit(prepare) if prepare is not None else None
+        # the flow run's context (made in the flow's thread): without it the thread is in no flow run, and
+        # what it derives per attempt (the Job: source, plan, references) would be built again, keyed by
+        # no attempt, and could serve a later run of the same parameters in a long-lived process
+        self._context = contextvars.copy_context()
+        self._prepared = self._submit(prepare) if prepare is not None else None
+
+    def _submit(self, fn: Callable, *args: object) -> Future:
+        return self._pool.submit(self._context.copy().run, fn, *args)
 
     def prepared(self) -> bool:
         """Wait for ``prepare``; whether it ended without an error (False also when there is none)."""
@@ -57,7 +65,7 @@ class RunChecks:
         """Start checking ``level`` (once; a level reported again is not checked twice)."""
         with self._lock:
             if level not in self._futures:
-                self._futures[level] = self._pool.submit(self._check, level)
+                self._futures[level] = self._submit(self._check, level)
 
     def results(self) -> dict[int, LevelCheck]:
         """The finished checks, waiting for those started (and for ``prepare``, whose references the

@@ -75,6 +75,15 @@ def test_each_level_is_checked_in_the_background_once_written(prefect_harness, s
         prepared.append((sorted(checked), real_prepare(params)))  # before any level check
         return prepared[-1][1]
 
+    import topozarr_flows.runs.job
+
+    real_build, built = topozarr_flows.runs.job._build, []
+
+    def build(params):
+        built.append(params)
+        return real_build(params)
+
+    monkeypatch.setattr(topozarr_flows.runs.job, "_build", build)
     monkeypatch.setattr(topozarr_flows.build.flow, "check_written_level", check)
     monkeypatch.setattr(topozarr_flows.build.flow, "prepare_spot_references", prepare)
     monkeypatch.setattr(topozarr_flows.runs.level_checks, "take", take)
@@ -83,6 +92,9 @@ def test_each_level_is_checked_in_the_background_once_written(prefect_harness, s
     assert sorted(checked) == [0, 1, 2] and taken == [[0, 1, 2]]
     # the references of every spot check were computed from the source before the first level check
     assert prepared == [([], result["spot_checks"])] and result["spot_checks"] > 0
+    # the background thread runs in the flow run's context: it shares the attempt's one Job (and so the
+    # references validate-pyramid uses) instead of building one of its own, keyed by no attempt
+    assert len(built) == 1
     planned = create_pyramid(xr.open_dataset(src, engine="h5netcdf"), levels=3, x_dim="lon", y_dim="lat",
                              crs="EPSG:4326", chunks_per_shard=1)
     assert result["spot_checks"] == validate_pyramid(planned, tmp_path / "bg.zarr",
