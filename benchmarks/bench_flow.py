@@ -211,10 +211,12 @@ class Phases:
         session.commit("bench: pyramid")
         return {}
 
-    def _flow(self, task_runner: Any = None, **target: Any) -> dict:
+    def _flow(self, task_runner: Any = None, flow: Any = None, **target: Any) -> dict:
+        """Run ``flow`` (default: ``build_pyramid``) on ``task_runner`` and record its flow run."""
         from topozarr_flows import BuildParams, build_pyramid
 
-        flow = build_pyramid if task_runner is None else build_pyramid.with_options(task_runner=task_runner)
+        flow = build_pyramid if flow is None else flow
+        flow = flow if task_runner is None else flow.with_options(task_runner=task_runner)
         params = BuildParams(source=self.src, levels=self.levels, crs=CRS, **self.flow_options, **target)
         state = flow(params, return_state=True)
         if not state.is_completed():
@@ -229,30 +231,19 @@ class Phases:
     def flow_icechunk(self) -> dict:
         return self._flow(target=self._out("flow_icechunk"), target_format="icechunk")
 
-    def _flow_empty(self, task_runner: Any = None) -> dict:
-        import _prefect_floor
-
-        from topozarr_flows import BuildParams
-
-        flow = _prefect_floor.empty_build
-        flow = flow if task_runner is None else flow.with_options(task_runner=task_runner)
-        state = flow(BuildParams(source=self.src, target=self._out("flow_empty"), levels=self.levels, crs=CRS),
-                     return_state=True)
-        if not state.is_completed():
-            raise RuntimeError(f"flow run ended {state.name}: {state.message}")
-        run_id = str(state.state_details.flow_run_id)
-        self.flow_runs.append(run_id)
-        return {"flow_run_id": run_id}
-
     def flow_empty(self) -> dict:
         """The build flow's tasks with empty bodies, on threads (``benchmarks/_prefect_floor.py``)."""
-        return self._flow_empty()
+        import _prefect_floor
+
+        return self._flow(flow=_prefect_floor.empty_build, target=self._out("flow_empty"))
 
     def flow_empty_dask(self) -> dict:
         """The same on the Dask cluster: its tile task runs on a worker."""
+        import _prefect_floor
         from prefect_dask import DaskTaskRunner
 
-        return self._flow_empty(DaskTaskRunner(address=self.cluster().scheduler.address))
+        return self._flow(DaskTaskRunner(address=self.cluster().scheduler.address), flow=_prefect_floor.empty_build,
+                          target=self._out("flow_empty_dask"))
 
     def flow_dask(self) -> dict:
         from prefect_dask import DaskTaskRunner
@@ -288,12 +279,15 @@ class Phases:
         steps.publish(store)
         return dict(peak)
 
+    def _seed_target(self) -> Any:
+        """Where the seed's lines write: a store on S3, else the local path."""
+        return self.where.store("seed.zarr") if self.where.s3 else self.where.url("seed.zarr")
+
     def _seed(self, chunks: Any) -> dict:
         pyramid = self.pyramid(chunks=chunks)
-        target = self.where.url("seed.zarr")
         with self.worker_peak() as peak, self.cluster().as_current():
-            pyramid.as_datatree().to_zarr(self.where.store("seed.zarr") if self.where.s3 else target,
-                                          zarr_format=3, consolidated=False, encoding=pyramid.encoding)
+            pyramid.as_datatree().to_zarr(self._seed_target(), zarr_format=3, consolidated=False,
+                                          encoding=pyramid.encoding)
         return dict(peak)
 
     def seed_dask(self) -> dict:
@@ -307,10 +301,8 @@ class Phases:
         (computed, untimed, by :meth:`clear`): what xarray and zarr-python take to store them."""
         pyramid, tree = self._persisted
         self._persisted = None
-        target = self.where.url("seed.zarr")
         with self.cluster().as_current():
-            tree.to_zarr(self.where.store("seed.zarr") if self.where.s3 else target, zarr_format=3,
-                         consolidated=False, encoding=pyramid.encoding)
+            tree.to_zarr(self._seed_target(), zarr_format=3, consolidated=False, encoding=pyramid.encoding)
         return {}
 
     def source_reads(self) -> dict:
@@ -395,42 +387,40 @@ def recorded_seconds(run_id: str) -> float:
     return (run.end_time - run.start_time).total_seconds() if run.start_time and run.end_time else float("nan")
 
 
-def count_task_runs(flow_run_ids: list[str]) -> dict[str, int]:
-    """Task runs the server recorded per flow run (recorded from events: wait until the count is stable)."""
+def recorded_task_runs(flow_run_ids: list[str]) -> dict[str, list]:
+    """The task runs the server recorded per flow run (recorded from events: read until their number is stable)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    counts: dict[str, int] = {}
+    found: dict[str, list] = {}
     with get_client(sync_client=True) as client:
         for run_id in flow_run_ids:
-            last, stable = -1, 0
+            last, stable = None, 0
             for _ in range(50):
-                n = len(client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
-                                              limit=200))
-                stable = stable + 1 if n == last else 0
-                last = n
+                runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+                                             limit=200)
+                stable = stable + 1 if last is not None and len(runs) == len(last) else 0
+                last = runs
                 if stable >= 2:
                     break
                 time.sleep(0.1)
-            counts[run_id] = last
-    return counts
+            found[run_id] = last or []
+    return found
 
 
-def where_runs_spend(results: dict[str, list[dict]]) -> str:
-    """Where the flow phases' runs spend their time, from the task runs the server recorded (medians
-    over the repeats, seconds): before the first tile starts, from the first tile's start to the last
-    one's end, ``validate-pyramid``'s own run, and from the last tile's end to the run's end."""
+def where_runs_spend(results: dict[str, list[dict]], task_runs: dict[str, list]) -> str:
+    """Where the flow phases' runs spend their time, from the task runs the server recorded
+    (:func:`recorded_task_runs`; medians over the repeats, seconds): before the first tile starts, from
+    the first tile's start to the last one's end, ``validate-pyramid``'s own run, and from the last
+    tile's end to the run's end."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     rows = []
     with get_client(sync_client=True) as client:
         for phase, runs in results.items():
             spans: dict[str, list[float]] = {"before": [], "tiles": [], "validate": [], "after": []}
             for run_id in [x["flow_run_id"] for x in runs if "flow_run_id" in x]:
-                run = client.read_flow_run(run_id)
-                tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
-                                              limit=200)
+                run, tasks = client.read_flow_run(run_id), task_runs.get(run_id, [])
                 tiles = [t for t in tasks if t.name.startswith("tile-") and t.start_time and t.end_time]
                 checks = [t for t in tasks if t.name.startswith("validate-pyramid") and t.start_time and t.end_time]
                 if not (tiles and run.start_time and run.end_time):
@@ -517,7 +507,7 @@ def report(name: str, results: dict[str, list[dict]], tasks: dict[str, int]) -> 
             if flows:  # what a deployment's run takes: its Completed state does not wait for the heartbeat
                 rr = C.summarize([x["run_seconds"] / by_rep[x["repeat"]]["seconds"] for x in flows])
                 run_ratio = f"{rr['median']:.2f}x ({rr['min']:.2f}-{rr['max']:.2f})"
-        n_tasks = sorted({tasks.get(x.get("flow_run_id", ""), -1) for x in runs if "flow_run_id" in x})
+        n_tasks = sorted({tasks.get(x["flow_run_id"], -1) for x in runs if "flow_run_id" in x})
         peak = [x["worker_peak_rss_mb"] for x in runs if "worker_peak_rss_mb" in x]
         rows.append([LABEL[phase], C.fmt_num(wall["median"]), f"{C.fmt_num(wall['min'])}-{C.fmt_num(wall['max'])}",
                      ratio, C.fmt_num(cpu["median"]), C.fmt_num(others["median"]),
@@ -584,8 +574,9 @@ def main(argv: list[str] | None = None) -> int:
             name = f"{args.size}x{args.size} float32 ({args.size ** 2 * 4 / 1e9:.1f} GB), {args.levels} levels" + (
                 ", S3 to S3" if s3 else "")
             results = run_suite(name, phases, order, args.repeat)
-            tasks = count_task_runs(phases.flow_runs)
-            spent = where_runs_spend(results)
+            task_runs = recorded_task_runs(phases.flow_runs)
+            tasks = {run_id: len(runs) for run_id, runs in task_runs.items()}
+            spent = where_runs_spend(results, task_runs)
             reads = reads_of_the_tile_plan(phases, tile_bytes)
             warm.close()
         print("\n" + report(name, results, tasks))
