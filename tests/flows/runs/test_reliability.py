@@ -255,8 +255,10 @@ def test_sigkill_mid_run_then_retry_same_run(prefect_harness, source, clean, tmp
         progressed = lambda run_id: len(_completed_tiles(prefect_harness, run_id)) >= 4  # noqa: E731
     else:  # after stage 0 was committed to the staging branch, while stage 1 is being written
         progressed = lambda run_id: bool(_task_runs(prefect_harness, run_id, "commit-stage"))  # noqa: E731
-    # ... and while a tile is surely in flight: it started less than DELAY / 2 ago
-    run_id = _kill_when(proc, id_file, lambda run_id: _in_flight(tmp_path / "faults") and progressed(run_id),
+    # ... and while a tile is surely in flight: it started less than DELAY / 2 ago. Checked last, right
+    # before the kill: ``progressed`` asks the API, which on a loaded machine can take longer than the
+    # tile sleeps (checked first, the tile seen in flight had ended, with its slot, before the kill)
+    run_id = _kill_when(proc, id_file, lambda run_id: progressed(run_id) and _in_flight(tmp_path / "faults"),
                         tmp_path)
 
     # the killed run is still RUNNING as far as the API knows: nothing reported the crash
