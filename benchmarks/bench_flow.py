@@ -41,7 +41,9 @@ Prefect server and the Dask workers are "the rest": compare walls), the ratio to
 repeat (median, range), for flows the run's start to end as Prefect recorded them and its ratio to
 the baseline's wall (the call returns up to 1 s later: Prefect 3.9 joins its flow heartbeat thread,
 which sleeps in 1 s steps from the run's start; a deployment's run is Completed before that wait),
-task runs, and for the Dask phases the peak RSS of any worker during the phase.
+task runs, and for the Dask phases the peak RSS of any worker during the phase and the bytes the workers
+received from each other. ``--worker-saturation inf`` starts the cluster's scheduler without root-task
+queuing (Dask's default is 1.1), which assigns the reads under one merge to one worker together.
 
 Also printed, once: what the flow's tile plan reads, measured through a counting store wrapper
 (:class:`topozarr_core.testing.CountingStore`) around the source and the target while the same tiles
@@ -152,8 +154,10 @@ class Where:
 class Phases:
     """The measured phases over one source; each returns extra facts as a dict."""
 
-    def __init__(self, src: str, where: Where, levels: int, workers: int, tile_bytes: int | None):
+    def __init__(self, src: str, where: Where, levels: int, workers: int, tile_bytes: int | None,
+                 worker_saturation: float | None = None):
         self.src, self.where, self.levels, self.workers = src, where, levels, workers
+        self.worker_saturation = worker_saturation
         self.flow_options = {} if tile_bytes is None else {"max_tile_bytes": tile_bytes}
         self.flow_runs: list[str] = []
         self._cluster = None
@@ -324,25 +328,34 @@ class Phases:
     def cluster(self):
         """One LocalCluster of worker processes for the whole run (its start is not timed)."""
         if self._cluster is None:
+            import dask
             from dask.distributed import Client, LocalCluster
 
-            cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+            # the scheduler reads its settings when it starts (inf: no root-task queuing, so the reads
+            # under one merge are assigned to one worker together)
+            config = ({} if self.worker_saturation is None
+                      else {"distributed.scheduler.worker-saturation": self.worker_saturation})
+            with dask.config.set(config):
+                cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
             self._cluster = (cluster, Client(cluster))
         return self._cluster[1]
 
     def worker_peak(self):
         """``with phases.worker_peak() as out:`` -> ``out["worker_peak_rss_mb"]``: the highest peak RSS
-        of any worker during the block (each worker's high-water mark is reset first)."""
+        of any worker during the block (each worker's high-water mark is reset first); and
+        ``out["worker_transfer_mb"]``: what the workers received from each other meanwhile."""
         from contextlib import contextmanager
 
         @contextmanager
         def meter():
             client = self.cluster()
             client.run(C.reset_peak_rss)
+            received = sum(client.run(_received_bytes).values())
             out: dict[str, float] = {}
             yield out
             out["worker_peak_rss_mb"] = max(client.run(C.peak_rss_bytes).values()) / 1e6
+            out["worker_transfer_mb"] = (sum(client.run(_received_bytes).values()) - received) / 1e6
 
         return meter()
 
@@ -350,6 +363,11 @@ class Phases:
         if self._cluster is not None:
             self._cluster[1].close()
             self._cluster[0].close()
+
+
+def _received_bytes(dask_worker: Any) -> int:
+    """Bytes this Dask worker received from other workers so far (the transfers its log recorded)."""
+    return sum(entry.get("total", 0) for entry in dask_worker.transfer_incoming_log)
 
 
 def warm_worker(tiny: str) -> None:
@@ -509,13 +527,15 @@ def report(name: str, results: dict[str, list[dict]], tasks: dict[str, int]) -> 
                 run_ratio = f"{rr['median']:.2f}x ({rr['min']:.2f}-{rr['max']:.2f})"
         n_tasks = sorted({tasks.get(x["flow_run_id"], -1) for x in runs if "flow_run_id" in x})
         peak = [x["worker_peak_rss_mb"] for x in runs if "worker_peak_rss_mb" in x]
+        moved = [x["worker_transfer_mb"] for x in runs if "worker_transfer_mb" in x]
         rows.append([LABEL[phase], C.fmt_num(wall["median"]), f"{C.fmt_num(wall['min'])}-{C.fmt_num(wall['max'])}",
                      ratio, C.fmt_num(cpu["median"]), C.fmt_num(others["median"]),
                      C.fmt_num(C.summarize(recorded)["median"]) if recorded else "", run_ratio,
-                     ",".join(map(str, n_tasks)) if n_tasks else "", f"{max(peak):.0f}" if peak else ""])
+                     ",".join(map(str, n_tasks)) if n_tasks else "", f"{max(peak):.0f}" if peak else "",
+                     C.fmt_num(C.summarize(moved)["median"], 0) if moved else ""])
     headers = ["phase", "median s", "range s", "wall ratio (median, range)", "cpu s (this process)",
                "others cpu-s (median)", "run start-end s (median)", "start-end ratio (median, range)", "task runs",
-               "worker peak RSS MB"]
+               "worker peak RSS MB", "between workers MB (median)"]
     return f"== {name}\n" + C.format_table(headers, rows)
 
 
@@ -526,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source-chunk", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2, help="Dask worker processes (1 thread each)")
+    ap.add_argument("--worker-saturation", type=float, default=None,
+                    help="the Dask scheduler's worker-saturation (default: Dask's; inf: no root-task queuing)")
     ap.add_argument("--tile-mb", type=int, default=None, help="the flow's max_tile_bytes in MiB (default: the flow's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where local sources are built once")
@@ -563,11 +585,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         with prefect_test_harness():
             print(f"Prefect server start (not counted): {time.perf_counter() - t0:.2f} s", flush=True)
-            warm = Phases(tiny, where, 3, args.workers, tile_bytes)
+            warm = Phases(tiny, where, 3, args.workers, tile_bytes, args.worker_saturation)
             for phase in order:  # untimed warm-up: imports, numba caches, flow registration, cluster start
                 warm.clear(phase)
                 getattr(warm, phase)()
-            phases = Phases(src, where, args.levels, args.workers, tile_bytes)
+            phases = Phases(src, where, args.levels, args.workers, tile_bytes, args.worker_saturation)
             phases._cluster = warm._cluster
             if warm._cluster is not None:  # the warm-up's one tile ran on one worker: warm every worker
                 warm._cluster[1].run(warm_worker, str(tiny_local))
