@@ -42,7 +42,7 @@ repeat (median, range), for flows the run's start to end as Prefect recorded the
 the baseline's wall (the call returns up to 1 s later: Prefect 3.9 joins its flow heartbeat thread,
 which sleeps in 1 s steps from the run's start; a deployment's run is Completed before that wait),
 task runs, and for the Dask phases the peak RSS of any worker during the phase and the bytes the workers
-received from each other. ``--worker-saturation inf`` starts the cluster's scheduler without root-task
+sent each other. ``--worker-saturation inf`` starts the cluster's scheduler without root-task
 queuing (Dask's default is 1.1), which assigns the reads under one merge to one worker together.
 
 Also printed, once: what the flow's tile plan reads, measured through a counting store wrapper
@@ -252,10 +252,10 @@ class Phases:
     def flow_dask(self) -> dict:
         from prefect_dask import DaskTaskRunner
 
-        with self.worker_peak() as peak:
+        with self.worker_meter() as meter:
             out = self._flow(DaskTaskRunner(address=self.cluster().scheduler.address),
                              target=self._out("flow_dask"))
-        return {**out, **peak}
+        return {**out, **meter}
 
     def tiles_dask(self) -> dict:
         """The flow's tile plan as plain Dask tasks on the same cluster, stage by stage, without Prefect:
@@ -274,14 +274,14 @@ class Phases:
         steps = BuildWrite.check(pyramid, store, "w", plan=plan)
         levels = steps.prepare(store)
         client = self.cluster()
-        with self.worker_peak() as peak:
+        with self.worker_meter() as meter:
             for stage in plan.stages:
                 keys = [t.key for t in plan.tiles if t.stage == stage]
                 client.gather([client.submit(_dask_tiles.write_tile, self.src, self.levels, CRS, tile_bytes, key,
                                              target, pure=False) for key in keys])
         steps.finish(store, levels)
         steps.publish(store)
-        return dict(peak)
+        return dict(meter)
 
     def _seed_target(self) -> Any:
         """Where the seed's lines write: a store on S3, else the local path."""
@@ -289,10 +289,10 @@ class Phases:
 
     def _seed(self, chunks: Any) -> dict:
         pyramid = self.pyramid(chunks=chunks)
-        with self.worker_peak() as peak, self.cluster().as_current():
+        with self.worker_meter() as meter, self.cluster().as_current():
             pyramid.as_datatree().to_zarr(self._seed_target(), zarr_format=3, consolidated=False,
                                           encoding=pyramid.encoding)
-        return dict(peak)
+        return dict(meter)
 
     def seed_dask(self) -> dict:
         return self._seed(chunks={})  # the source's own dask chunks
@@ -341,21 +341,22 @@ class Phases:
             self._cluster = (cluster, Client(cluster))
         return self._cluster[1]
 
-    def worker_peak(self):
-        """``with phases.worker_peak() as out:`` -> ``out["worker_peak_rss_mb"]``: the highest peak RSS
+    def worker_meter(self):
+        """``with phases.worker_meter() as out:`` -> ``out["worker_peak_rss_mb"]``: the highest peak RSS
         of any worker during the block (each worker's high-water mark is reset first); and
-        ``out["worker_transfer_mb"]``: what the workers received from each other meanwhile."""
+        ``out["worker_transfer_mb"]``: what the workers sent meanwhile (to each other; the phases'
+        results, sent to the client, are small)."""
         from contextlib import contextmanager
 
         @contextmanager
         def meter():
             client = self.cluster()
             client.run(C.reset_peak_rss)
-            received = sum(client.run(_received_bytes).values())
+            sent = sum(client.run(_sent_bytes).values())
             out: dict[str, float] = {}
             yield out
             out["worker_peak_rss_mb"] = max(client.run(C.peak_rss_bytes).values()) / 1e6
-            out["worker_transfer_mb"] = (sum(client.run(_received_bytes).values()) - received) / 1e6
+            out["worker_transfer_mb"] = (sum(client.run(_sent_bytes).values()) - sent) / 1e6
 
         return meter()
 
@@ -365,9 +366,10 @@ class Phases:
             self._cluster[0].close()
 
 
-def _received_bytes(dask_worker: Any) -> int:
-    """Bytes this Dask worker received from other workers so far (the transfers its log recorded)."""
-    return sum(entry.get("total", 0) for entry in dask_worker.transfer_incoming_log)
+def _sent_bytes(dask_worker: Any) -> int:
+    """Bytes this Dask worker has sent so far: to other workers, and any results to the client (its
+    running total; the per-transfer logs keep only the last 1,000 transfers)."""
+    return dask_worker.transfer_outgoing_bytes_total
 
 
 def warm_worker(tiny: str) -> None:
