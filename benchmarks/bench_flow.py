@@ -537,7 +537,7 @@ def report(name: str, results: dict[str, list[dict]], tasks: dict[str, int]) -> 
                      C.fmt_num(C.summarize(moved)["median"], 0) if moved else ""])
     headers = ["phase", "median s", "range s", "wall ratio (median, range)", "cpu s (this process)",
                "others cpu-s (median)", "run start-end s (median)", "start-end ratio (median, range)", "task runs",
-               "worker peak RSS MB", "between workers MB (median)"]
+               "worker peak RSS MB", "workers sent MB (median)"]
     return f"== {name}\n" + C.format_table(headers, rows)
 
 
