@@ -585,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         if s3:  # the Icechunk phases write locally; zarrs is for local targets (as io="auto" decides)
             order = [p for p in order if "icechunk" not in p and "zarrs" not in p]
         t0 = time.perf_counter()
-        with prefect_test_harness():
+        # 60 s, as the test suite allows: the default 30 s is too short on a slow VM (26 s measured)
+        with prefect_test_harness(server_startup_timeout=60):
             print(f"Prefect server start (not counted): {time.perf_counter() - t0:.2f} s", flush=True)
             warm = Phases(tiny, where, 3, args.workers, tile_bytes, args.worker_saturation)
             for phase in order:  # untimed warm-up: imports, numba caches, flow registration, cluster start

@@ -253,7 +253,8 @@ class PyramidUpdate:
         :param plan: the update's region plan.
         """
         info = self.info
-        need = WindowCache.nbytes_for(plan, info.append_dim, info.new_length - info.old_length)
+        need = WindowCache.nbytes_for(plan, info.append_dim, info.new_length - info.old_length,
+                                      {tuple(p) for p in info.relayout})
         return bool(plan.levels) and need <= psutil.virtual_memory().available * KEEP_IN_MEMORY_RAM_FRACTION
 
     @property

@@ -37,16 +37,10 @@ class WindowCache(LevelCache):
         :param stop: the window's stop along ``dim``.
         :param whole: the ``(level, variable)`` arrays rewritten whole (read from the store instead).
         """
-        planned = {lp.level: lp for lp in plan.levels}
-        whole_levels = {lvl for lvl, _ in whole}
         cache = cls(plan)
         cache.dim, cache.start = dim, int(start)
-        for lvl, lp in planned.items():
-            if lvl == 0 or lvl - 1 not in planned or lvl in whole_levels or not aligned(plan, planned[lvl - 1], lp.step):
-                continue
-            if any(dim not in plan.var(r.var).dims for r in lp.regions):
-                continue
-            cache.precomputed.add(lvl)
+        cache.precomputed.update(cls.kept_levels(plan, dim, whole))
+        for lvl in sorted(cache.precomputed):
             for spec in plan.variables:
                 if dim not in spec.dims:
                     continue
@@ -56,6 +50,22 @@ class WindowCache(LevelCache):
                 if spec.track_missing:
                     cache.missing[(lvl, spec.name)] = np.zeros(shape, dtype=missing_dtype(plan.factors[lvl]))
         return cache if cache.precomputed else None
+
+    @staticmethod
+    def kept_levels(plan: RegionPlan, dim: str, whole: set[tuple[int, str]]) -> set[int]:
+        """The levels an update reduces in memory (:meth:`for_update`): each level >= 1 whose level below is
+        also written, aligned with it, not rewritten whole, and whose regions all have the append dim.
+
+        :param plan: the update's region plan.
+        :param dim: the append dim.
+        :param whole: the ``(level, variable)`` arrays rewritten whole.
+        """
+        planned = {lp.level: lp for lp in plan.levels}
+        whole_levels = {lvl for lvl, _ in whole}
+        return {lvl for lvl, lp in planned.items()
+                if lvl > 0 and lvl - 1 in planned and lvl not in whole_levels
+                and aligned(plan, planned[lvl - 1], lp.step)
+                and all(dim in plan.var(r.var).dims for r in lp.regions)}
 
     def has(self, level: int, var: str) -> bool:
         """Always False: no level is kept whole (see the class docstring).
@@ -113,26 +123,27 @@ class WindowCache(LevelCache):
         take = tuple(part if k == i else slice(None) for k in range(values.ndim))
         super().put(level, var, local, values[take], None if missing is None else missing[take])
 
-    @staticmethod
-    def nbytes_for(plan: RegionPlan, dim: str, window: int) -> int:
-        """Bytes the kept levels (>= 1) of an update's window take at most (:meth:`for_update` allocates those it precomputes).
+    @classmethod
+    def nbytes_for(cls, plan: RegionPlan, dim: str, window: int, whole: set[tuple[int, str]]) -> int:
+        """Bytes :meth:`for_update` allocates for a window of ``window`` entries along ``dim``: the kept levels'
+        values and missing counts, exactly.
 
         :param plan: the update's region plan.
         :param dim: the append dim.
-        :param window: the window's length along ``dim`` at level 0.
+        :param window: the window's length along ``dim`` (the same at every level: the dim is not spatial).
+        :param whole: the ``(level, variable)`` arrays rewritten whole.
         """
         total = 0
-        for spec in plan.variables:
-            if dim not in spec.dims:
-                continue
-            for lvl in range(1, len(plan.factors)):
+        for lvl in cls.kept_levels(plan, dim, whole):
+            for spec in plan.variables:
+                if dim not in spec.dims:
+                    continue
                 shape = list(spec.shapes[lvl])
                 shape[spec.dims.index(dim)] = window
                 n = int(np.prod(shape))
                 miss = np.dtype(missing_dtype(plan.factors[lvl])).itemsize if spec.track_missing else 0
                 total += n * (np.dtype(spec.out_dtype).itemsize + miss)
         return total
-
 
 
 __all__ = ["WindowCache"]

@@ -21,6 +21,8 @@ from topozarr_core import UpdateRefused, create_pyramid, plan_update, update_pyr
 from topozarr_core.plan.regions import restrict_plan
 from topozarr_core.publish.root_doc import OPTIONS_KEY, STATUS_KEY
 from topozarr_core.validate.pyramid import validate_pyramid
+from topozarr_core.write.executor import tile_cache
+from topozarr_core.write.window_cache import WindowCache
 
 # -- equality with a full build ---------------------------------------------------------------------
 
@@ -375,3 +377,21 @@ def test_restrict_plan_keeps_regions_disjoint_per_shard():
             else:  # whole shards from the one holding step 37 on
                 assert all(t0 % unit[0] == 0 and t1 > 37 for t0, t1 in times) and times[0][0] <= 37
     assert restrict_plan(full, "time", 40, 40).levels == ()
+
+
+@pytest.mark.parametrize("nt,k", [(300, 256), (21, 20)])
+def test_update_memory_estimate_is_what_its_levels_in_memory_take(tmp_path, nt, k):
+    """The estimate that decides whether an update keeps its levels in memory is the bytes those levels
+    take: levels rewritten whole (relaid out: levels 1 and 2 of the 20 -> 21 update, whose time axis is
+    shorter than a shard) are read back from the store and not counted; 256 -> 300 keeps both."""
+    ds = update_raster(nt=nt)
+    build_for_update(ds.isel(time=slice(0, k)), tmp_path / "u.zarr")
+    update = plan_update(ds, tmp_path / "u.zarr")
+    tiles = update.tile_plan()
+    regions = tiles.region_plan(tiles.tiles)
+    cache = tile_cache(tiles, regions, tiles.tiles)
+    kept = [] if cache is None else [*cache.data.values(), *cache.missing.values()]
+    info = update.info
+    estimate = WindowCache.nbytes_for(regions, info.append_dim, info.new_length - info.old_length, set(info.relayout))
+    assert estimate == sum(a.nbytes for a in kept)
+    assert (estimate > 0) == (not info.relayout)
