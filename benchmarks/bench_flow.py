@@ -17,8 +17,8 @@ Phases (each compared with its baseline of the same repeat):
   consolidated=False, encoding=pyramid.encoding)``, on that cluster, the source opened with its own
   dask chunks (``chunks={}``), compared with ``core chunked`` when it runs (else with ``core``);
 * ``seed dask lazy``  the same with the source opened lazily (``chunks=None``): a task reads a tile's window;
-* ``seed dask zarrs`` the same, lazy, with zarr's codec pipeline set to zarrs in the client (the arrays
-  xarray opens carry it to the workers): what ``Pyramid.write`` uses on local targets.
+* ``seed dask zarrs`` the same, lazy, with zarr's codec pipeline set to zarrs' own in the client by the
+  user (``to_zarr`` then leaves it; by itself it sets zarrs on local targets, as ``Pyramid.write`` does).
 * ``flow empty``      the flow's tasks in its order, with its options, the write limit and its artifacts,
   and bodies that do nothing (``benchmarks/_prefect_floor.py``), on threads; ``flow empty dask`` the
   same on the cluster: what Prefect costs a build of one tile before any work;

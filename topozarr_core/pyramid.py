@@ -50,6 +50,22 @@ DASK_MIN_TILES = 4
 IO = Literal["auto", "python", "rust"]
 
 
+class PyramidTree(xr.DataTree):
+    """The ``xr.DataTree`` of :meth:`Pyramid.as_datatree`: its ``to_zarr`` encodes a local target with
+    zarrs, as ``Pyramid.write(io="auto")`` does (same documents and values; zarr-python elsewhere)."""
+
+    def to_zarr(self, store: Any, *args: Any, **kwargs: Any) -> Any:
+        """``xr.DataTree.to_zarr``, with the arrays it opens on a local target encoding through zarrs
+        (:func:`topozarr_core.write.codec_pipeline.zarrs_while_opening`).
+
+        :param store: the target, as for ``xr.DataTree.to_zarr``; the other arguments are passed on.
+        """
+        from topozarr_core.write.codec_pipeline import zarrs_while_opening
+
+        with zarrs_while_opening(store):
+            return super().to_zarr(store, *args, **kwargs)
+
+
 class Pyramid:
     """A planned pyramid: nothing is computed or written until ``write`` or ``as_datatree``."""
 
@@ -335,7 +351,7 @@ class Pyramid:
         return need <= psutil.virtual_memory().available * KEEP_IN_MEMORY_RAM_FRACTION
 
     # -- lazy / Dask path ----------------------------------------------------------------------
-    def as_datatree(self, *, max_tile_bytes: int = DASK_TILE_BYTES, min_tiles: int = DASK_MIN_TILES) -> xr.DataTree:
+    def as_datatree(self, *, max_tile_bytes: int = DASK_TILE_BYTES, min_tiles: int = DASK_MIN_TILES) -> PyramidTree:
         """A lazy DataTree of every level, for Dask-distributed writes: write it with
         ``dt.to_zarr(store, zarr_format=3, consolidated=False, encoding=pyramid.encoding)``.
 
@@ -345,7 +361,8 @@ class Pyramid:
         :meth:`tile_plan`: each covers whole shards of its levels (the unit ``encoding`` writes), so no
         two dask tasks write into one shard whatever the source's own chunks, and the graph has a few
         tasks per tile rather than per shard. A lazily opened (not dask) source is chunked by the
-        first stage's tiles: each task reads one tile's window.
+        first stage's tiles: each task reads one tile's window. The tree's ``to_zarr`` encodes a local
+        target with zarrs, as :meth:`write` does (:class:`PyramidTree`).
 
         :param max_tile_bytes: input bytes of one tile, the largest block a dask task holds (keyword
             only; topozarr has no such parameter).
@@ -372,7 +389,7 @@ class Pyramid:
             for name in self.spec.side_fills:  # variables over one spatial dim, likewise
                 level_ds[name].attrs["_FillValue"] = level_ds[name].encoding.pop("_FillValue")
             tree[f"/{lvl}"] = level_ds
-        return xr.DataTree.from_dict(tree)
+        return PyramidTree.from_dict(tree)
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{i}:{self.level_shape(i)[0]}x{self.level_shape(i)[1]}" for i in range(self.levels))

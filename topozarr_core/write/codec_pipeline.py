@@ -12,9 +12,11 @@ The usual way to pick zarrs is ``zarr.config.set({"codec_pipeline.path": "zarrs.
 That config is one process-global dict, and donfig's ``config.set`` context manager mutates it and
 restores the saved value on exit, so it is *not* thread-safe: a python write opening arrays while a
 rust write is inside the block picks up zarrs, and interleaved enter/exit from two threads can leave
-``codec_pipeline.path`` permanently set to zarrs. We therefore never touch the global config: an
-``io="rust"`` opener opens the array normally and then swaps a :class:`zarrs.ZarrsCodecPipeline`
-built for *that handle only* into it (:func:`attach_rust_pipeline`).
+``codec_pipeline.path`` permanently set to zarrs. The writes whose arrays this project opens therefore
+never touch the global config: an ``io="rust"`` opener opens the array normally and then swaps a
+:class:`zarrs.ZarrsCodecPipeline` built for *that handle only* into it (:func:`attach_rust_pipeline`).
+Only ``to_zarr`` of :meth:`Pyramid.as_datatree`, whose arrays xarray opens, sets the config for the
+call (:func:`zarrs_while_opening`: under a lock, restored after).
 
 No silent fallback
 ------------------
@@ -38,11 +40,12 @@ zarr-python on object stores, see ``_open_rust``.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import zarr
@@ -52,6 +55,8 @@ from topozarr_core.store.targets import is_icechunk_store
 
 IO_CHOICES = ("auto", "python", "rust")
 RUST_PIPELINE = "zarrs.ZarrsCodecPipeline"
+#: zarr's own codec pipeline, the config's default.
+DEFAULT_PIPELINE = "zarr.core.codec_pipeline.BatchedCodecPipeline"
 
 #: zarrs ``chunk_concurrent_maximum`` for region writes; ``None`` lets zarrs decide. Tried 1, 2: no clear gain
 #: over the default on 2 cores (benchmarks/bench_io.py --rust-chunk-concurrency).
@@ -179,7 +184,7 @@ def os_error_of(err: BaseException) -> OSError | None:
     return OSError(code, os.strerror(code))
 
 
-async def _os_errors_raised(call: Awaitable[Any]) -> Any:
+async def os_errors_raised(call: Awaitable[Any]) -> Any:
     """Await a zarrs pipeline call, raising its OS errors as ``OSError`` (see :func:`os_error_of`)."""
     try:
         return await call
@@ -190,18 +195,8 @@ async def _os_errors_raised(call: Awaitable[Any]) -> Any:
         raise os_err from None  # the root cause, as zarr-python would raise it
 
 
-@functools.cache
 def _zarrs_pipeline_class() -> type:
-    from zarrs import ZarrsCodecPipeline
-
-    class OsErrorZarrsPipeline(ZarrsCodecPipeline):
-        """zarrs' pipeline whose OS errors are raised as ``OSError`` (see :func:`os_error_of`)."""
-
-        async def read(self, *args: Any, **kwargs: Any) -> None:
-            return await _os_errors_raised(super().read(*args, **kwargs))
-
-        async def write(self, *args: Any, **kwargs: Any) -> None:
-            return await _os_errors_raised(super().write(*args, **kwargs))
+    from topozarr_core.write.zarrs_pipeline import OsErrorZarrsPipeline
 
     return OsErrorZarrsPipeline
 
@@ -244,6 +239,35 @@ def open_array_for(io: str, store: Any) -> Callable[[Any, str, str], zarr.Array]
     :param store: the target zarr store (checked with :func:`check_io`).
     """
     return _open_rust if resolve_io(io, store) == "rust" else _open_python
+
+
+_config_lock = threading.Lock()
+
+
+@contextmanager
+def zarrs_while_opening(store: Any) -> Iterator[bool]:
+    """While the block runs, arrays that zarr opens use zarrs when ``io="auto"`` would write ``store``
+    with it (a local target) and zarr's config still names zarr's own pipeline; yields whether it does.
+
+    For writes whose arrays another library opens (xarray's ``to_zarr`` of :meth:`Pyramid.as_datatree`):
+    the arrays carry the pipeline to Dask's workers. Unlike :func:`attach_rust_pipeline`, this sets
+    zarr's process-wide config for the block (under a lock, so two such blocks never interleave their
+    restores), and zarrs keeps its fallback to zarr-python for what it cannot encode (a datetime
+    coordinate). Arrays other threads open meanwhile get zarrs too: the same bytes, by another encoder.
+
+    :param store: the target: a path, a URL or a zarr store.
+    """
+    local = isinstance(store, LocalStore) or (isinstance(store, (str, os.PathLike)) and "://" not in str(store))
+    if not (local and zarrs_usable() and zarr.config.get("codec_pipeline.path") == DEFAULT_PIPELINE):
+        yield False
+        return
+    from topozarr_core.write.zarrs_pipeline import PIPELINE_PATH
+
+    global _zarrs_started
+    with _config_lock:
+        _zarrs_started = True
+        with zarr.config.set({"codec_pipeline.path": PIPELINE_PATH}):
+            yield True
 
 
 def pipeline_name(arr: zarr.Array) -> str:

@@ -223,3 +223,68 @@ def test_a_task_per_tile_not_per_shard():
         pyramid.as_datatree(min_tiles=0)
     with pytest.raises(ValueError, match="max_tile_bytes must be a positive int"):
         pyramid.as_datatree(max_tile_bytes=-1)
+
+
+# -- which encoder the seed's lines use: zarrs on local targets, as write's io="auto" ------------------
+
+
+def _count_zarrs_writes() -> None:
+    """Run in a process: count the writes of the pipeline the seed's lines use on local targets."""
+    from topozarr_core.write.zarrs_pipeline import OsErrorZarrsPipeline
+
+    if not hasattr(OsErrorZarrsPipeline, "counted"):
+        original = OsErrorZarrsPipeline.write
+
+        async def write(self, *args, **kwargs):
+            OsErrorZarrsPipeline.counted += 1
+            return await original(self, *args, **kwargs)
+
+        OsErrorZarrsPipeline.write = write
+    OsErrorZarrsPipeline.counted = 0
+
+
+def _zarrs_writes() -> int:
+    from topozarr_core.write.zarrs_pipeline import OsErrorZarrsPipeline
+
+    return OsErrorZarrsPipeline.counted
+
+
+def test_the_seed_lines_encode_a_local_target_with_zarrs_on_the_workers(tmp_path, cluster_client):
+    """The arrays ``to_zarr`` opens in the client carry zarrs to the worker processes, which write the
+    levels through it; the time coordinate (datetime64, which zarrs does not encode) falls back to
+    zarr-python; the values are ``write``'s and zarr's config is back to its default after."""
+    ds = make_raster(512, 768, nt=2, seed=6)
+    src = xr.open_zarr(_source(tmp_path, ds, {"time": 1, "lat": 128, "lon": 128}), consolidated=False, chunks=None)
+    pyramid = create_pyramid(src, levels=3, x_dim="lon", y_dim="lat", crs="EPSG:4326")
+    cluster_client.run(_count_zarrs_writes)
+    dask_target, core_target = _write_both(tmp_path, pyramid, cluster_client)
+    assert sum(cluster_client.run(_zarrs_writes).values()) >= pyramid.levels  # every level's shards
+    assert zarr.config.get("codec_pipeline.path") == "zarr.core.codec_pipeline.BatchedCodecPipeline"
+    _assert_same_levels(pyramid, dask_target, core_target, "air")
+    np.testing.assert_array_equal(xr.open_zarr(dask_target, group="0", consolidated=False)["time"].values,
+                                  ds["time"].values)
+
+
+def test_the_seed_lines_keep_zarr_python_off_local_targets_and_the_users_choice(tmp_path):
+    """Memory and Icechunk stores (which zarrs does not serve) and a pipeline the user chose in zarr's
+    config are left alone; a local target gets zarrs; a failing ``to_zarr`` restores zarr's config."""
+    import dask
+
+    icechunk = pytest.importorskip("icechunk")
+    import zarrs  # noqa: F401  (registers zarrs' own pipeline, the user's choice below)
+
+    pyramid = create_pyramid(make_raster(256, 256, seed=7), levels=2, x_dim="lon", y_dim="lat", crs="EPSG:4326")
+    lines = {"zarr_format": 3, "consolidated": False, "encoding": pyramid.encoding}
+    _count_zarrs_writes()
+    with dask.config.set(scheduler="synchronous"):  # in this process, where the writes are counted
+        session = icechunk.Repository.create(icechunk.in_memory_storage()).writable_session("main")
+        pyramid.as_datatree().to_zarr(session.store, **lines)
+        pyramid.as_datatree().to_zarr(zarr.storage.MemoryStore(), **lines)
+        with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
+            pyramid.as_datatree().to_zarr(tmp_path / "users.zarr", **lines)
+        assert _zarrs_writes() == 0
+        pyramid.as_datatree().to_zarr(tmp_path / "local.zarr", **lines)
+        assert _zarrs_writes() > 0
+        with pytest.raises(Exception):  # noqa: B017, PT011 -- xarray refuses to replace an existing group
+            pyramid.as_datatree().to_zarr(tmp_path / "local.zarr", mode="w-", **lines)
+    assert zarr.config.get("codec_pipeline.path") == "zarr.core.codec_pipeline.BatchedCodecPipeline"
