@@ -253,7 +253,8 @@ def zarrs_while_opening(store: Any) -> Iterator[bool]:
     the arrays carry the pipeline to Dask's workers. Unlike :func:`attach_rust_pipeline`, this sets
     zarr's process-wide config for the block (under a lock, so two such blocks never interleave their
     restores), and zarrs keeps its fallback to zarr-python for what it cannot encode (a datetime
-    coordinate). Arrays other threads open meanwhile get zarrs too: the same bytes, by another encoder.
+    coordinate). Arrays other threads open meanwhile get zarrs too: the same documents and values,
+    another encoder.
 
     :param store: the target: a path, a URL or a zarr store.
     """
