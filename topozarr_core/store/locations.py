@@ -16,6 +16,8 @@ import xarray as xr
 import zarr
 from zarr.storage import LocalStore, ObjectStore
 
+from topozarr_core.store.targets import is_local_path
+
 _SCHEMES = {"S3Store": "s3", "GCSStore": "gs", "AzureStore": "az", "HTTPStore": "http"}
 
 
@@ -67,7 +69,7 @@ def location_of_string(source: str) -> Location | None:
     """
     if source.startswith("icechunk://"):
         source = source[len("icechunk://"):].split("?", 1)[0]
-    if "://" in source and not source.startswith("file://"):
+    if not is_local_path(source):
         return url_location(source)
     return local_location(source) if source else None
 

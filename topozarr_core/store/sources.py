@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 import xarray as xr
 
 from topozarr_core.store.errors import TargetError, error_summary
-from topozarr_core.store.targets import object_store_from_url
+from topozarr_core.store.targets import is_local_path, object_store_from_url
 
 ICECHUNK_SCHEME = "icechunk://"
 
@@ -91,7 +91,7 @@ def _open(source: str) -> xr.Dataset:
             raise SourceError(f"branch {branch!r} does not exist in the Icechunk repository {location!r}")
         session = repo.readonly_session(branch=branch)
         return xr.open_zarr(session.store, chunks=None, consolidated=False, zarr_format=3)
-    if "://" in source and not source.startswith("file://"):
+    if not is_local_path(source):
         return xr.open_zarr(object_store_from_url(source.rstrip("/"), what="source"), chunks=None,
                             consolidated=False)
     path = Path(source.removeprefix("file://"))

@@ -102,6 +102,16 @@ def probe_object_store(url: str) -> None:
     next(iter(obstore.list(store.store, chunk_size=1)), None)
 
 
+def is_local_path(target: Any) -> bool:
+    """Whether ``target`` is a path on this machine: a ``str`` or ``PathLike`` with no URL scheme, or ``file://``.
+
+    :param target: a path, a URL or anything else (False).
+    """
+    if isinstance(target, os.PathLike):
+        target = os.fspath(target)
+    return isinstance(target, str) and ("://" not in target or target.startswith("file://"))
+
+
 def resolve_store(target: Any, read_only: bool = False) -> Any:
     """A zarr store object for ``target`` (a path, URL, zarr store or Icechunk session).
 
@@ -111,7 +121,7 @@ def resolve_store(target: Any, read_only: bool = False) -> Any:
     if isinstance(target, os.PathLike):
         target = os.fspath(target)
     if isinstance(target, str):
-        if "://" in target and not target.startswith("file://"):
+        if not is_local_path(target):
             return object_store_from_url(target, read_only=read_only)
         return LocalStore(os.path.expanduser(target.removeprefix("file://")), read_only=read_only)
     if isinstance(target, zarr.abc.store.Store):

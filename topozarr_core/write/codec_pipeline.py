@@ -51,7 +51,7 @@ from typing import Any
 import zarr
 from zarr.storage import LocalStore, ObjectStore
 
-from topozarr_core.store.targets import is_icechunk_store
+from topozarr_core.store.targets import is_icechunk_store, is_local_path, resolve_store
 
 IO_CHOICES = ("auto", "python", "rust")
 RUST_PIPELINE = "zarrs.ZarrsCodecPipeline"
@@ -258,8 +258,8 @@ def zarrs_while_opening(store: Any) -> Iterator[bool]:
 
     :param store: the target: a path, a URL or a zarr store.
     """
-    local = isinstance(store, LocalStore) or (isinstance(store, (str, os.PathLike)) and "://" not in str(store))
-    if not (local and zarrs_usable() and zarr.config.get("codec_pipeline.path") == DEFAULT_PIPELINE):
+    target = resolve_store(store, read_only=True) if is_local_path(store) else store
+    if not (resolve_io("auto", target) == "rust" and zarr.config.get("codec_pipeline.path") == DEFAULT_PIPELINE):
         yield False
         return
     from topozarr_core.write.zarrs_pipeline import PIPELINE_PATH
