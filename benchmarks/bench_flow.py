@@ -169,8 +169,8 @@ class Phases:
         self._persisted: Any = None
 
     #: Each phase's output, deleted before the phase is timed.
-    OUTPUT = {"core": "core.zarr", "core_chunked": "core-chunked.zarr", "core_icechunk": "core.icechunk", "flow": "flow.zarr",
-              "flow_icechunk": "flow.icechunk", "flow_dask": "flow-dask.zarr", "tiles_dask": "tiles-dask.zarr",
+    OUTPUT = {"core": "core.zarr", "core_chunked": "core-chunked.zarr", "core_icechunk": "core.icechunk",
+              "flow": "flow.zarr", "flow_icechunk": "flow.icechunk", "flow_dask": "flow-dask.zarr", "tiles_dask": "tiles-dask.zarr",
               "seed_dask": "seed.zarr", "seed_dask_lazy": "seed.zarr", "seed_dask_zarrs": "seed.zarr",
               "seed_store": "seed.zarr", "source_reads": "seed.zarr", "flow_empty": "empty.zarr",
               "flow_empty_dask": "empty.zarr"}
@@ -205,17 +205,18 @@ class Phases:
 
         return create_pyramid(self._open(chunks), levels=self.levels, crs=CRS)
 
-    def core(self) -> dict:
-        url = self._out("core")
-        self.pyramid().write(self.where.store("core.zarr") if self.where.s3 else url)
+    def _write_core(self, phase: str, chunks: Any) -> dict:
+        name = self.OUTPUT[phase]
+        self.pyramid(chunks=chunks).write(self.where.store(name) if self.where.s3 else self._out(phase))
         return {}
+
+    def core(self) -> dict:
+        return self._write_core("core", None)
 
     def core_chunked(self) -> dict:
         """The core on the source opened in its own dask chunks (``chunks={}``): ``seed_dask``'s pyramid,
         written by ``Pyramid.write`` (the same dataset, the other of the seed's ways to write it)."""
-        self.pyramid(chunks={}).write(self.where.store("core-chunked.zarr") if self.where.s3
-                                      else self._out("core_chunked"))
-        return {}
+        return self._write_core("core_chunked", {})
 
     def core_icechunk(self) -> dict:
         import icechunk

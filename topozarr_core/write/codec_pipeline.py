@@ -195,19 +195,15 @@ async def os_errors_raised(call: Awaitable[Any]) -> Any:
         raise os_err from None  # the root cause, as zarr-python would raise it
 
 
-def _zarrs_pipeline_class() -> type:
-    from topozarr_core.write.zarrs_pipeline import OsErrorZarrsPipeline
-
-    return OsErrorZarrsPipeline
-
-
 def attach_rust_pipeline(arr: zarr.Array) -> zarr.Array:
     """Make ``arr`` (this handle only) read and write through a strict zarrs pipeline."""
+    from topozarr_core.write.zarrs_pipeline import OsErrorZarrsPipeline
+
     global _zarrs_started
     _zarrs_started = True
     aa = arr._async_array
     store = aa.store_path.store
-    pipeline = _zarrs_pipeline_class()(
+    pipeline = OsErrorZarrsPipeline(
         metadata=aa.metadata,
         store=store,
         impl=_rust_impl(aa.metadata, store),
